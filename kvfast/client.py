@@ -1,0 +1,151 @@
+"""The connections one process holds: Redis (with the scripts) and, lazily, PostgreSQL.
+
+Several repositories can share one ``Client``.  Driver errors are translated
+here into the ``KvfastError`` tree, with passwords redacted from the messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import redis
+
+from kvfast.errors import PartitionMismatch, PostgresUnavailable, RedisUnavailable
+from kvfast.keys import Keys
+from kvfast.scripts import ScriptSet
+from kvfast.settings import Settings, redact
+
+__all__ = ["Client", "pg_errors", "redis_errors"]
+
+_REDIS_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def _scrub(text: str, secrets: tuple[str | None, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+@contextlib.contextmanager
+def redis_errors(settings: Settings) -> Iterator[None]:
+    """Translate redis-py connection errors into RedisUnavailable (cause kept)."""
+    try:
+        yield
+    except _REDIS_CONNECTION_ERRORS as exc:
+        message = _scrub(str(exc), (_password(settings.redis_url),))
+        raise RedisUnavailable(
+            f"Redis at {redact(settings.redis_url)} is unavailable: {message}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def pg_errors(settings: Settings) -> Iterator[None]:
+    """Translate psycopg connection errors into PostgresUnavailable (cause kept)."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        message = _scrub(str(exc), (_password(settings.pg_dsn),))
+        raise PostgresUnavailable(
+            f"PostgreSQL at {redact(settings.pg_dsn)} is unavailable: {message}"
+        ) from exc
+
+
+def _password(url: str | None) -> str | None:
+    if not url:
+        return None
+    if "://" in url:
+        from urllib.parse import unquote, urlsplit
+
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            return None
+        return unquote(password) if password else None
+    try:
+        return psycopg.conninfo.conninfo_to_dict(url).get("password")  # type: ignore[return-value]
+    except psycopg.ProgrammingError:
+        return None
+
+
+def connect_pg(settings: Settings, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A PostgreSQL connection in UTC (timestamptz values come back as UTC datetimes)."""
+    if not settings.pg_dsn:
+        raise PostgresUnavailable("no PostgreSQL DSN configured (KVFAST_PG_DSN / pg_dsn)")
+    with pg_errors(settings):
+        conn = psycopg.connect(
+            settings.pg_dsn,
+            autocommit=autocommit,
+            options="-c timezone=UTC",
+            application_name="kvfast",
+            connect_timeout=10,
+        )
+    return conn
+
+
+class Client:
+    """Redis client + Lua scripts + key layout, and an optional PostgreSQL connection."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.keys = Keys(self.settings.namespace, self.settings.partitions)
+        self.redis = redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_connect_timeout=10,
+            socket_keepalive=True,
+            health_check_interval=30,
+        )
+        self.scripts = ScriptSet(self.redis)
+        self._pg: psycopg.Connection[Any] | None = None
+        self._partitions_checked = False
+
+    def __repr__(self) -> str:
+        return f"<kvfast.Client {self.settings!r}>"
+
+    def check_partitions(self) -> None:
+        """Record the partition count on first use; refuse a different one later.
+
+        Objects are found by ``crc32(key) % partitions``: reading with another
+        count would silently miss every object, so it is a start-up error.
+        """
+        if self._partitions_checked:
+            return
+        want = self.settings.partitions
+        with redis_errors(self.settings):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hsetnx(self.keys.meta, "partitions", want)
+            pipe.hget(self.keys.meta, "partitions")
+            _, have = pipe.execute()
+        if int(have) != want:
+            raise PartitionMismatch(
+                f"namespace {self.settings.namespace!r} in Redis was written with "
+                f"partitions={int(have)}, but this process uses partitions={want}; "
+                "set KVFAST_PARTITIONS to the recorded value"
+            )
+        self._partitions_checked = True
+
+    @property
+    def has_pg(self) -> bool:
+        return bool(self.settings.pg_dsn)
+
+    def pg(self) -> psycopg.Connection[Any]:
+        """The shared autocommit PostgreSQL connection (reconnects after a failure)."""
+        if self._pg is None or self._pg.closed or self._pg.broken:
+            self._pg = connect_pg(self.settings)
+        return self._pg
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,107 @@
+"""Every error kvfast raises, under one root.
+
+    KvfastError
+    ├── ConfigError                bad setting, environment variable or flag
+    │   └── PartitionMismatch      the Redis data was written with another partition count
+    ├── ModelError                 a model class that kvfast cannot map to a table
+    ├── SchemaMismatch             a PostgreSQL table that does not match its model
+    ├── ValidationError            a value the producer refuses before writing anything
+    ├── NotFound                   update of a key that exists in neither store
+    ├── DecodeError                a queue entry or hash that cannot be decoded
+    └── ConnectionFailed           a server could not be reached (the driver error is the cause)
+        ├── RedisUnavailable
+        └── PostgresUnavailable
+
+Driver exceptions are translated where they enter kvfast (``raise X(...) from exc``)
+so callers catch one tree and still see the original in ``__cause__``.  No message
+built here ever contains a password: URLs pass through ``settings.redact`` first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "ConnectionFailed",
+    "DecodeError",
+    "KvfastError",
+    "ModelError",
+    "NotFound",
+    "PartitionMismatch",
+    "PostgresUnavailable",
+    "RedisUnavailable",
+    "SchemaMismatch",
+    "ValidationError",
+]
+
+_MAX_VALUE_REPR = 80
+
+
+def short_repr(value: Any) -> str:
+    """A repr that stays readable in an error line even for a 10 MB string."""
+    text = repr(value)
+    if len(text) > _MAX_VALUE_REPR:
+        text = text[: _MAX_VALUE_REPR - 3] + "..."
+    return text
+
+
+class KvfastError(Exception):
+    """Root of every error kvfast raises."""
+
+
+class ConfigError(KvfastError, ValueError):
+    """A setting, environment variable or command-line flag has a bad value."""
+
+
+class PartitionMismatch(ConfigError):
+    """Redis already holds data written with a different partition count."""
+
+
+class ModelError(KvfastError, TypeError):
+    """A model declaration kvfast cannot map to PostgreSQL (names the field)."""
+
+
+class SchemaMismatch(KvfastError):
+    """An existing PostgreSQL table does not match its model."""
+
+
+class ValidationError(KvfastError, ValueError):
+    """A value refused at the producer, before anything was written.
+
+    ``model``, ``field`` and ``value`` name exactly what was refused.
+    """
+
+    def __init__(self, model: str, field: str, value: Any, reason: str) -> None:
+        self.model = model
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{model}.{field} = {short_repr(value)}: {reason}")
+
+
+class NotFound(KvfastError, LookupError):
+    """The key exists neither in Redis nor in PostgreSQL (or it was deleted)."""
+
+    def __init__(self, model: str, keys: list[Any]) -> None:
+        self.model = model
+        self.keys = keys
+        shown = ", ".join(short_repr(k) for k in keys[:10])
+        more = f" (and {len(keys) - 10} more)" if len(keys) > 10 else ""
+        super().__init__(f"{model}: no object with key {shown}{more}")
+
+
+class DecodeError(KvfastError, ValueError):
+    """Bytes from Redis (a queue entry or an object hash) that do not decode."""
+
+
+class ConnectionFailed(KvfastError, ConnectionError):
+    """A server could not be reached or dropped the connection."""
+
+
+class RedisUnavailable(ConnectionFailed):
+    """Redis could not be reached or dropped the connection."""
+
+
+class PostgresUnavailable(ConnectionFailed):
+    """PostgreSQL could not be reached or dropped the connection."""

@@ -1,0 +1,427 @@
+"""Python field types ↔ PostgreSQL columns ↔ the three encodings kvfast uses.
+
+Every supported annotation maps to one ``FieldType`` that knows:
+
+* ``pg_type``   the PostgreSQL column type (also the psycopg COPY ``set_types`` name);
+* ``check``     refuse a value PostgreSQL could not hold, return it normalized;
+* ``to_hash`` / ``from_hash``   the Redis hash field value (bytes-safe text);
+* ``to_wire`` / ``from_wire``   the JSON value inside a queue entry (orjson);
+* ``from_pg``   the value psycopg returns, normalized to what was written.
+
+``None`` is never encoded here: a NULL is an absent hash field and a JSON null.
+Datetimes are normalized to UTC on the way in, because PostgreSQL's timestamptz
+keeps the instant, not the offset; both read paths then return the same value.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+__all__ = ["FieldType", "Reject", "field_type_for"]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+# PostgreSQL numeric: up to 131072 digits before the point, 16383 after.
+NUMERIC_MAX_INT_DIGITS = 131072
+NUMERIC_MAX_SCALE = 16383
+_UTC = dt.UTC
+
+
+class Reject(Exception):
+    """A value a field type refuses; the model turns it into a ValidationError."""
+
+
+class FieldType:
+    pg_type: str = ""
+    python_type: type = object
+    #: the wire value equals the Python value (no conversion on the hot path)
+    wire_is_value: bool = False
+
+    def check(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def to_hash(self, value: Any) -> bytes | str | int:
+        raise NotImplementedError
+
+    def from_hash(self, raw: bytes) -> Any:
+        raise NotImplementedError
+
+    def to_wire(self, value: Any) -> Any:
+        return value
+
+    def from_wire(self, raw: Any) -> Any:
+        return raw
+
+    def from_pg(self, value: Any) -> Any:
+        return value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pg_type})"
+
+
+class IntType(FieldType):
+    pg_type = "bigint"
+    python_type = int
+    wire_is_value = True
+
+    def check(self, value: Any) -> Any:
+        if type(value) is not int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise Reject(f"expected int, got {type(value).__name__}")
+            value = int(value)
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise Reject("out of range for bigint (-2**63 .. 2**63-1)")
+        return value
+
+    def to_hash(self, value: Any) -> int:
+        return value  # type: ignore[no-any-return]
+
+    def from_hash(self, raw: bytes) -> int:
+        return int(raw)
+
+
+class StrType(FieldType):
+    pg_type = "text"
+    python_type = str
+    wire_is_value = True
+
+    def check(self, value: Any) -> Any:
+        if type(value) is not str:
+            if not isinstance(value, str):
+                raise Reject(f"expected str, got {type(value).__name__}")
+            value = str(value)
+        _check_text(value)
+        return value
+
+    def to_hash(self, value: Any) -> str:
+        return value  # type: ignore[no-any-return]
+
+    def from_hash(self, raw: bytes) -> str:
+        return raw.decode("utf-8")
+
+
+def _check_text(value: str) -> None:
+    if "\x00" in value:
+        raise Reject("PostgreSQL text cannot hold a NUL byte (\\x00)")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Reject("not valid UTF-8 (lone surrogate)") from None
+
+
+class EnumType(FieldType):
+    pg_type = "text"
+
+    def __init__(self, enum_cls: type[enum.Enum]) -> None:
+        self.python_type = enum_cls
+        self.enum_cls = enum_cls
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, self.enum_cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return self.enum_cls(value)
+            except ValueError:
+                pass
+        raise Reject(f"expected a {self.enum_cls.__name__} member")
+
+    def to_hash(self, value: Any) -> str:
+        return value.value  # type: ignore[no-any-return]
+
+    def from_hash(self, raw: bytes) -> Any:
+        return self.enum_cls(raw.decode("utf-8"))
+
+    def to_wire(self, value: Any) -> Any:
+        return value.value
+
+    def from_wire(self, raw: Any) -> Any:
+        return raw
+
+    def from_pg(self, value: Any) -> Any:
+        return self.enum_cls(value)
+
+    def __repr__(self) -> str:
+        return f"EnumType({self.enum_cls.__name__})"
+
+
+_FLOAT_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class FloatType(FieldType):
+    pg_type = "double precision"
+    python_type = float
+
+    def check(self, value: Any) -> Any:
+        if type(value) is float:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Reject(f"expected float, got {type(value).__name__}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise Reject("int too large for double precision") from None
+
+    def to_hash(self, value: Any) -> str:
+        return repr(value)
+
+    def from_hash(self, raw: bytes) -> float:
+        return float(raw)
+
+    def to_wire(self, value: Any) -> Any:
+        # JSON has no NaN/Infinity (orjson would write null): spell them out.
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+    def from_wire(self, raw: Any) -> Any:
+        if type(raw) is str:
+            return _FLOAT_SPECIAL[raw]
+        return float(raw)
+
+
+class BoolType(FieldType):
+    pg_type = "boolean"
+    python_type = bool
+    wire_is_value = True
+
+    def check(self, value: Any) -> Any:
+        if type(value) is not bool:
+            raise Reject(f"expected bool, got {type(value).__name__}")
+        return value
+
+    def to_hash(self, value: Any) -> str:
+        return "1" if value else "0"
+
+    def from_hash(self, raw: bytes) -> bool:
+        return raw == b"1"
+
+
+class DateTimeType(FieldType):
+    pg_type = "timestamp with time zone"
+    python_type = dt.datetime
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, dt.datetime):
+            raise Reject(f"expected a timezone-aware datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise Reject("naive datetime: give it a timezone (e.g. datetime.UTC)")
+        if value.tzinfo is not _UTC:
+            try:
+                value = value.astimezone(_UTC)
+            except OverflowError:
+                raise Reject("outside the datetime range once converted to UTC") from None
+        if type(value) is not dt.datetime:
+            value = dt.datetime(
+                value.year, value.month, value.day, value.hour, value.minute,
+                value.second, value.microsecond, tzinfo=_UTC,
+            )
+        return value
+
+    def to_hash(self, value: Any) -> str:
+        return value.isoformat()  # type: ignore[no-any-return]
+
+    def from_hash(self, raw: bytes) -> dt.datetime:
+        return dt.datetime.fromisoformat(raw.decode("ascii"))
+
+    def to_wire(self, value: Any) -> Any:
+        return value.isoformat()
+
+    def from_wire(self, raw: Any) -> Any:
+        return dt.datetime.fromisoformat(raw)
+
+    def from_pg(self, value: Any) -> Any:
+        return value.astimezone(_UTC)
+
+
+class DateType(FieldType):
+    pg_type = "date"
+    python_type = dt.date
+
+    def check(self, value: Any) -> Any:
+        if type(value) is not dt.date:
+            if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+                raise Reject(f"expected date, got {type(value).__name__}")
+            value = dt.date(value.year, value.month, value.day)
+        return value
+
+    def to_hash(self, value: Any) -> str:
+        return value.isoformat()  # type: ignore[no-any-return]
+
+    def from_hash(self, raw: bytes) -> dt.date:
+        return dt.date.fromisoformat(raw.decode("ascii"))
+
+    def to_wire(self, value: Any) -> Any:
+        return value.isoformat()
+
+    def from_wire(self, raw: Any) -> Any:
+        return dt.date.fromisoformat(raw)
+
+
+class DecimalType(FieldType):
+    pg_type = "numeric"
+    python_type = Decimal
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, Decimal):
+            raise Reject(f"expected Decimal, got {type(value).__name__}")
+        if not value.is_finite():
+            raise Reject("NaN and Infinity Decimals are not stored (numeric range)")
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)
+        if -exponent > NUMERIC_MAX_SCALE:
+            raise Reject(f"more than {NUMERIC_MAX_SCALE} digits after the point")
+        if value and value.adjusted() >= NUMERIC_MAX_INT_DIGITS:
+            raise Reject(f"more than {NUMERIC_MAX_INT_DIGITS} digits before the point")
+        return value
+
+    def to_hash(self, value: Any) -> str:
+        return str(value)
+
+    def from_hash(self, raw: bytes) -> Decimal:
+        return Decimal(raw.decode("ascii"))
+
+    def to_wire(self, value: Any) -> Any:
+        return str(value)
+
+    def from_wire(self, raw: Any) -> Any:
+        return Decimal(raw)
+
+
+class BytesType(FieldType):
+    pg_type = "bytea"
+    python_type = bytes
+
+    def check(self, value: Any) -> Any:
+        if type(value) is bytes:
+            return value
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
+        raise Reject(f"expected bytes, got {type(value).__name__}")
+
+    def to_hash(self, value: Any) -> bytes:
+        return value  # type: ignore[no-any-return]
+
+    def from_hash(self, raw: bytes) -> bytes:
+        return raw
+
+    def to_wire(self, value: Any) -> Any:
+        return base64.b64encode(value).decode("ascii")
+
+    def from_wire(self, raw: Any) -> Any:
+        return base64.b64decode(raw)
+
+
+class UUIDType(FieldType):
+    pg_type = "uuid"
+    python_type = uuid.UUID
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, uuid.UUID):
+            raise Reject(f"expected uuid.UUID, got {type(value).__name__}")
+        return value
+
+    def to_hash(self, value: Any) -> str:
+        return str(value)
+
+    def from_hash(self, raw: bytes) -> uuid.UUID:
+        return uuid.UUID(raw.decode("ascii"))
+
+    def to_wire(self, value: Any) -> Any:
+        return str(value)
+
+    def from_wire(self, raw: Any) -> Any:
+        return uuid.UUID(raw)
+
+
+class JsonType(FieldType):
+    """dict or list, stored as jsonb; only values that come back unchanged pass."""
+
+    pg_type = "jsonb"
+    wire_is_value = True
+
+    def __init__(self, container: type) -> None:
+        self.python_type = container
+
+    def check(self, value: Any) -> Any:
+        if type(value) is not self.python_type:
+            raise Reject(f"expected {self.python_type.__name__}, got {type(value).__name__}")
+        _check_json(value, 0)
+        return value
+
+    def to_hash(self, value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    def from_hash(self, raw: bytes) -> Any:
+        return orjson.loads(raw)
+
+
+_JSON_MAX_DEPTH = 200
+
+
+def _check_json(value: Any, depth: int) -> None:
+    """Refuse what jsonb would change or reject, so the value round-trips exactly."""
+    if depth > _JSON_MAX_DEPTH:
+        raise Reject(f"JSON nested deeper than {_JSON_MAX_DEPTH}")
+    kind = type(value)
+    if kind is str:
+        _check_text(value)
+    elif kind is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise Reject(f"JSON object key {k!r} is not a str")
+            _check_text(k)
+            _check_json(v, depth + 1)
+    elif kind is list:
+        for v in value:
+            _check_json(v, depth + 1)
+    elif kind is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise Reject("JSON integer outside 64 bits")
+    elif kind is float:
+        if not math.isfinite(value):
+            raise Reject("JSON cannot hold NaN or Infinity")
+        # jsonb prints numbers as plain decimals: 1e300 would come back as an int.
+        if "e+" in repr(value):
+            raise Reject(f"JSON float {value!r} does not round-trip through jsonb")
+    elif value is None or kind is bool:
+        pass
+    else:
+        raise Reject(f"JSON cannot hold a {kind.__name__}")
+
+
+_SIMPLE: dict[Any, FieldType] = {
+    int: IntType(),
+    str: StrType(),
+    float: FloatType(),
+    bool: BoolType(),
+    dt.datetime: DateTimeType(),
+    dt.date: DateType(),
+    Decimal: DecimalType(),
+    bytes: BytesType(),
+    uuid.UUID: UUIDType(),
+}
+
+
+def field_type_for(annotation: Any) -> FieldType | None:
+    """The FieldType of a (non-optional) annotation, or None when unsupported."""
+    if annotation in _SIMPLE:
+        return _SIMPLE[annotation]
+    origin = getattr(annotation, "__origin__", None)
+    container = origin if origin is not None else annotation
+    if container in (dict, list):
+        return JsonType(container)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if all(isinstance(m.value, str) for m in annotation):
+            return EnumType(annotation)
+        return None
+    return None

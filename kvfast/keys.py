@@ -1,0 +1,52 @@
+"""Every Redis key kvfast uses, in one place.
+
+Layout for namespace ``ns`` and partition ``p`` (``{ns:p}`` is the hash tag, so
+an object, its partition's queue and the drain bookkeeping share one Redis
+Cluster slot and every script touches one slot only)::
+
+    {ns:p}:o:<table>:<key>   hash   the object; NULL fields are absent;
+                                    a tombstone holds only TOMBSTONE_FIELD
+    {ns:p}:q                 list   queue of entries waiting to drain (RPUSH/LMPOP)
+    {ns:p}:f                 list   the in-flight batch (entries being applied)
+    {ns:p}:fm                hash   in-flight metadata: owner, epoch, deadline (ms)
+    {ns:p}:e                 string last epoch handed out for this partition (INCR)
+    {ns:p}:d                 list   dead letters (JSON: entry, error, time)
+    {ns:p}:s                 hash   counters: drained, dead
+    ns:meta                  hash   partitions (fixed once data exists), format
+
+Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table:key``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """Key names for one namespace and partition count (strings are precomputed)."""
+
+    def __init__(self, namespace: str, partitions: int) -> None:
+        self.namespace = namespace
+        self.partitions = partitions
+        self.tags = [f"{{{namespace}:{p}}}" for p in range(partitions)]
+        self._obj_prefix = [f"{t}:o:" for t in self.tags]
+        self.queues = [f"{t}:q" for t in self.tags]
+        self.inflight = [f"{t}:f" for t in self.tags]
+        self.inflight_meta = [f"{t}:fm" for t in self.tags]
+        self.epochs = [f"{t}:e" for t in self.tags]
+        self.dead = [f"{t}:d" for t in self.tags]
+        self.counters = [f"{t}:s" for t in self.tags]
+        self.meta = f"{namespace}:meta"
+
+    def obj(self, partition: int, table: str, key_str: str) -> str:
+        return f"{self._obj_prefix[partition]}{table}:{key_str}"
+
+    def obj_pattern(self, partition: int | None = None) -> str:
+        """A SCAN pattern for object hashes (all partitions when None)."""
+        if partition is None:
+            return f"{{{_glob_escape(self.namespace)}:*}}:o:*"
+        return f"{_glob_escape(self.tags[partition])}:o:*"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\{}" else c for c in text)

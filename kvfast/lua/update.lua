@@ -1,0 +1,41 @@
+-- update.lua: apply a partial update to an existing object and queue it, atomically.
+--
+-- KEYS[1]  object hash   {ns:p}:o:<table>:<key>
+-- KEYS[2]  queue         {ns:p}:q            (same hash tag: one slot)
+-- ARGV[1]  tombstone field name (a hash holding it is a pending delete)
+-- ARGV[2]  ttl in seconds, "0" for none
+-- ARGV[3]  the queue entry (orjson bytes, built by kvfast.codec)
+-- ARGV[4]  n: number of field/value pairs that follow
+-- ARGV[5 .. 4+2n]   field, value pairs to HSET
+-- ARGV[5+2n ..]     fields set to NULL (HDEL: NULL is an absent field)
+--
+-- Returns 1 when applied, 0 when the object is not in Redis (the caller may
+-- load it from PostgreSQL with hydrate.lua and retry), -1 when it is deleted.
+-- Checking existence inside the script is what keeps an update of a missing
+-- key from leaving a partial hash that would read back as a whole object.
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return -1
+end
+local n = tonumber(ARGV[4])
+local last_set = 4 + 2 * n
+-- HSET in chunks: Lua's unpack() fails beyond a few thousand values.
+local chunk = 1000
+local i = 5
+while i <= last_set do
+  local j = math.min(i + chunk - 1, last_set)
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
+  i = j + 1
+end
+if #ARGV > last_set then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, last_set + 1, #ARGV))
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return 1

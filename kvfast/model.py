@@ -1,0 +1,241 @@
+"""Models: typed dataclasses that name their PostgreSQL table and key.
+
+    @kvfast.model(table="bookings", key="id", ttl=3600)
+    class Booking:
+        id: int
+        status: str
+        fare: Decimal | None = None
+
+The decorator turns the class into a dataclass (if it is not one already),
+maps every field to a ``FieldType`` (an unsupported annotation is a ``ModelError``
+naming the field) and registers the model by table name, which is how queue
+entries name it.  Nothing in the core knows any particular model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, dataclass_transform
+
+from kvfast.errors import ModelError, ValidationError
+from kvfast.fieldtypes import FieldType, IntType, Reject, StrType, UUIDType, field_type_for
+
+__all__ = ["FieldInfo", "ModelInfo", "get_model", "model", "model_info", "registered_models"]
+
+T = TypeVar("T")
+
+# PostgreSQL truncates identifiers longer than 63 bytes; refuse them instead.
+_PG_IDENTIFIER_MAX = 63
+# Redis hash fields kvfast reserves for itself (a field may not use these names).
+TOMBSTONE_FIELD = "__kvfast_deleted"
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldInfo:
+    name: str
+    ftype: FieldType
+    nullable: bool
+    index: int
+
+
+class ModelInfo:
+    """Everything kvfast derives from a model class, computed once."""
+
+    def __init__(
+        self, cls: type, table: str, key: str, ttl: int | None, fields: list[FieldInfo]
+    ) -> None:
+        self.cls = cls
+        self.name = cls.__name__
+        self.table = table
+        self.key = key
+        self.ttl = ttl
+        self.fields = tuple(fields)
+        self.by_name = {f.name: f for f in fields}
+        self.key_field = self.by_name[key]
+        self.field_names = tuple(f.name for f in fields)
+        self.table_bytes = table.encode("utf-8")
+        self._init_kwargs = [f.name for f in fields]
+
+    def __repr__(self) -> str:
+        return f"<model {self.name} table={self.table!r} key={self.key!r}>"
+
+    # -- keys and partitions -------------------------------------------------
+
+    def check_key(self, key: Any) -> Any:
+        """The key normalized, or ValidationError naming the key field."""
+        if key is None:
+            raise ValidationError(self.name, self.key, key, "the key may not be None")
+        try:
+            return self.key_field.ftype.check(key)
+        except Reject as exc:
+            raise ValidationError(self.name, self.key, key, str(exc)) from None
+
+    def partition_of(self, key_str: str, partitions: int) -> int:
+        """Stable partition of a key: crc32 of ``table:key``, the same in every process."""
+        return zlib.crc32(self.table_bytes + b":" + key_str.encode("utf-8")) % partitions
+
+    # -- validation ------------------------------------------------------------
+
+    def check_value(self, f: FieldInfo, value: Any) -> Any:
+        if value is None:
+            if f.nullable:
+                return None
+            raise ValidationError(self.name, f.name, value, "field is not Optional")
+        try:
+            return f.ftype.check(value)
+        except Reject as exc:
+            raise ValidationError(self.name, f.name, value, str(exc)) from None
+
+    def check_object(self, obj: Any) -> list[Any]:
+        """All field values of ``obj`` checked and normalized, in field order."""
+        if type(obj) is not self.cls:
+            raise ValidationError(
+                self.name, "<object>", obj, f"expected a {self.name}, got {type(obj).__name__}"
+            )
+        out: list[Any] = []
+        for f in self.fields:
+            value = getattr(obj, f.name)
+            if value is None:
+                if not f.nullable:
+                    raise ValidationError(self.name, f.name, value, "field is not Optional")
+                out.append(None)
+                continue
+            try:
+                out.append(f.ftype.check(value))
+            except Reject as exc:
+                raise ValidationError(self.name, f.name, value, str(exc)) from None
+        return out
+
+    def check_changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """A partial update checked: known, non-key fields with valid values."""
+        if not changes:
+            raise ValidationError(self.name, "<fields>", {}, "an update needs at least one field")
+        out: dict[str, Any] = {}
+        for name, value in changes.items():
+            f = self.by_name.get(name)
+            if f is None:
+                raise ValidationError(self.name, name, value, "no such field")
+            if name == self.key:
+                raise ValidationError(self.name, name, value, "the key cannot be updated")
+            out[name] = self.check_value(f, value)
+        return out
+
+    # -- building instances ----------------------------------------------------
+
+    def from_hash(self, raw: Mapping[bytes, bytes]) -> Any:
+        """An instance from an HGETALL reply (absent field = None)."""
+        kwargs: dict[str, Any] = {}
+        for f in self.fields:
+            value = raw.get(f.name.encode("utf-8"))
+            kwargs[f.name] = None if value is None else f.ftype.from_hash(value)
+        return self.cls(**kwargs)
+
+    def from_pg_row(self, row: tuple[Any, ...]) -> Any:
+        """An instance from a ``SELECT <all columns in field order>`` row."""
+        kwargs = {
+            f.name: None if value is None else f.ftype.from_pg(value)
+            for f, value in zip(self.fields, row, strict=True)
+        }
+        return self.cls(**kwargs)
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(annotation))
+        if len(args) == 1:
+            return args[0], nullable
+        return annotation, nullable
+    return annotation, False
+
+
+def _check_identifier(what: str, name: str, where: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"{where}: {what} must be a non-empty str, got {name!r}")
+    if "\x00" in name:
+        raise ModelError(f"{where}: {what} {name!r} contains a NUL byte")
+    if len(name.encode("utf-8")) > _PG_IDENTIFIER_MAX:
+        raise ModelError(
+            f"{where}: {what} {name!r} is longer than PostgreSQL's {_PG_IDENTIFIER_MAX} bytes"
+        )
+
+
+def _build(cls: type, table: str, key: str, ttl: int | None) -> ModelInfo:
+    where = f"model {cls.__name__}"
+    _check_identifier("table", table, where)
+    if ttl is not None and (type(ttl) is not int or ttl <= 0):
+        raise ModelError(f"{where}: ttl must be a positive int (seconds) or None, got {ttl!r}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # NameError for an unresolvable forward reference, etc.
+        raise ModelError(f"{where}: cannot resolve the field annotations: {exc}") from exc
+    fields: list[FieldInfo] = []
+    for i, dc_field in enumerate(dataclasses.fields(cls)):
+        name = dc_field.name
+        _check_identifier("field name", name, where)
+        if name == TOMBSTONE_FIELD:
+            raise ModelError(f"{where}: the field name {name!r} is reserved by kvfast")
+        inner, nullable = _unwrap_optional(hints[name])
+        ftype = field_type_for(inner)
+        if ftype is None:
+            raise ModelError(
+                f"{where}: field {name!r} has unsupported type {hints[name]!r}; use int, str, "
+                "float, bool, datetime, date, Decimal, bytes, dict, list, UUID, a str Enum, "
+                "or one of these | None"
+            )
+        fields.append(FieldInfo(name, ftype, nullable, i))
+    by_name = {f.name: f for f in fields}
+    if key not in by_name:
+        raise ModelError(f"{where}: key {key!r} is not a field")
+    key_field = by_name[key]
+    if key_field.nullable or not isinstance(key_field.ftype, (IntType, StrType, UUIDType)):
+        raise ModelError(f"{where}: key field {key!r} must be int, str or UUID (not Optional)")
+    return ModelInfo(cls, table, key, ttl, fields)
+
+
+@dataclass_transform()
+def model(*, table: str, key: str = "id", ttl: int | None = None) -> Callable[[type[T]], type[T]]:
+    """Declare a model: ``@model(table="bookings", key="id", ttl=None)``.
+
+    ``ttl`` (seconds) expires the Redis copy of each object after its last
+    write; reads then fall back to PostgreSQL.  Keep it well above the drain lag.
+    """
+
+    def decorate(cls: type[T]) -> type[T]:
+        if not dataclasses.is_dataclass(cls):
+            cls = dataclasses.dataclass(cls)
+        info = _build(cls, table, key, ttl)
+        previous = _REGISTRY.get(table)
+        if previous is not None and previous.cls.__qualname__ != cls.__qualname__:
+            raise ModelError(
+                f"model {cls.__name__}: table {table!r} is already used by {previous.name}"
+            )
+        _REGISTRY[table] = info
+        cls.__kvfast_model__ = info  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def model_info(cls: Any) -> ModelInfo:
+    """The ModelInfo of a model class (ModelError if it is not one)."""
+    info = getattr(cls, "__kvfast_model__", None)
+    if not isinstance(info, ModelInfo) or info.cls is not cls:
+        raise ModelError(f"{cls!r} is not a kvfast model (decorate it with @kvfast.model)")
+    return info
+
+
+def get_model(table: str) -> ModelInfo | None:
+    """The registered model for ``table`` (how a drainer reads a queue entry)."""
+    return _REGISTRY.get(table)
+
+
+def registered_models() -> list[ModelInfo]:
+    return list(_REGISTRY.values())
