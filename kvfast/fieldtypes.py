@@ -41,6 +41,8 @@ class Reject(Exception):
 
 class FieldType:
     pg_type: str = ""
+    #: the psycopg type name given to ``Copy.set_types`` (binary COPY)
+    copy_type: str = ""
     python_type: type = object
     #: the wire value equals the Python value (no conversion on the hot path)
     wire_is_value: bool = False
@@ -69,6 +71,7 @@ class FieldType:
 
 class IntType(FieldType):
     pg_type = "bigint"
+    copy_type = "int8"
     python_type = int
     wire_is_value = True
 
@@ -90,6 +93,7 @@ class IntType(FieldType):
 
 class StrType(FieldType):
     pg_type = "text"
+    copy_type = "text"
     python_type = str
     wire_is_value = True
 
@@ -120,6 +124,7 @@ def _check_text(value: str) -> None:
 
 class EnumType(FieldType):
     pg_type = "text"
+    copy_type = "text"
 
     def __init__(self, enum_cls: type[enum.Enum]) -> None:
         self.python_type = enum_cls
@@ -159,6 +164,7 @@ _FLOAT_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 class FloatType(FieldType):
     pg_type = "double precision"
+    copy_type = "float8"
     python_type = float
 
     def check(self, value: Any) -> Any:
@@ -191,6 +197,7 @@ class FloatType(FieldType):
 
 class BoolType(FieldType):
     pg_type = "boolean"
+    copy_type = "bool"
     python_type = bool
     wire_is_value = True
 
@@ -208,6 +215,7 @@ class BoolType(FieldType):
 
 class DateTimeType(FieldType):
     pg_type = "timestamp with time zone"
+    copy_type = "timestamptz"
     python_type = dt.datetime
 
     def check(self, value: Any) -> Any:
@@ -245,6 +253,7 @@ class DateTimeType(FieldType):
 
 class DateType(FieldType):
     pg_type = "date"
+    copy_type = "date"
     python_type = dt.date
 
     def check(self, value: Any) -> Any:
@@ -269,6 +278,7 @@ class DateType(FieldType):
 
 class DecimalType(FieldType):
     pg_type = "numeric"
+    copy_type = "numeric"
     python_type = Decimal
 
     def check(self, value: Any) -> Any:
@@ -299,6 +309,7 @@ class DecimalType(FieldType):
 
 class BytesType(FieldType):
     pg_type = "bytea"
+    copy_type = "bytea"
     python_type = bytes
 
     def check(self, value: Any) -> Any:
@@ -323,6 +334,7 @@ class BytesType(FieldType):
 
 class UUIDType(FieldType):
     pg_type = "uuid"
+    copy_type = "uuid"
     python_type = uuid.UUID
 
     def check(self, value: Any) -> Any:
@@ -347,6 +359,7 @@ class JsonType(FieldType):
     """dict or list, stored as jsonb; only values that come back unchanged pass."""
 
     pg_type = "jsonb"
+    copy_type = "jsonb"
     wire_is_value = True
 
     def __init__(self, container: type) -> None:

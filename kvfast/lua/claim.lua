@@ -58,7 +58,15 @@ if #free_queues == 0 then
   return nil
 end
 
-local popped = redis.call('LMPOP', #free_queues, unpack(free_queues), 'LEFT', 'COUNT', count)
+-- unpack() only expands as the last argument: build LMPOP's arguments in full.
+local lmpop = { #free_queues }
+for i = 1, #free_queues do
+  lmpop[i + 1] = free_queues[i]
+end
+lmpop[#lmpop + 1] = 'LEFT'
+lmpop[#lmpop + 1] = 'COUNT'
+lmpop[#lmpop + 1] = count
+local popped = redis.call('LMPOP', unpack(lmpop))
 if not popped then
   return nil
 end

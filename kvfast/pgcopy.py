@@ -1,0 +1,238 @@
+"""Apply a collapsed batch to PostgreSQL: COPY BINARY into staging, then set-based SQL.
+
+Per model and kind, one COPY into a temporary staging table and one statement:
+
+    upsert   INSERT INTO t (cols) SELECT cols FROM stage ON CONFLICT (key) DO UPDATE SET …
+    update   UPDATE t SET c = s.c, … FROM stage s WHERE t.key = s.key RETURNING t.key
+             (one round per distinct set of changed columns)
+    delete   DELETE FROM t USING stage s WHERE t.key = s.key
+
+The staging table is ``CREATE TEMP TABLE … ON COMMIT DELETE ROWS AS SELECT * FROM t
+WITH NO DATA``: the target's column types without its constraints, emptied by
+every commit.  A row PostgreSQL rejects (constraint, type, foreign key) is found
+by re-running the batch with savepoints and bisecting the failing group; it and
+the queue entries behind it come back as dead letters, everything else commits.
+An update whose row does not exist is a dead letter too: never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp
+from kvfast.model import ModelInfo
+from kvfast.schema import FENCE_TABLE
+
+__all__ = ["ROW_ERRORS", "Applier", "StaleEpoch"]
+
+#: Errors caused by the data of some row: isolate the row, commit the rest.
+ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+# When a batch fails, bisect groups of at most this many ops rather than the
+# whole batch: with ~1% poison rows a 2,000-op batch has ~20 bad rows and
+# bisecting 45-op chunks costs far fewer statements than bisecting 2,000 ops.
+_CAREFUL_CHUNK = 45
+
+
+class StaleEpoch(Exception):
+    """Another drainer committed this partition with a newer epoch: do not commit."""
+
+
+class _Stmts:
+    """The SQL of one model, built once per connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any], info: ModelInfo, n: int) -> None:
+        self.info = info
+        self.stage = sql.Identifier(f"_kvfast_stage_{n}")
+        table = sql.Identifier(info.table)
+        key = sql.Identifier(info.key)
+        names = [f.name for f in info.fields]
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in names)
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+                "SELECT * FROM {} WITH NO DATA"
+            ).format(self.stage, table)
+        )
+        non_key = [c for c in names if c != info.key]
+        conflict: sql.Composable
+        if non_key:
+            conflict = sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in non_key
+            )
+        else:
+            conflict = sql.SQL("DO NOTHING")
+        self.upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+            table, cols, cols, self.stage, key, conflict
+        )
+        self.delete = sql.SQL("DELETE FROM {} t USING {} s WHERE t.{} = s.{}").format(
+            table, self.stage, key, key
+        )
+        self.clear = sql.SQL("DELETE FROM {}").format(self.stage)
+        self.table = table
+        self.key = key
+        self._copy: dict[tuple[str, ...], sql.Composed] = {}
+        self._update: dict[tuple[str, ...], sql.Composed] = {}
+        self.all_columns = tuple(names)
+
+    def copy(self, columns: tuple[str, ...]) -> sql.Composed:
+        stmt = self._copy.get(columns)
+        if stmt is None:
+            stmt = self._copy[columns] = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            )
+        return stmt
+
+    def update(self, columns: tuple[str, ...]) -> sql.Composed:
+        stmt = self._update.get(columns)
+        if stmt is None:
+            sets = sql.SQL(", ").join(
+                sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in columns
+            )
+            stmt = self._update[columns] = sql.SQL(
+                "UPDATE {} t SET {} FROM {} s WHERE t.{} = s.{} RETURNING t.{}"
+            ).format(self.table, sets, self.stage, self.key, self.key, self.key)
+        return stmt
+
+
+DeadList = list[tuple[KeyOp, str]]
+
+
+class Applier:
+    """Applies batches on one PostgreSQL connection (not autocommit)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], namespace: str) -> None:
+        self.conn = conn
+        self.namespace = namespace
+        self._stmts: dict[str, _Stmts] = {}
+        self._fence = sql.SQL(
+            "INSERT INTO {0} (namespace, partition, epoch) VALUES (%s, %s, %s) "
+            "ON CONFLICT (namespace, partition) DO UPDATE SET epoch = EXCLUDED.epoch "
+            "WHERE {0}.epoch <= EXCLUDED.epoch RETURNING epoch"
+        ).format(sql.Identifier(FENCE_TABLE))
+
+    def _for(self, info: ModelInfo) -> _Stmts:
+        stmts = self._stmts.get(info.table)
+        if stmts is None or stmts.info is not info:
+            stmts = self._stmts[info.table] = _Stmts(self.conn, info, len(self._stmts))
+        return stmts
+
+    def apply(self, batch: Batch, partition: int, epoch: int) -> DeadList:
+        """Apply ``batch`` in one transaction fenced by ``epoch``; return rejected ops.
+
+        Raises StaleEpoch (rolled back) when a newer epoch already committed, and
+        lets connection errors propagate (rolled back) for the caller to retry.
+        """
+        for mops in batch.models.values():
+            if mops.info.table not in self._stmts:
+                # Staging tables are created in a transaction of their own: one
+                # created inside a batch that rolls back would vanish with it.
+                self._for(mops.info)
+                self.conn.commit()
+        try:
+            return self._apply(batch, partition, epoch, careful=False)
+        except ROW_ERRORS:
+            self.conn.rollback()
+        return self._apply(batch, partition, epoch, careful=True)
+
+    def _apply(self, batch: Batch, partition: int, epoch: int, *, careful: bool) -> DeadList:
+        conn = self.conn
+        dead: DeadList = []
+        try:
+            # The fence goes first: it row-locks the partition's epoch, so a stale
+            # drainer stops before doing any work, and two drainers of one
+            # partition (old lease, new lease) commit one after the other.
+            row = conn.execute(self._fence, (self.namespace, partition, epoch)).fetchone()
+            if row is None:
+                raise StaleEpoch(f"partition {partition}: epoch {epoch} is stale")
+            for mops in batch.models.values():
+                stmts = self._for(mops.info)
+                upserts = mops.of_kind(UPSERT)
+                if upserts:
+                    dead += self._run(stmts, upserts, self._upsert, careful)
+                updates = mops.of_kind(UPDATE)
+                if updates:
+                    groups: dict[tuple[str, ...], list[KeyOp]] = {}
+                    for op in updates:
+                        groups.setdefault(tuple(op.row), []).append(op)
+                    for group in groups.values():
+                        dead += self._run(stmts, group, self._update, careful)
+                deletes = mops.of_kind(DELETE)
+                if deletes:
+                    dead += self._run(stmts, deletes, self._delete, careful)
+            conn.commit()
+        except BaseException:
+            if not conn.closed and not conn.broken:
+                conn.rollback()
+            raise
+        return dead
+
+    # -- one group -------------------------------------------------------------
+
+    def _run(
+        self,
+        stmts: _Stmts,
+        ops: list[KeyOp],
+        step: Callable[[_Stmts, list[KeyOp]], DeadList],
+        careful: bool,
+    ) -> DeadList:
+        if not careful:
+            return step(stmts, ops)
+        dead: DeadList = []
+        for start in range(0, len(ops), _CAREFUL_CHUNK):
+            dead += self._bisect(stmts, ops[start : start + _CAREFUL_CHUNK], step)
+        return dead
+
+    def _bisect(
+        self, stmts: _Stmts, ops: list[KeyOp], step: Callable[[_Stmts, list[KeyOp]], DeadList]
+    ) -> DeadList:
+        try:
+            with self.conn.transaction():  # a SAVEPOINT inside the batch transaction
+                return step(stmts, ops)
+        except ROW_ERRORS as exc:
+            if len(ops) == 1:
+                return [(ops[0], _error_text(exc))]
+            mid = len(ops) // 2
+            return self._bisect(stmts, ops[:mid], step) + self._bisect(stmts, ops[mid:], step)
+
+    def _copy(self, stmts: _Stmts, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
+        info = stmts.info
+        types = [info.by_name[c].ftype.copy_type for c in columns]
+        with self.conn.cursor().copy(stmts.copy(columns)) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+    def _upsert(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
+        columns = stmts.all_columns
+        self._copy(stmts, columns, [[op.row[c] for c in columns] for op in ops])
+        self.conn.execute(stmts.upsert)
+        self.conn.execute(stmts.clear)
+        return []
+
+    def _update(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
+        changed = tuple(ops[0].row)
+        columns = (stmts.info.key, *changed)
+        self._copy(stmts, columns, [[op.key, *op.row.values()] for op in ops])
+        found = {r[0] for r in self.conn.execute(stmts.update(changed)).fetchall()}
+        self.conn.execute(stmts.clear)
+        return [(op, "update of a row that is not in PostgreSQL") for op in ops
+                if op.key not in found]
+
+    def _delete(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
+        self._copy(stmts, (stmts.info.key,), [[op.key] for op in ops])
+        self.conn.execute(stmts.delete)
+        self.conn.execute(stmts.clear)
+        return []
+
+
+def _error_text(exc: BaseException) -> str:
+    diag = getattr(exc, "diag", None)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    text = str(exc).strip()
+    if diag is not None and diag.constraint_name:
+        text += f" (constraint {diag.constraint_name})"
+    return f"{sqlstate} {text}".strip()
