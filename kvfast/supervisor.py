@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -110,13 +111,18 @@ class _Stats:
     retaken: int = 0
     stale: int = 0
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    #: every lag sample of the run (bounded), for the final report
+    all_lags: deque[float] = field(default_factory=lambda: deque(maxlen=500_000))
+    first_batch: float = 0.0
+    last_batch: float = 0.0
     window_rows: int = 0
     window_start: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
     def __init__(self, settings: Settings, *, workers: int, drain_until_empty: bool,
-                 status_interval: float, log_level: int) -> None:
+                 status_interval: float, log_level: int, stats_json: str | None = None) -> None:
+        self.stats_json = stats_json
         self.settings = settings
         self.n_workers = workers
         self.drain_until_empty = drain_until_empty
@@ -212,6 +218,10 @@ class Supervisor:
             s.retaken += int(retaken)
             s.stale += int(stale)
             s.lags.extend(lags)
+            s.all_lags.extend(lags)
+            s.last_batch = time.time()
+            if not s.first_batch:
+                s.first_batch = s.last_batch
             self._metrics.rows.inc(applied)
             self._metrics.dead_new.inc(dead)
 
@@ -311,7 +321,21 @@ class Supervisor:
             p.join(max(0.0, deadline - time.monotonic()))
         self._stop_all(hard=True)
 
+    def report(self) -> dict[str, float]:
+        s = self.stats
+        lags = sorted(s.all_lags)
+        return {
+            "rows": s.rows, "dead_lettered": s.dead, "batches": s.batches,
+            "retaken": s.retaken, "stale": s.stale,
+            "first_batch_at": s.first_batch, "last_batch_at": s.last_batch,
+            "lag_p50_ms": _quantile(lags, 0.50), "lag_p99_ms": _quantile(lags, 0.99),
+            "lag_samples": len(lags),
+        }
+
     def _final_status(self) -> None:
+        if self.stats_json:
+            with open(self.stats_json, "w") as fh:
+                json.dump(self.report(), fh)
         with contextlib.suppress(Exception):
             snap = self.snapshot()
             log.info(
@@ -421,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "KVFAST_METRICS_PORT", "0") or 0),
                    help="serve Prometheus /metrics and /healthz on 127.0.0.1:PORT "
                    "(env KVFAST_METRICS_PORT; default 0 = off)")
+    p.add_argument("--stats-json", metavar="PATH",
+                   help="write the run's totals and drain-lag quantiles to PATH at exit")
     p.add_argument("--log-level", default=os.environ.get("KVFAST_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (env KVFAST_LOG_LEVEL; default INFO)")
     return p
@@ -494,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("draining %s into PostgreSQL with %d drainers (%s)",
              ", ".join(m.table for m in models), settings.workers, settings)
     sup = Supervisor(settings, workers=settings.workers, drain_until_empty=args.drain_until_empty,
-                     status_interval=args.status_interval, log_level=level)
+                     status_interval=args.status_interval, log_level=level,
+                     stats_json=args.stats_json)
     server = _serve_http(sup, args.metrics_port) if args.metrics_port else None
     try:
         return sup.run()

@@ -1,7 +1,7 @@
 """Fixtures: real Redis and PostgreSQL, a clean key space and database per test.
 
-The servers are the ones named by ``KVFAST_REDIS_URL`` and ``KVFAST_TEST_PG_DSN``
-(or ``KVFAST_PG_DSN``); ``tools/test`` starts them with ``tools/services``.  When
+The servers are the ones named by ``KVFAST_TEST_REDIS_URL`` and ``KVFAST_TEST_PG_DSN``
+(``tools/services env`` prints both; they are separate from the demo's); ``tools/test`` starts them with ``tools/services``.  When
 a server is missing the tests fail under CI (``CI`` or ``KVFAST_REQUIRE_SERVICES``
 set) and are skipped, with the reason, on a developer machine.
 """
@@ -18,9 +18,10 @@ import redis
 
 import kvfast
 
-REDIS_URL = os.environ.get("KVFAST_REDIS_URL", "redis://127.0.0.1:16379/0")
-PG_DSN = os.environ.get("KVFAST_TEST_PG_DSN") or os.environ.get(
-    "KVFAST_PG_DSN", "postgresql://kvfast:kvfast@127.0.0.1:15432/kvfast_test"
+# The tests flush their Redis database: by default database 1, not the demo's 0.
+REDIS_URL = os.environ.get("KVFAST_TEST_REDIS_URL", "redis://127.0.0.1:16379/1")
+PG_DSN = os.environ.get(
+    "KVFAST_TEST_PG_DSN", "postgresql://kvfast:kvfast@127.0.0.1:15432/kvfast_test"
 )
 REQUIRE = bool(os.environ.get("CI") or os.environ.get("KVFAST_REQUIRE_SERVICES"))
 
