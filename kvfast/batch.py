@@ -15,10 +15,12 @@ rest of the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kvfast import codec
+from kvfast.decoders import build_row_decoder, decode_value
 from kvfast.errors import DecodeError
 from kvfast.fieldtypes import Reject
 from kvfast.model import ModelInfo, get_model
@@ -34,7 +36,8 @@ DELETE = "delete"
 class KeyOp:
     kind: str
     key: Any
-    row: dict[str, Any]
+    #: upsert: every value in field order; update: {field: value}; delete: empty
+    row: Any
     #: the raw queue entries folded into this op, in order (dead-lettered together)
     entries: list[bytes] = field(default_factory=list)
 
@@ -61,28 +64,16 @@ class Batch:
     size: int = 0
 
 
-def _decode_fields(info: ModelInfo, wire: dict[str, Any], full: bool) -> dict[str, Any]:
+def _decode_changes(info: ModelInfo, wire: dict[str, Any]) -> dict[str, Any]:
     by_name = info.by_name
     out: dict[str, Any] = {}
     for name, raw in wire.items():
         f = by_name.get(name)
         if f is None:
             raise DecodeError(f"{info.name} has no field {name!r}")
-        if raw is None:
-            if not f.nullable:
-                raise DecodeError(f"{info.name}.{name} is NULL but not Optional")
-            out[name] = None
-        else:
-            try:
-                value = raw if f.ftype.wire_is_value else f.ftype.from_wire(raw)
-                # The producer checked this value already; re-checking catches
-                # foreign or hand-edited entries before PostgreSQL sees them.
-                out[name] = f.ftype.check(value)
-            except (Reject, ValueError, TypeError, KeyError) as exc:
-                raise DecodeError(f"{info.name}.{name} = {raw!r}: {exc}") from None
-    if full and len(out) != len(by_name):
-        missing = sorted(set(by_name) - set(out))
-        raise DecodeError(f"{info.name} create without fields {missing}")
+        if name == info.key:
+            raise DecodeError(f"{info.name}: an update cannot change the key")
+        out[name] = decode_value(info, f, raw)
     return out
 
 
@@ -96,40 +87,66 @@ def _decode_key(info: ModelInfo, raw: Any) -> Any:
         raise DecodeError(f"{info.name} key {raw!r}: {exc}") from None
 
 
+_row_decoders: dict[int, tuple[ModelInfo, Callable[[dict[str, Any]], list[Any]]]] = {}
+
+
+def _row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
+    cached = _row_decoders.get(id(info))
+    if cached is None or cached[0] is not info:
+        cached = _row_decoders[id(info)] = (info, build_row_decoder(info))
+    return cached[1]
+
+
 def build_batch(raw_entries: list[bytes]) -> Batch:
     batch = Batch(size=len(raw_entries))
+    models = batch.models
+    dead = batch.dead
+    write_times = batch.write_times
     for raw in raw_entries:
         try:
             entry = codec.decode(raw)
-            info = get_model(entry.table)
-            if info is None:
-                raise DecodeError(f"no model registered for table {entry.table!r}")
-            key = _decode_key(info, entry.key)
-            if entry.op == codec.OP_DELETE:
-                row: dict[str, Any] = {}
-            else:
-                row = _decode_fields(info, entry.fields, entry.op == codec.OP_CREATE)
-                if entry.op == codec.OP_CREATE and row[info.key] != key:
+            mops = models.get(entry.table)
+            if mops is None:
+                info = get_model(entry.table)
+                if info is None:
+                    raise DecodeError(f"no model registered for table {entry.table!r}")
+                mops = ModelOps(info)
+            info = mops.info
+            op_kind = entry.op
+            if op_kind == codec.OP_CREATE:
+                row: Any = _row_decoder(info)(entry.fields)
+                key = row[info.key_field.index]
+                if key != entry.key and str(key) != entry.key:
                     raise DecodeError(f"{info.name} create: key {entry.key!r} != key field")
+            elif op_kind == codec.OP_UPDATE:
+                key = _decode_key(info, entry.key)
+                row = _decode_changes(info, entry.fields)
+            else:
+                key = _decode_key(info, entry.key)
+                row = None
         except DecodeError as exc:
-            batch.dead.append((raw, f"undecodable entry: {exc}"))
+            dead.append((raw, f"undecodable entry: {exc}"))
             continue
-        batch.write_times.append(entry.t_us)
-        mops = batch.models.get(info.table)
-        if mops is None:
-            mops = batch.models[info.table] = ModelOps(info)
+        if entry.table not in models:
+            models[entry.table] = mops
+        write_times.append(entry.t_us)
         op = mops.ops.get(key)
-        if entry.op == codec.OP_CREATE:
+        if op_kind == codec.OP_CREATE:
             if op is None:
                 mops.ops[key] = KeyOp(UPSERT, key, row, [raw])
             else:
                 op.kind, op.row = UPSERT, row
                 op.entries.append(raw)
-        elif entry.op == codec.OP_UPDATE:
+        elif op_kind == codec.OP_UPDATE:
             if op is None:
                 mops.ops[key] = KeyOp(UPDATE, key, row, [raw])
             elif op.kind == DELETE:
-                batch.dead.append((raw, "update of a key deleted earlier in the same batch"))
+                dead.append((raw, "update of a key deleted earlier in the same batch"))
+            elif op.kind == UPSERT:
+                index = info.by_name
+                for name, value in row.items():
+                    op.row[index[name].index] = value
+                op.entries.append(raw)
             else:
                 op.row.update(row)
                 op.entries.append(raw)
@@ -137,8 +154,8 @@ def build_batch(raw_entries: list[bytes]) -> Batch:
             assert entry.tomb_id is not None
             batch.tombstones.append((info, str(key), entry.tomb_id))
             if op is None:
-                mops.ops[key] = KeyOp(DELETE, key, {}, [raw])
+                mops.ops[key] = KeyOp(DELETE, key, None, [raw])
             else:
-                op.kind, op.row = DELETE, {}
+                op.kind, op.row = DELETE, None
                 op.entries.append(raw)
     return batch

@@ -62,15 +62,16 @@ def decode(raw: bytes) -> Entry:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"entry is not JSON: {exc}") from None
-    if type(obj) is not dict:
-        raise DecodeError("entry is not a JSON object")
-    version = obj.get("v")
+    try:
+        version = obj["v"]
+        table, op, key, t_us = obj["m"], obj["o"], obj["k"], obj["t"]
+    except (KeyError, TypeError):
+        raise DecodeError("entry is not an object with v, m, o, k and t") from None
     if version != FORMAT_VERSION:
         raise DecodeError(f"unknown entry format version {version!r}")
-    table, op, key, t_us = obj.get("m"), obj.get("o"), obj.get("k"), obj.get("t")
     if type(table) is not str or op not in _OPS:
         raise DecodeError(f"entry has a bad model {table!r} or op {op!r}")
-    if type(key) not in (int, str):
+    if type(key) is not int and type(key) is not str:
         raise DecodeError(f"entry has a bad key {key!r}")
     if type(t_us) is not int:
         raise DecodeError(f"entry has a bad timestamp {t_us!r}")

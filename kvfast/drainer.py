@@ -232,10 +232,19 @@ class Drainer:
             try:
                 applier = self._applier_conn()
                 return applier.apply(batch, claim.partition, claim.epoch), False
-            except StaleEpoch:
-                log.warning("partition %d epoch %d is stale: batch left to its new owner",
-                            claim.partition, claim.epoch)
-                return [], True
+            except StaleEpoch as exc:
+                # Still the owner in Redis? Then Redis lost its epoch counter (see
+                # rebase.lua): move past PostgreSQL's epoch and retry.  Otherwise
+                # another drainer owns the batch now: leave it to that one.
+                new_epoch = self._rebase(claim, exc.newest)
+                if not new_epoch:
+                    log.warning("partition %d epoch %d is stale: batch left to its new owner",
+                                claim.partition, claim.epoch)
+                    return [], True
+                log.warning("partition %d: epoch %d behind PostgreSQL's %d (Redis was reset?); "
+                            "continuing with epoch %d", claim.partition, claim.epoch, exc.newest,
+                            new_epoch)
+                claim.epoch = new_epoch
             except _PG_RETRY_ERRORS as exc:
                 self._drop_pg()
                 delay = backoff.next_delay()
@@ -249,6 +258,21 @@ class Drainer:
                 delay = backoff.next_delay()
                 log.error("batch of partition %d failed (%s); retrying in %.2fs",
                           claim.partition, _first_line(exc), delay)
+                time.sleep(delay)
+
+    def _rebase(self, claim: Claim, newest: int) -> int:
+        keys = self.keys
+        backoff = Backoff()
+        while True:
+            try:
+                return int(self.client.scripts(
+                    "rebase",
+                    [keys.inflight_meta[claim.partition], keys.epochs[claim.partition]],
+                    [self.owner, claim.epoch, newest],
+                ))
+            except _REDIS_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("Redis unavailable (%s); retrying in %.2fs", _first_line(exc), delay)
                 time.sleep(delay)
 
     def _ack_with_retry(

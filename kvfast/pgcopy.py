@@ -38,7 +38,11 @@ _CAREFUL_CHUNK = 45
 
 
 class StaleEpoch(Exception):
-    """Another drainer committed this partition with a newer epoch: do not commit."""
+    """PostgreSQL has seen a newer epoch for this partition: do not commit."""
+
+    def __init__(self, partition: int, epoch: int, newest: int) -> None:
+        super().__init__(f"partition {partition}: epoch {epoch} is older than {newest}")
+        self.newest = newest
 
 
 class _Stmts:
@@ -113,6 +117,9 @@ class Applier:
             "ON CONFLICT (namespace, partition) DO UPDATE SET epoch = EXCLUDED.epoch "
             "WHERE {0}.epoch <= EXCLUDED.epoch RETURNING epoch"
         ).format(sql.Identifier(FENCE_TABLE))
+        self._newest = sql.SQL(
+            "SELECT epoch FROM {} WHERE namespace = %s AND partition = %s"
+        ).format(sql.Identifier(FENCE_TABLE))
 
     def _for(self, info: ModelInfo) -> _Stmts:
         stmts = self._stmts.get(info.table)
@@ -147,7 +154,8 @@ class Applier:
             # partition (old lease, new lease) commit one after the other.
             row = conn.execute(self._fence, (self.namespace, partition, epoch)).fetchone()
             if row is None:
-                raise StaleEpoch(f"partition {partition}: epoch {epoch} is stale")
+                newest = conn.execute(self._newest, (self.namespace, partition)).fetchone()
+                raise StaleEpoch(partition, epoch, int(newest[0]) if newest else 0)
             for mops in batch.models.values():
                 stmts = self._for(mops.info)
                 upserts = mops.of_kind(UPSERT)
@@ -207,8 +215,8 @@ class Applier:
                 copy.write_row(row)
 
     def _upsert(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
-        columns = stmts.all_columns
-        self._copy(stmts, columns, [[op.row[c] for c in columns] for op in ops])
+        # Upsert rows are already lists in field order (see batch.KeyOp).
+        self._copy(stmts, stmts.all_columns, [op.row for op in ops])
         self.conn.execute(stmts.upsert)
         self.conn.execute(stmts.clear)
         return []
