@@ -18,7 +18,7 @@ import redis
 
 __all__ = ["SCRIPT_NAMES", "ScriptSet", "source"]
 
-SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase")
+SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue")
 
 
 @cache
