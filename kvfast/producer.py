@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import hiredis
 import orjson
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from kvfast.client import Client
     from kvfast.model import ModelInfo
 
-__all__ = ["Producer"]
+__all__ = ["Call", "Producer", "Request", "WriteBuilder"]
 
 # hiredis' stub types the argument as a 1-tuple; it takes any length.
 _pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
@@ -49,8 +49,20 @@ _RECV_SIZE = 1 << 16
 _ERRORS = (hiredis.ReplyError, redis.ResponseError)
 
 
-class Producer:
-    """Builds and sends the write batches of one model."""
+class Request(NamedTuple):
+    """A packed batch: the bytes to send, how many replies come back, records in it."""
+
+    payload: bytes
+    nreplies: int
+    records: int
+
+
+#: one script call: (KEYS, ARGV)
+Call = tuple[list[Any], list[Any]]
+
+
+class WriteBuilder:
+    """Validates and packs the write batches of one model; no I/O (shared by sync and aio)."""
 
     def __init__(self, client: Client, info: ModelInfo) -> None:
         self.client = client
@@ -78,6 +90,169 @@ class Producer:
         p = zlib.crc32(self._crc_prefix + key_str.encode("utf-8")) % self._partitions
         wire = key if type(key) is int else key_str
         return wire, p, self._obj_prefix[p] + key_str
+
+    def _pack_blocks(
+        self, blocks: list[tuple[list[bytes], dict[int, list[bytes]]]]
+    ) -> tuple[bytes, int]:
+        """Wrap each block's commands and its per-partition RPUSHes in MULTI/EXEC."""
+        parts: list[bytes] = []
+        nreplies = 0
+        queues = self.keys.queues
+        for commands, entries in blocks:
+            parts.append(_MULTI)
+            parts.extend(commands)
+            for p, items in entries.items():
+                parts.append(_pack(("RPUSH", queues[p], *items)))
+            parts.append(_EXEC)
+            nreplies += 2 + len(commands) + len(entries)
+        return b"".join(parts), nreplies
+
+    @staticmethod
+    def check_block_replies(replies: list[Any]) -> None:
+        for reply in replies:
+            if isinstance(reply, _ERRORS):
+                raise KvfastError(f"Redis refused a write batch: {reply}") from reply
+            if isinstance(reply, list):
+                for item in reply:
+                    if isinstance(item, _ERRORS):
+                        raise KvfastError(f"Redis refused a write: {item}") from item
+
+    # -- writes ----------------------------------------------------------------
+
+    def build_create(self, objs: Iterable[Any]) -> Request:
+        """Validate and pack a create batch (no I/O)."""
+        t_us = codec.now_us()
+        table = self.table
+        ttl = self.ttl
+        encode = self._encode
+        locate = self.locate
+        dumps = orjson.dumps
+        version, op = codec.FORMAT_VERSION, codec.OP_CREATE
+        # One pass: validate, encode and pack each record straight to bytes, so
+        # the per-record lists and dicts die at once (no GC pressure).  Nothing
+        # is sent before every record has passed.
+        blocks: list[tuple[list[bytes], dict[int, list[bytes]]]] = []
+        count = 0
+        commands: list[bytes] = []
+        entries: dict[int, list[bytes]] = {}
+        block_keys: list[str] = []
+        seen: set[str] = set()
+        for obj in objs:
+            key, hash_args, wire = encode(obj)
+            wire_key, p, obj_key = locate(key)
+            # create replaces the whole object (NULL = absent field, a pending
+            # tombstone must go), like the upsert in PostgreSQL: the block starts
+            # with one DEL of all its keys; a key repeated inside the block gets
+            # its own DEL so its second HSET does not inherit fields of the first.
+            if obj_key in seen:
+                commands.append(_pack(("DEL", obj_key)))
+            else:
+                seen.add(obj_key)
+                block_keys.append(obj_key)
+            commands.append(_pack(("HSET", obj_key, *hash_args)))
+            if ttl:
+                commands.append(_pack(("EXPIRE", obj_key, ttl)))
+            entry = dumps({"v": version, "m": table, "o": op, "k": wire_key, "f": wire, "t": t_us})
+            queue = entries.get(p)
+            if queue is None:
+                entries[p] = [entry]
+            else:
+                queue.append(entry)
+            count += 1
+            if count % _BLOCK == 0:
+                commands.insert(0, _pack(("DEL", *block_keys)))
+                blocks.append((commands, entries))
+                commands, entries, block_keys, seen = [], {}, [], set()
+        if commands:
+            commands.insert(0, _pack(("DEL", *block_keys)))
+            blocks.append((commands, entries))
+        return Request(*self._pack_blocks(blocks), count)
+
+    def build_delete(self, keys: Iterable[Any]) -> Request:
+        """Validate and pack a delete batch (no I/O)."""
+        info = self.info
+        t_us = codec.now_us()
+        normalized = [info.check_key(k) for k in keys]
+        blocks: list[tuple[list[bytes], dict[int, list[bytes]]]] = []
+        for start in range(0, len(normalized), _BLOCK):
+            commands: list[bytes] = []
+            entries: dict[int, list[bytes]] = {}
+            for key in normalized[start : start + _BLOCK]:
+                wire_key, p, obj_key = self.locate(key)
+                # The tombstone keeps a pending delete from reading through to the
+                # old PostgreSQL row; ack.lua removes it once the delete has drained.
+                tomb_id = secrets.token_hex(8)
+                commands.append(_pack(("DEL", obj_key)))
+                commands.append(_pack(("HSET", obj_key, TOMBSTONE_FIELD, tomb_id)))
+                entry = codec.encode_delete(self.table, wire_key, tomb_id, t_us)
+                entries.setdefault(p, []).append(entry)
+            blocks.append((commands, entries))
+        return Request(*self._pack_blocks(blocks), len(normalized))
+
+    def build_update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[Call]:
+        """Validate partial updates into update.lua calls (no I/O)."""
+        info = self.info
+        t_us = codec.now_us()
+        ttl = str(self.ttl)
+        by_name = info.by_name
+        prepared: list[Call] = []
+        for key, fields in changes:
+            key = info.check_key(key)
+            checked = info.check_changes(fields)
+            wire_key, p, obj_key = self.locate(key)
+            sets: list[Any] = []
+            nulls: list[Any] = []
+            wire: dict[str, Any] = {}
+            for name, value in checked.items():
+                ftype = by_name[name].ftype
+                if value is None:
+                    nulls.append(name)
+                    wire[name] = None
+                else:
+                    sets.append(name)
+                    sets.append(ftype.to_hash(value))
+                    wire[name] = value if ftype.wire_is_value else ftype.to_wire(value)
+            entry = codec.encode_write(self.table, codec.OP_UPDATE, wire_key, wire, t_us)
+            args = [TOMBSTONE_FIELD, ttl, entry, len(sets) // 2, *sets, *nulls]
+            prepared.append(([obj_key, self.keys.queues[p]], args))
+        return prepared
+
+    def build_hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[Call]:
+        """hydrate.lua calls for (key, row values in field order) read from PostgreSQL."""
+        prepared: list[Call] = []
+        for key, values in rows:
+            _, _, obj_key = self.locate(key)
+            args: list[Any] = [str(self.ttl)]
+            for (name, ftype, _), value in zip(self._codecs, values, strict=True):
+                if value is not None:
+                    args.append(name)
+                    args.append(ftype.to_hash(value))
+            prepared.append(([obj_key], args))
+        return prepared
+
+
+class Producer(WriteBuilder):
+    """Sends the batches of one model over the client's Redis connection pool."""
+
+    def create(self, objs: Iterable[Any]) -> int:
+        request = self.build_create(objs)
+        if request.records:
+            self.check_block_replies(self._send(request.payload, request.nreplies))
+        return request.records
+
+    def delete(self, keys: Iterable[Any]) -> int:
+        request = self.build_delete(keys)
+        if request.records:
+            self.check_block_replies(self._send(request.payload, request.nreplies))
+        return request.records
+
+    def update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[int]:
+        """Apply partial updates; returns update.lua's status per change (1, 0, -1)."""
+        return self._eval_many("update", self.build_update(changes))
+
+    def hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[int]:
+        """Load rows read from PostgreSQL into Redis where Redis has nothing."""
+        return self._eval_many("hydrate", self.build_hydrate(rows))
 
     def _send(self, payload: bytes, nreplies: int) -> list[Any]:
         """Send one packed buffer; return every reply (error replies as exceptions).
@@ -126,143 +301,7 @@ class Producer:
                 replies.append(exc)
         return replies
 
-    def _send_blocks(self, blocks: list[tuple[list[bytes], dict[int, list[bytes]]]]) -> None:
-        """Wrap each block's commands and its per-partition RPUSHes in MULTI/EXEC."""
-        parts: list[bytes] = []
-        nreplies = 0
-        queues = self.keys.queues
-        for commands, entries in blocks:
-            parts.append(_MULTI)
-            parts.extend(commands)
-            for p, items in entries.items():
-                parts.append(_pack(("RPUSH", queues[p], *items)))
-            parts.append(_EXEC)
-            nreplies += 2 + len(commands) + len(entries)
-        replies = self._send(b"".join(parts), nreplies)
-        for reply in replies:
-            if isinstance(reply, _ERRORS):
-                raise KvfastError(f"Redis refused a write batch: {reply}") from reply
-            if isinstance(reply, list):
-                for item in reply:
-                    if isinstance(item, _ERRORS):
-                        raise KvfastError(f"Redis refused a write: {item}") from item
-
-    # -- writes ----------------------------------------------------------------
-
-    def create(self, objs: Iterable[Any]) -> int:
-        t_us = codec.now_us()
-        table = self.table
-        ttl = self.ttl
-        encode = self._encode
-        locate = self.locate
-        dumps = orjson.dumps
-        version, op = codec.FORMAT_VERSION, codec.OP_CREATE
-        # One pass: validate, encode and pack each record straight to bytes, so
-        # the per-record lists and dicts die at once (no GC pressure).  Nothing
-        # is sent before every record has passed.
-        blocks: list[tuple[list[bytes], dict[int, list[bytes]]]] = []
-        count = 0
-        commands: list[bytes] = []
-        entries: dict[int, list[bytes]] = {}
-        block_keys: list[str] = []
-        seen: set[str] = set()
-        for obj in objs:
-            key, hash_args, wire = encode(obj)
-            wire_key, p, obj_key = locate(key)
-            # create replaces the whole object (NULL = absent field, a pending
-            # tombstone must go), like the upsert in PostgreSQL: the block starts
-            # with one DEL of all its keys; a key repeated inside the block gets
-            # its own DEL so its second HSET does not inherit fields of the first.
-            if obj_key in seen:
-                commands.append(_pack(("DEL", obj_key)))
-            else:
-                seen.add(obj_key)
-                block_keys.append(obj_key)
-            commands.append(_pack(("HSET", obj_key, *hash_args)))
-            if ttl:
-                commands.append(_pack(("EXPIRE", obj_key, ttl)))
-            entry = dumps({"v": version, "m": table, "o": op, "k": wire_key, "f": wire, "t": t_us})
-            queue = entries.get(p)
-            if queue is None:
-                entries[p] = [entry]
-            else:
-                queue.append(entry)
-            count += 1
-            if count % _BLOCK == 0:
-                commands.insert(0, _pack(("DEL", *block_keys)))
-                blocks.append((commands, entries))
-                commands, entries, block_keys, seen = [], {}, [], set()
-        if commands:
-            commands.insert(0, _pack(("DEL", *block_keys)))
-            blocks.append((commands, entries))
-        if blocks:
-            self._send_blocks(blocks)
-        return count
-
-    def delete(self, keys: Iterable[Any]) -> int:
-        info = self.info
-        t_us = codec.now_us()
-        normalized = [info.check_key(k) for k in keys]
-        blocks: list[tuple[list[bytes], dict[int, list[bytes]]]] = []
-        for start in range(0, len(normalized), _BLOCK):
-            commands: list[bytes] = []
-            entries: dict[int, list[bytes]] = {}
-            for key in normalized[start : start + _BLOCK]:
-                wire_key, p, obj_key = self.locate(key)
-                # The tombstone keeps a pending delete from reading through to the
-                # old PostgreSQL row; ack.lua removes it once the delete has drained.
-                tomb_id = secrets.token_hex(8)
-                commands.append(_pack(("DEL", obj_key)))
-                commands.append(_pack(("HSET", obj_key, TOMBSTONE_FIELD, tomb_id)))
-                entry = codec.encode_delete(self.table, wire_key, tomb_id, t_us)
-                entries.setdefault(p, []).append(entry)
-            blocks.append((commands, entries))
-        if blocks:
-            self._send_blocks(blocks)
-        return len(normalized)
-
-    def update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[int]:
-        """Apply partial updates; returns update.lua's status per change (1, 0, -1)."""
-        info = self.info
-        t_us = codec.now_us()
-        ttl = str(self.ttl)
-        by_name = info.by_name
-        prepared: list[tuple[list[Any], list[Any]]] = []
-        for key, fields in changes:
-            key = info.check_key(key)
-            checked = info.check_changes(fields)
-            wire_key, p, obj_key = self.locate(key)
-            sets: list[Any] = []
-            nulls: list[Any] = []
-            wire: dict[str, Any] = {}
-            for name, value in checked.items():
-                ftype = by_name[name].ftype
-                if value is None:
-                    nulls.append(name)
-                    wire[name] = None
-                else:
-                    sets.append(name)
-                    sets.append(ftype.to_hash(value))
-                    wire[name] = value if ftype.wire_is_value else ftype.to_wire(value)
-            entry = codec.encode_write(self.table, codec.OP_UPDATE, wire_key, wire, t_us)
-            args = [TOMBSTONE_FIELD, ttl, entry, len(sets) // 2, *sets, *nulls]
-            prepared.append(([obj_key, self.keys.queues[p]], args))
-        return self._eval_many("update", prepared)
-
-    def hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[int]:
-        """Load (key, row values in field order) read from PostgreSQL into Redis."""
-        prepared: list[tuple[list[Any], list[Any]]] = []
-        for key, values in rows:
-            _, _, obj_key = self.locate(key)
-            args: list[Any] = [str(self.ttl)]
-            for (name, ftype, _), value in zip(self._codecs, values, strict=True):
-                if value is not None:
-                    args.append(name)
-                    args.append(ftype.to_hash(value))
-            prepared.append(([obj_key], args))
-        return self._eval_many("hydrate", prepared)
-
-    def _eval_many(self, script: str, calls: list[tuple[list[Any], list[Any]]]) -> list[int]:
+    def _eval_many(self, script: str, calls: list[Call]) -> list[int]:
         """Pipeline EVALSHA calls in one round trip; reload the scripts on NOSCRIPT."""
         if not calls:
             return []
@@ -287,6 +326,7 @@ class Producer:
                 self.client.scripts.load_all()
             pending = retry
         return [int(r) for r in results]
+
 
 
 def _is_noscript(reply: Any) -> bool:

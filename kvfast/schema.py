@@ -17,7 +17,7 @@ from psycopg import sql
 from kvfast.errors import SchemaMismatch
 from kvfast.model import ModelInfo
 
-__all__ = ["FENCE_TABLE", "check_tables", "create_tables", "select_rows"]
+__all__ = ["FENCE_TABLE", "check_tables", "create_tables", "select_rows", "select_rows_sql"]
 
 #: One row per (namespace, partition): the newest epoch that committed a batch.
 FENCE_TABLE = "kvfast_fence"
@@ -132,17 +132,22 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
         raise SchemaMismatch("tables do not match their models:\n  " + "\n  ".join(problems))
 
 
+def select_rows_sql(info: ModelInfo) -> sql.Composed:
+    """``SELECT <every column in field order> FROM t WHERE key = ANY(%s)``."""
+    return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
+        sql.SQL(", ").join(sql.Identifier(f.name) for f in info.fields),
+        sql.Identifier(info.table),
+        sql.Identifier(info.key),
+    )
+
+
 def select_rows(
     conn: psycopg.Connection[Any], info: ModelInfo, keys: Sequence[Any]
 ) -> dict[Any, tuple[Any, ...]]:
     """Rows for ``keys`` (all columns in field order), by key."""
     if not keys:
         return {}
-    query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
-        sql.SQL(", ").join(sql.Identifier(f.name) for f in info.fields),
-        sql.Identifier(info.table),
-        sql.Identifier(info.key),
-    )
+    query = select_rows_sql(info)
     key_index = info.key_field.index
     rows = conn.execute(query, (list(keys),)).fetchall()
     return {row[key_index]: row for row in rows}
