@@ -13,7 +13,13 @@ from typing import Any
 import psycopg
 import redis
 
-from kvfast.errors import PartitionMismatch, PostgresUnavailable, RedisUnavailable
+from kvfast.errors import (
+    KvfastError,
+    PartitionMismatch,
+    PostgresUnavailable,
+    RedisUnavailable,
+    SchemaMismatch,
+)
 from kvfast.keys import Keys
 from kvfast.scripts import ScriptSet
 from kvfast.settings import Settings, redact
@@ -40,6 +46,9 @@ def redis_errors(settings: Settings) -> Iterator[None]:
         raise RedisUnavailable(
             f"Redis at {redact(settings.redis_url)} is unavailable: {message}"
         ) from exc
+    except redis.RedisError as exc:  # an error reply (WRONGTYPE, NOPERM, OOM …)
+        message = _scrub(str(exc), (_password(settings.redis_url),))
+        raise KvfastError(f"Redis refused a command: {message}") from exc
 
 
 @contextlib.contextmanager
@@ -52,6 +61,14 @@ def pg_errors(settings: Settings) -> Iterator[None]:
         raise PostgresUnavailable(
             f"PostgreSQL at {redact(settings.pg_dsn)} is unavailable: {message}"
         ) from exc
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        raise SchemaMismatch(
+            f"PostgreSQL: {_scrub(str(exc), (_password(settings.pg_dsn),))} (create the "
+            "tables with kvfast.create_tables() or the supervisor's --create-tables)"
+        ) from exc
+    except psycopg.Error as exc:
+        message = _scrub(str(exc), (_password(settings.pg_dsn),))
+        raise KvfastError(f"PostgreSQL refused a query: {message}") from exc
 
 
 def _password(url: str | None) -> str | None:

@@ -101,7 +101,9 @@ class StrType(FieldType):
         if type(value) is not str:
             if not isinstance(value, str):
                 raise Reject(f"expected str, got {type(value).__name__}")
-            value = str(value)
+            # The text itself: str() would call a subclass's __str__ (a str Enum
+            # member would become "Shade.DARK" instead of "dark").
+            value = str.__str__(value)
         _check_text(value)
         return value
 

@@ -4,7 +4,10 @@ Layout for namespace ``ns`` and partition ``p`` (``{ns:p}`` is the hash tag, so
 an object, its partition's queue and the drain bookkeeping share one Redis
 Cluster slot and every script touches one slot only)::
 
-    {ns:p}:o:<table>:<key>   hash   the object; NULL fields are absent;
+    {ns:p}:o:<table>:<key>   hash   the object; NULL fields are absent; ':' and '%'
+                                    in the table name are %-escaped, so the table
+                                    part ends at the first ':' (table "a", key "b:c"
+                                    and table "a:b", key "c" are different objects);
                                     a tombstone holds only TOMBSTONE_FIELD
     {ns:p}:q                 list   queue of entries waiting to drain (RPUSH/LMPOP)
     {ns:p}:f                 list   the in-flight batch (entries being applied)
@@ -19,7 +22,7 @@ Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table:key``).
 
 from __future__ import annotations
 
-__all__ = ["Keys"]
+__all__ = ["Keys", "escape_table"]
 
 
 class Keys:
@@ -39,13 +42,17 @@ class Keys:
         self.meta = f"{namespace}:meta"
 
     def obj(self, partition: int, table: str, key_str: str) -> str:
-        return f"{self._obj_prefix[partition]}{table}:{key_str}"
+        return f"{self._obj_prefix[partition]}{escape_table(table)}:{key_str}"
 
     def obj_pattern(self, partition: int | None = None) -> str:
         """A SCAN pattern for object hashes (all partitions when None)."""
         if partition is None:
             return f"{{{_glob_escape(self.namespace)}:*}}:o:*"
         return f"{_glob_escape(self.tags[partition])}:o:*"
+
+
+def escape_table(table: str) -> str:
+    return table.replace("%", "%25").replace(":", "%3A")
 
 
 def _glob_escape(text: str) -> str:

@@ -77,8 +77,11 @@ class ModelInfo:
             raise ValidationError(self.name, self.key, key, str(exc)) from None
 
     def partition_of(self, key_str: str, partitions: int) -> int:
-        """Stable partition of a key: crc32 of ``table:key``, the same in every process."""
-        return zlib.crc32(self.table_bytes + b":" + key_str.encode("utf-8")) % partitions
+        """Stable partition of a key: crc32 of ``table NUL key``, the same in every process.
+
+        NUL cannot occur in a table name, so no two (table, key) pairs collide.
+        """
+        return zlib.crc32(self.table_bytes + b"\x00" + key_str.encode("utf-8")) % partitions
 
     # -- validation ------------------------------------------------------------
 

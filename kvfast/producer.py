@@ -75,7 +75,7 @@ class WriteBuilder:
             (f.name, f.ftype, f.ftype.wire_is_value) for f in info.fields
         ]
         self._encode = build_create_encoder(info)
-        self._crc_prefix = info.table_bytes + b":"
+        self._crc_prefix = info.table_bytes + b"\x00"  # see ModelInfo.partition_of
         self._obj_prefix = [client.keys.obj(p, info.table, "") for p in range(self.keys.partitions)]
         self._partitions = self.keys.partitions
 

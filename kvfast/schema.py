@@ -22,10 +22,12 @@ __all__ = ["FENCE_TABLE", "check_tables", "create_tables", "select_rows", "selec
 #: One row per (namespace, partition): the newest epoch that committed a batch.
 FENCE_TABLE = "kvfast_fence"
 
-# Column types that hold a model type without loss, beyond the exact one.
+# Column types that hold a model's values unchanged, beyond the exact one.  A
+# varchar(n) rejects a longer value (a dead letter, visible) but never alters
+# one; character(n) pads and numeric(p,s) rounds, so PostgreSQL would silently
+# hold something other than Redis: those are mismatches.
 _COMPATIBLE = {
-    "text": ("text", "character varying", "character"),
-    "numeric": ("numeric",),
+    "text": ("text", "character varying"),
 }
 
 
@@ -86,8 +88,10 @@ def _describe(conn: psycopg.Connection[Any], table: str) -> tuple[dict[str, Any]
 
 
 def _type_matches(model_type: str, column_type: str) -> bool:
+    if column_type == model_type:
+        return True
     base = column_type.split("(", 1)[0].strip()
-    return base in _COMPATIBLE.get(model_type, (model_type,))
+    return base in _COMPATIBLE.get(model_type, ())
 
 
 def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> None:

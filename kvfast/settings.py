@@ -41,18 +41,20 @@ def redact(url: str | None) -> str:
             parts = urlsplit(url)
         except ValueError:
             return "<unparsable url>"
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        # libpq and redis-py also take the password as a query parameter.
+        query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            try:
+                port = parts.port
+            except ValueError:
+                port = None
+            netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return re.sub(r"(password\s*=\s*)('([^'\\]|\\.)*'|\S+)", r"\1***", url)
 
 
@@ -80,6 +82,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_url(self.redis_url, "redis_url", ("redis", "rediss", "unix"))
+        if self.pg_dsn is not None:
+            _check_dsn(self.pg_dsn)
         _check_range("partitions", self.partitions, 1, 16384)
         _check_range("batch_size", self.batch_size, 1, 1_000_000)
         _check_range("drain_interval_ms", self.drain_interval_ms, 1, 3_600_000)
@@ -158,6 +162,18 @@ _EXPECTED = {
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if type(value) is not int or not low <= value <= high:
         raise ConfigError(f"{name}={value!r}: expected an integer from {low} to {high}")
+
+
+def _check_dsn(dsn: str) -> None:
+    """Parse the DSN as libpq will, so a typo fails at start-up, not at first drain."""
+    from psycopg import ProgrammingError, conninfo
+
+    if "://" in dsn:
+        _check_url(dsn, "pg_dsn", ("postgresql", "postgres"))
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except ProgrammingError:
+        raise ConfigError(f"pg_dsn={redact(dsn)!r}: not a valid PostgreSQL DSN") from None
 
 
 def _check_url(url: str, name: str, schemes: tuple[str, ...]) -> None:

@@ -25,6 +25,7 @@ import psycopg
 
 import kvfast
 from kvfast.demo import Booking, Driver, Ride
+from kvfast.keys import escape_table
 from kvfast.loadgen import LoadResult, run_producer
 from kvfast.model import TOMBSTONE_FIELD, model_info
 
@@ -90,7 +91,7 @@ def compare(
     tomb = TOMBSTONE_FIELD.encode()
     for info in MODELS:
         redis_objs: dict[Any, Any] = {}
-        pattern = f"{{{NAMESPACE}:*}}:o:{info.table}:*"
+        pattern = f"{{{NAMESPACE}:*}}:o:{escape_table(info.table)}:*"
         keys = list(client.redis.scan_iter(match=pattern, count=10_000))
         for start in range(0, len(keys), 5000):
             pipe = client.redis.pipeline(transaction=False)
