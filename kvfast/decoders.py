@@ -25,15 +25,15 @@ __all__ = ["build_row_decoder", "decode_value"]
 
 
 def decode_value(info: ModelInfo, f: FieldInfo, raw: Any) -> Any:
-    """One wire value → its checked Python value (DecodeError naming the field)."""
+    """One wire value → its checked value, ready for COPY (DecodeError naming the field)."""
     if raw is None:
         if f.nullable:
             return None
         raise DecodeError(f"{info.name}.{f.name} is NULL but not Optional")
     try:
         value = raw if f.ftype.wire_is_value else f.ftype.from_wire(raw)
-        return f.ftype.check(value)
-    except (Reject, ValueError, TypeError, KeyError) as exc:
+        return f.ftype.to_copy(f.ftype.check(value))
+    except (Reject, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise DecodeError(f"{info.name}.{f.name} = {raw!r}: {exc}") from None
 
 

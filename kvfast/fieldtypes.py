@@ -65,6 +65,10 @@ class FieldType:
     def from_pg(self, value: Any) -> Any:
         return value
 
+    def to_copy(self, value: Any) -> Any:
+        """The checked value as psycopg's COPY dumper for ``copy_type`` takes it."""
+        return value
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.pg_type})"
 
@@ -156,6 +160,9 @@ class EnumType(FieldType):
 
     def from_pg(self, value: Any) -> Any:
         return self.enum_cls(value)
+
+    def to_copy(self, value: Any) -> Any:
+        return value.value
 
     def __repr__(self) -> str:
         return f"EnumType({self.enum_cls.__name__})"

@@ -37,6 +37,10 @@ ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 _CAREFUL_CHUNK = 45
 
 
+class RowValueError(psycopg.errors.DataError):
+    """A value psycopg could not encode for COPY: the row's fault, like a DataError."""
+
+
 class StaleEpoch(Exception):
     """PostgreSQL has seen a newer epoch for this partition: do not commit."""
 
@@ -211,8 +215,13 @@ class Applier:
         types = [info.by_name[c].ftype.copy_type for c in columns]
         with self.conn.cursor().copy(stmts.copy(columns)) as copy:
             copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
+            try:
+                for row in rows:
+                    copy.write_row(row)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # Decoding checked every value, so this is a bug or a foreign
+                # entry that slipped through: isolate the row, never crash-loop.
+                raise RowValueError(f"cannot encode a row for COPY: {exc}") from exc
 
     def _upsert(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
         # Upsert rows are already lists in field order (see batch.KeyOp).
