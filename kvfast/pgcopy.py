@@ -160,6 +160,10 @@ class Applier:
             if row is None:
                 newest = conn.execute(self._newest, (self.namespace, partition)).fetchone()
                 raise StaleEpoch(partition, epoch, int(newest[0]) if newest else 0)
+            # A DEFERRABLE INITIALLY DEFERRED constraint would only fail at COMMIT,
+            # where no savepoint can isolate the row: check every constraint at
+            # its statement instead.
+            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for mops in batch.models.values():
                 stmts = self._for(mops.info)
                 upserts = mops.of_kind(UPSERT)

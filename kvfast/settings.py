@@ -114,6 +114,8 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, var, parse in _ENV:
+            if overrides.get(name) is not None:
+                continue  # a flag wins: its variable is not even parsed
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
@@ -128,7 +130,7 @@ class Settings:
         except ConfigError as exc:
             # Name the variable the bad value came from, not just the field.
             for name, var, _ in _ENV:
-                if str(exc).startswith(f"{name}=") and name not in overrides and var in env:
+                if str(exc).startswith(f"{name}=") and overrides.get(name) is None and var in env:
                     raise ConfigError(f"{var}: {exc}") from None
             raise
 

@@ -64,8 +64,26 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _drainer_main(settings: Settings, index: int, reports: Any, log_level: int) -> None:
-    """Entry point of a forked drainer process."""
+    """Entry point of a forked drainer process.
+
+    ``reports`` is this drainer's own pipe to the supervisor.  A shared
+    multiprocessing.Queue would not do: a drainer killed with -9 while holding
+    the queue's write lock would block every other drainer's next report.
+    Reports go through a bounded in-process queue and a sender thread, so a slow
+    supervisor drops statistics instead of stalling the drain.
+    """
     stop = threading.Event()
+    outbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=1000)
+
+    def sender() -> None:
+        while True:
+            item = outbox.get()
+            try:
+                reports.send(item)
+            except (OSError, ValueError):
+                return
+
+    threading.Thread(target=sender, name="kvfast-reports", daemon=True).start()
 
     def on_term(signum: int, frame: object) -> None:
         stop.set()
@@ -83,13 +101,18 @@ def _drainer_main(settings: Settings, index: int, reports: Any, log_level: int) 
     drainer = Drainer(settings, should_stop=stop.is_set)
 
     def on_batch(rep: BatchReport) -> None:
-        reports.put((index, rep.entries, rep.applied, rep.dead, rep.retaken, rep.stale,
-                     rep.lag_ms))
+        with contextlib.suppress(queue.Full):
+            outbox.put_nowait((index, rep.entries, rep.applied, rep.dead, rep.retaken,
+                               rep.stale, rep.lag_ms))
 
     try:
         drainer.run(on_batch)
     finally:
         drainer.close()
+        # Let the sender flush the last reports (the batch totals of a warm stop).
+        deadline = time.monotonic() + 2.0
+        while not outbox.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 # -- the supervisor ------------------------------------------------------------------
@@ -99,6 +122,8 @@ def _drainer_main(settings: Settings, index: int, reports: Any, log_level: int) 
 class _Worker:
     index: int
     process: multiprocessing.process.BaseProcess | None = None
+    #: the supervisor's read end of this drainer's report pipe
+    reports: Any = None
     restart_at: float = 0.0
     crashes: int = 0
 
@@ -129,7 +154,6 @@ class Supervisor:
         self.status_interval = status_interval
         self.log_level = log_level
         self.ctx = multiprocessing.get_context("fork")
-        self.reports: Any = self.ctx.Queue()
         self.workers = [_Worker(i) for i in range(workers)]
         self.stats = _Stats()
         self.crash_times: deque[float] = deque()
@@ -145,16 +169,20 @@ class Supervisor:
         # Block the stop signals across fork: the child unblocks them after it
         # installed its own handlers, so a signal never runs the parent's code.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        if w.reports is not None:
+            w.reports.close()
+        w.reports, child_end = self.ctx.Pipe(duplex=False)
         try:
             w.process = self.ctx.Process(
                 target=_drainer_main,
-                args=(self.settings, w.index, self.reports, self.log_level),
+                args=(self.settings, w.index, child_end, self.log_level),
                 name=f"kvfast-drainer-{w.index}",
                 daemon=False,
             )
             w.process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            child_end.close()
         log.info("drainer %d started (pid %s)", w.index, w.process.pid)
 
     def _check_workers(self) -> int | None:
@@ -205,25 +233,31 @@ class Supervisor:
     # -- reporting -------------------------------------------------------------------
 
     def _collect(self) -> None:
+        for w in self.workers:
+            while w.reports is not None:
+                try:
+                    if not w.reports.poll():
+                        break
+                    self._count(w.reports.recv())
+                except (EOFError, OSError):
+                    break
+
+    def _count(self, report: tuple[Any, ...]) -> None:
         s = self.stats
-        while True:
-            try:
-                _, _entries, applied, dead, retaken, stale, lags = self.reports.get_nowait()
-            except queue.Empty:
-                return
-            s.batches += 1
-            s.rows += applied
-            s.window_rows += applied
-            s.dead += dead
-            s.retaken += int(retaken)
-            s.stale += int(stale)
-            s.lags.extend(lags)
-            s.all_lags.extend(lags)
-            s.last_batch = time.time()
-            if not s.first_batch:
-                s.first_batch = s.last_batch
-            self._metrics.rows.inc(applied)
-            self._metrics.dead_new.inc(dead)
+        _, _entries, applied, dead, retaken, stale, lags = report
+        s.batches += 1
+        s.rows += applied
+        s.window_rows += applied
+        s.dead += dead
+        s.retaken += int(retaken)
+        s.stale += int(stale)
+        s.lags.extend(lags)
+        s.all_lags.extend(lags)
+        s.last_batch = time.time()
+        if not s.first_batch:
+            s.first_batch = s.last_batch
+        self._metrics.rows.inc(applied)
+        self._metrics.dead_new.inc(dead)
 
     def snapshot(self) -> dict[str, float]:
         keys = self.client.keys

@@ -1,7 +1,8 @@
 """Fixtures: real Redis and PostgreSQL, a clean key space and database per test.
 
 The servers are the ones named by ``KVFAST_TEST_REDIS_URL`` and ``KVFAST_TEST_PG_DSN``
-(``tools/services env`` prints both; they are separate from the demo's); ``tools/test`` starts them with ``tools/services``.  When
+(``tools/services env`` prints both; they are separate from the demo's);
+``tools/test`` starts them with ``tools/services``.  When
 a server is missing the tests fail under CI (``CI`` or ``KVFAST_REQUIRE_SERVICES``
 set) and are skipped, with the reason, on a developer machine.
 """
