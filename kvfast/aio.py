@@ -26,8 +26,8 @@ import psycopg
 from redis.connection import parse_url
 
 from kvfast.client import pg_errors
-from kvfast.errors import KvfastError, NotFound, PartitionMismatch, RedisUnavailable
-from kvfast.keys import Keys
+from kvfast.errors import KvfastError, LayoutMismatch, NotFound, PartitionMismatch, RedisUnavailable
+from kvfast.keys import LAYOUT_VERSION, Keys
 from kvfast.model import TOMBSTONE_FIELD, model_info
 from kvfast.producer import _ERRORS, Call, WriteBuilder, _is_noscript, _pack
 from kvfast.schema import select_rows_sql
@@ -166,10 +166,17 @@ class AsyncClient:
 
     async def _check_partitions(self) -> None:
         want = self.settings.partitions
-        payload = _pack(("HSETNX", self.keys.meta, "partitions", want)) + _pack(
-            ("HGET", self.keys.meta, "partitions")
+        payload = (
+            _pack(("HSETNX", self.keys.meta, "partitions", want))
+            + _pack(("HSETNX", self.keys.meta, "layout", LAYOUT_VERSION))
+            + _pack(("HMGET", self.keys.meta, "partitions", "layout"))
         )
-        _, have = await self.conn.execute(payload, 2)
+        _, _, (have, layout) = await self.conn.execute(payload, 3)
+        if int(layout) != LAYOUT_VERSION:
+            raise LayoutMismatch(
+                f"namespace {self.settings.namespace!r} in Redis uses key layout "
+                f"{int(layout)}, this kvfast uses layout {LAYOUT_VERSION}"
+            )
         if int(have) != want:
             raise PartitionMismatch(
                 f"namespace {self.settings.namespace!r} in Redis was written with "

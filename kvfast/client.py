@@ -15,12 +15,13 @@ import redis
 
 from kvfast.errors import (
     KvfastError,
+    LayoutMismatch,
     PartitionMismatch,
     PostgresUnavailable,
     RedisUnavailable,
     SchemaMismatch,
 )
-from kvfast.keys import Keys
+from kvfast.keys import LAYOUT_VERSION, Keys
 from kvfast.scripts import ScriptSet
 from kvfast.settings import Settings, redact
 
@@ -134,13 +135,20 @@ class Client:
         with redis_errors(self.settings):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hsetnx(self.keys.meta, "partitions", want)
-            pipe.hget(self.keys.meta, "partitions")
-            _, have = pipe.execute()
+            pipe.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
+            pipe.hmget(self.keys.meta, ["partitions", "layout"])
+            _, _, (have, layout) = pipe.execute()
         if int(have) != want:
             raise PartitionMismatch(
                 f"namespace {self.settings.namespace!r} in Redis was written with "
                 f"partitions={int(have)}, but this process uses partitions={want}; "
                 "set KVFAST_PARTITIONS to the recorded value"
+            )
+        if int(layout) != LAYOUT_VERSION:
+            raise LayoutMismatch(
+                f"namespace {self.settings.namespace!r} in Redis uses key layout "
+                f"{int(layout)}, this kvfast uses layout {LAYOUT_VERSION}: drain it with the "
+                "kvfast version that wrote it first"
             )
         self._partitions_checked = True
 

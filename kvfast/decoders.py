@@ -45,7 +45,7 @@ def build_row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
         "fromiso": dt.datetime.fromisoformat,
         "UTC": dt.UTC,
         "NF": len(info.fields),
-        "dtc": [None, None],
+        "dtc": [(None, None)],
     }
 
     def bad_shape(fields: dict[str, Any]) -> None:
@@ -66,14 +66,15 @@ def build_row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
             lines.append(f"        {v} = slow{i}({v})")
         elif isinstance(fi.ftype, DateTimeType):
             # Rows of one batch often share a timestamp string: remember the last.
+            # One (text, datetime) tuple, read and replaced whole (thread-safe).
             lines += [
-                f"        if {v} == dtc[0]:",
-                f"            {v} = dtc[1]",
+                f"        c{i} = dtc[0]",
+                f"        if {v} == c{i}[0]:",
+                f"            {v} = c{i}[1]",
                 "        else:",
                 f"            s{i} = {v}",
                 f"            {v} = slow{i}({v})",
-                f"            dtc[0] = s{i}",
-                f"            dtc[1] = {v}",
+                f"            dtc[0] = (s{i}, {v})",
             ]
         else:
             lines.append(f"        if {fast}:")

@@ -120,15 +120,17 @@ def _field_code(ftype: Any, i: int, v: str, ns: dict[str, Any]) -> list[str]:
         # isoformat() costs ~1.8 µs here and records of a batch often share one
         # datetime object (created_at = updated_at = now): remember the last one.
         # The cache holds a reference, so `is` cannot match a recycled object.
-        ns.setdefault("dtc", [None, None])
-        return [f"if {v} is dtc[0]:",
-                f"    h{i} = w{i} = dtc[1]",
+        # One (datetime, text) tuple, read and replaced whole: two threads sharing
+        # an encoder can never pair one datetime with the other's text.
+        ns.setdefault("dtc", [(None, None)])
+        return [f"c{i} = dtc[0]",
+                f"if {v} is c{i}[0]:",
+                f"    h{i} = w{i} = c{i}[1]",
                 "else:",
                 f"    if type({v}) is not datetime or {v}.tzinfo is not UTC:",
                 f"        {v} = chk{i}({v})",
                 f"    h{i} = w{i} = {v}.isoformat()",
-                f"    dtc[0] = {v}",
-                f"    dtc[1] = h{i}"]
+                f"    dtc[0] = ({v}, h{i})"]
     if isinstance(ftype, FloatType):
         ns[f"tw{i}"] = ftype.to_wire
         # v - v is 0.0 for every finite float and NaN for NaN and ±Infinity.

@@ -2,7 +2,8 @@
 
     KvfastError
     ├── ConfigError                bad setting, environment variable or flag
-    │   └── PartitionMismatch      the Redis data was written with another partition count
+    │   ├── PartitionMismatch      the Redis data was written with another partition count
+    │   └── LayoutMismatch         the Redis data was written with another key layout
     ├── ModelError                 a model class that kvfast cannot map to a table
     ├── SchemaMismatch             a PostgreSQL table that does not match its model
     ├── ValidationError            a value the producer refuses before writing anything
@@ -26,6 +27,7 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "KvfastError",
+    "LayoutMismatch",
     "ModelError",
     "NotFound",
     "PartitionMismatch",
@@ -56,6 +58,10 @@ class ConfigError(KvfastError, ValueError):
 
 class PartitionMismatch(ConfigError):
     """Redis already holds data written with a different partition count."""
+
+
+class LayoutMismatch(ConfigError):
+    """Redis holds data written with another version of kvfast's key layout."""
 
 
 class ModelError(KvfastError, TypeError):

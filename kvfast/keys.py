@@ -15,14 +15,19 @@ Cluster slot and every script touches one slot only)::
     {ns:p}:e                 string last epoch handed out for this partition (INCR)
     {ns:p}:d                 list   dead letters (JSON: entry, error, time)
     {ns:p}:s                 hash   counters: drained, dead
-    ns:meta                  hash   partitions (fixed once data exists), format
+    ns:meta                  hash   partitions (fixed once data exists), layout
 
-Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table:key``).
+Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table NUL key``).
+``ns:meta`` also records ``layout`` (this layout's version): a process that
+would read another layout refuses to start instead of missing every object.
 """
 
 from __future__ import annotations
 
-__all__ = ["Keys", "escape_table"]
+__all__ = ["LAYOUT_VERSION", "Keys", "escape_table"]
+
+#: bump when key names or the partition function change
+LAYOUT_VERSION = 2
 
 
 class Keys:

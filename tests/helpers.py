@@ -1,8 +1,9 @@
 """Helpers shared by the write/read path tests (plain functions, no fixtures).
 
-The key layout is recomputed here from its documented definition (``keys.py``:
-``{ns:p}:o:<table>:<key>`` with ``p = crc32("<table>:<key>") % partitions``)
-instead of asking kvfast, so the tests check the layout rather than echo it.
+The key layout is recomputed here from its documented definition instead of asking
+kvfast, so the tests check the layout rather than echo it: ``keys.py`` names an object
+``{ns:p}:o:<table, ':' and '%' %-escaped>:<key>``, and ``ModelInfo.partition_of``
+picks ``p = crc32(<table> NUL <key>) % partitions``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ UTC = dt.UTC
 
 def partition(settings: kvfast.Settings, model: type, key: Any) -> int:
     table = kvfast.model_info(model).table
-    return zlib.crc32(f"{table}:{key}".encode()) % settings.partitions
+    return zlib.crc32(f"{table}\x00{key}".encode()) % settings.partitions
 
 
 def obj_key(settings: kvfast.Settings, model: type, key: Any) -> str:
-    table = kvfast.model_info(model).table
+    table = kvfast.model_info(model).table.replace("%", "%25").replace(":", "%3A")
     return f"{{{settings.namespace}:{partition(settings, model, key)}}}:o:{table}:{key}"
 
 

@@ -86,6 +86,20 @@ def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch)
     assert (s.partitions, s.namespace) == (12, "fromenv")
 
 
+@pytest.mark.parametrize(
+    ("var", "raw", "name"),
+    [("KVFAST_PARTITIONS", "0", "partitions"), ("KVFAST_NAMESPACE", "bad name!", "namespace")],
+)
+def test_an_override_of_none_still_names_the_variable_of_a_bad_value(
+    var: str, raw: str, name: str
+) -> None:
+    """``None`` overrides are ignored (a command-line flag left unset), so the bad value
+    came from the environment and its error must name the variable."""
+    with pytest.raises(kvfast.ConfigError) as excinfo:
+        kvfast.Settings.from_env({var: raw}, **{name: None})
+    assert var in str(excinfo.value)
+
+
 def test_keyword_overrides_win_over_the_environment() -> None:
     s = kvfast.Settings.from_env({"KVFAST_PARTITIONS": "12", "KVFAST_WORKERS": "3"}, partitions=5)
     assert (s.partitions, s.workers) == (5, 3)
