@@ -26,12 +26,18 @@ import psycopg
 from redis.connection import parse_url
 
 from kvfast.client import pg_errors
-from kvfast.errors import KvfastError, LayoutMismatch, NotFound, PartitionMismatch, RedisUnavailable
+from kvfast.errors import (
+    KvfastError,
+    LayoutMismatch,
+    NotFound,
+    PartitionMismatch,
+    RedisUnavailable,
+)
 from kvfast.keys import LAYOUT_VERSION, Keys
 from kvfast.model import TOMBSTONE_FIELD, model_info
-from kvfast.producer import _ERRORS, Call, WriteBuilder, _is_noscript, _pack
+from kvfast.producer import Call, WriteBuilder, _pack
 from kvfast.schema import select_rows_sql
-from kvfast.scripts import ScriptSet, source
+from kvfast.scripts import REPLY_ERRORS, EvalBatch
 from kvfast.settings import Settings, redact
 
 __all__ = ["AsyncClient", "AsyncConnection", "AsyncRepository", "run"]
@@ -97,7 +103,7 @@ class AsyncConnection:
             hello.append(_pack(("SELECT", params["db"])))
         if hello:
             for reply in await conn.execute(b"".join(hello), len(hello)):
-                if isinstance(reply, _ERRORS):
+                if isinstance(reply, REPLY_ERRORS):
                     await conn.close()
                     raise KvfastError(f"Redis refused the connection set-up: {reply}")
         return conn
@@ -197,24 +203,10 @@ class AsyncClient:
         """Pipelined EVALSHA calls; SCRIPT LOAD and retry on NOSCRIPT."""
         if not calls:
             return []
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for attempt in range(2):
-            payload = b"".join(ScriptSet.pack(script, *calls[i]) for i in pending)
-            replies = await self.conn.execute(payload, len(pending))
-            retry = []
-            for i, reply in zip(pending, replies, strict=True):
-                if _is_noscript(reply) and attempt == 0:
-                    retry.append(i)
-                elif isinstance(reply, _ERRORS):
-                    raise KvfastError(f"Redis refused {script}.lua: {reply}") from reply
-                else:
-                    results[i] = reply
-            if not retry:
-                break
-            await self.conn.execute(_pack(("SCRIPT", "LOAD", source(script))), 1)
-            pending = retry
-        return [int(r) for r in results]
+        batch = EvalBatch(script, calls)
+        while batch.take(await self.conn.execute(batch.payload(), len(batch.pending))):
+            await self.conn.execute(batch.load_command, 1)
+        return [int(r) for r in batch.results]
 
     async def close(self) -> None:
         await self.conn.close()
@@ -302,7 +294,7 @@ class AsyncRepository(Generic[M]):
         out: list[M | None] = []
         misses: list[int] = []
         for i, flat in enumerate(replies):
-            if isinstance(flat, _ERRORS):
+            if isinstance(flat, REPLY_ERRORS):
                 raise KvfastError(f"Redis refused HGETALL: {flat}")
             if not flat:
                 out.append(None)

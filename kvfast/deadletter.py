@@ -92,7 +92,7 @@ def requeue(client: Client, letters: Sequence[DeadLetter]) -> int:
         if entry is not None:  # garbage bytes would only be dead-lettered again
             by_partition.setdefault(dl.partition, []).extend((dl.raw, entry))
     for p, args in by_partition.items():
-        moved += int(client.scripts("requeue", [keys.dead[p], keys.queues[p]], args))
+        moved += int(client.evalsha("requeue", [keys.dead[p], keys.queues[p]], args))
     return moved
 
 

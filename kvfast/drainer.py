@@ -90,35 +90,55 @@ def new_owner_id() -> str:
 
 
 class _LeaseKeeper(threading.Thread):
-    """Renews one batch's lease every lease/3 until stopped; notices a lost lease."""
+    """One per drainer: renews the lease of the batch in hand every lease/3.
 
-    def __init__(self, drainer: Drainer, claim: Claim) -> None:
-        super().__init__(name=f"kvfast-lease-{claim.partition}", daemon=True)
+    ``track`` returns an Event set when renewal finds the batch is no longer
+    ours (the process was stopped past its lease and another drainer took it).
+    """
+
+    def __init__(self, drainer: Drainer) -> None:
+        super().__init__(name="kvfast-lease", daemon=True)
         self.drainer = drainer
-        self.claim = claim
-        self.lost = threading.Event()
-        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._claim: Claim | None = None
+        self._lost = threading.Event()
+        self._closed = threading.Event()
+
+    def track(self, claim: Claim) -> threading.Event:
+        with self._lock:
+            self._claim = claim
+            self._lost = threading.Event()
+            return self._lost
+
+    def untrack(self) -> None:
+        with self._lock:
+            self._claim = None
 
     def run(self) -> None:
         d = self.drainer
         interval = d.settings.lease_ms / 3000
-        meta = d.keys.inflight_meta[self.claim.partition]
-        while not self._stop_event.wait(interval):
+        while not self._closed.wait(interval):
+            with self._lock:
+                claim, lost = self._claim, self._lost
+            if claim is None:
+                continue
+            meta = d.keys.inflight_meta[claim.partition]
             try:
-                ok = d.client.scripts(
-                    "renew", [meta], [d.owner, self.claim.epoch, d.settings.lease_ms]
-                )
+                ok = d.client.evalsha("renew", [meta], [d.owner, claim.epoch, d.settings.lease_ms])
             except _REDIS_ERRORS as exc:
                 log.warning("lease renewal failed (will retry): %s", exc)
                 continue
             if not ok:
-                log.warning("lost the lease of partition %d", self.claim.partition)
-                self.lost.set()
-                return
+                log.warning("lost the lease of partition %d", claim.partition)
+                lost.set()
+                with self._lock:
+                    if self._claim is claim:
+                        self._claim = None
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
+    def close(self) -> None:
+        self._closed.set()
+        if self.is_alive():
+            self.join()
 
 
 class Drainer:
@@ -141,8 +161,11 @@ class Drainer:
         # Start each drainer at a different partition so they do not all queue
         # up behind the same LMPOP key order.
         self._offset = random.randrange(settings.partitions)
+        self._keeper = _LeaseKeeper(self)
+        self._keeper.start()
 
     def close(self) -> None:
+        self._keeper.close()
         if self._pg is not None:
             self._pg.close()
             self._pg = None
@@ -159,6 +182,13 @@ class Drainer:
             # fence row forever: the server ends such a session after a while.
             idle_ms = max(self.settings.lease_ms * 2, 10_000)
             self._pg.execute(f"SET idle_in_transaction_session_timeout = {int(idle_ms)}")
+            # The staging tables have no statistics and prepared statements keep
+            # plans made when the tables were small: without these, UPDATE … FROM
+            # and DELETE … USING chose hash joins over sequential scans of the
+            # whole target table (auto_explain, bench/test_3_drain.py).  A batch
+            # is at most a few thousand keys: primary-key lookups are the plan.
+            self._pg.execute("SET enable_hashjoin = off")
+            self._pg.execute("SET enable_mergejoin = off")
             self._pg.commit()
             self._applier = Applier(self._pg, self.settings.namespace)
         return self._applier
@@ -183,7 +213,7 @@ class Drainer:
         for p in order:
             key_list += (keys.queues[p], keys.inflight[p], keys.inflight_meta[p], keys.epochs[p])
         args = [self.owner, self.settings.lease_ms, self.settings.batch_size]
-        reply = self.client.scripts("claim", key_list, args)
+        reply = self.client.evalsha("claim", key_list, args)
         if not reply:
             return None
         group, epoch, retaken = int(reply[0]), int(reply[1]), bool(reply[2])
@@ -194,10 +224,9 @@ class Drainer:
     def process(self, claim: Claim) -> BatchReport:
         """Apply and ack one claimed batch, retrying connection errors until done."""
         batch = build_batch(claim.entries)
-        keeper = _LeaseKeeper(self, claim)
-        keeper.start()
+        lost = self._keeper.track(claim)
         try:
-            dead, stale = self._apply_with_retry(batch, claim, keeper)
+            dead, stale = self._apply_with_retry(batch, claim, lost)
             if stale:
                 return BatchReport(claim.partition, len(claim.entries), 0, 0, False, True,
                                    claim.retaken)
@@ -205,9 +234,9 @@ class Drainer:
             for op, reason in dead:
                 dead_docs += [self._dead_doc(raw, reason, claim.partition) for raw in op.entries]
             now_us = time.time_ns() // 1000
-            acked = self._ack_with_retry(batch, claim, dead_docs, keeper)
+            acked = self._ack_with_retry(batch, claim, dead_docs, lost)
         finally:
-            keeper.stop()
+            self._keeper.untrack()
         lags = batch.write_times
         if len(lags) > _LAG_SAMPLES:
             lags = random.sample(lags, _LAG_SAMPLES)
@@ -223,11 +252,11 @@ class Drainer:
         )
 
     def _apply_with_retry(
-        self, batch: Batch, claim: Claim, keeper: _LeaseKeeper
+        self, batch: Batch, claim: Claim, lost: threading.Event
     ) -> tuple[list[Any], bool]:
         backoff = Backoff()
         while True:
-            if keeper.lost.is_set():
+            if lost.is_set():
                 return [], True
             try:
                 applier = self._applier_conn()
@@ -265,7 +294,7 @@ class Drainer:
         backoff = Backoff()
         while True:
             try:
-                return int(self.client.scripts(
+                return int(self.client.evalsha(
                     "rebase",
                     [keys.inflight_meta[claim.partition], keys.epochs[claim.partition]],
                     [self.owner, claim.epoch, newest],
@@ -276,7 +305,7 @@ class Drainer:
                 time.sleep(delay)
 
     def _ack_with_retry(
-        self, batch: Batch, claim: Claim, dead_docs: list[bytes], keeper: _LeaseKeeper
+        self, batch: Batch, claim: Claim, dead_docs: list[bytes], lost: threading.Event
     ) -> bool:
         keys = self.keys
         p = claim.partition
@@ -294,14 +323,14 @@ class Drainer:
         backoff = Backoff()
         while True:
             try:
-                return bool(self.client.scripts("ack", key_list, args))
+                return bool(self.client.evalsha("ack", key_list, args))
             except _REDIS_ERRORS as exc:
                 # Committed but not acked: if the lease runs out meanwhile, the next
                 # owner re-applies the batch, which is harmless (upserts, fenced).
                 delay = backoff.next_delay()
                 log.warning("ack failed (%s); retrying in %.2fs", _first_line(exc), delay)
                 time.sleep(delay)
-                if keeper.lost.is_set():
+                if lost.is_set():
                     return False
 
     def _dead_doc(self, raw: bytes, reason: str, partition: int) -> bytes:
@@ -334,9 +363,8 @@ class Drainer:
             report = self.process(claim)
             if on_batch is not None:
                 on_batch(report)
-            # A full batch means more is waiting: claim again at once.
-            if len(claim.entries) < self.settings.batch_size:
-                time.sleep(min(interval, 0.005))
+            # No sleep after a batch, full or not: other partitions may have work,
+            # and the next claim says so (it returns None when all are idle).
 
     def drain_until_empty(self, max_idle_polls: int = 2) -> int:
         """Drain in this process until nothing is queued or in flight (tests, tools)."""

@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import hiredis
 import orjson
-import redis
 
 from kvfast import codec
-from kvfast.client import redis_errors
 from kvfast.encoders import build_create_encoder
 from kvfast.errors import KvfastError
 from kvfast.model import TOMBSTONE_FIELD
+from kvfast.scripts import REPLY_ERRORS
 
 if TYPE_CHECKING:
     from kvfast.client import Client
@@ -45,8 +44,6 @@ _EXEC = _pack(("EXEC",))
 # so a 100k-record create_many is cut into blocks that each hold the server for
 # a few ms.  All blocks still travel in one round trip.
 _BLOCK = 5000
-_RECV_SIZE = 1 << 16
-_ERRORS = (hiredis.ReplyError, redis.ResponseError)
 
 
 class Request(NamedTuple):
@@ -110,11 +107,11 @@ class WriteBuilder:
     @staticmethod
     def check_block_replies(replies: list[Any]) -> None:
         for reply in replies:
-            if isinstance(reply, _ERRORS):
+            if isinstance(reply, REPLY_ERRORS):
                 raise KvfastError(f"Redis refused a write batch: {reply}") from reply
             if isinstance(reply, list):
                 for item in reply:
-                    if isinstance(item, _ERRORS):
+                    if isinstance(item, REPLY_ERRORS):
                         raise KvfastError(f"Redis refused a write: {item}") from item
 
     # -- writes ----------------------------------------------------------------
@@ -237,97 +234,20 @@ class Producer(WriteBuilder):
     def create(self, objs: Iterable[Any]) -> int:
         request = self.build_create(objs)
         if request.records:
-            self.check_block_replies(self._send(request.payload, request.nreplies))
+            self.check_block_replies(self.client.execute(request.payload, request.nreplies))
         return request.records
 
     def delete(self, keys: Iterable[Any]) -> int:
         request = self.build_delete(keys)
         if request.records:
-            self.check_block_replies(self._send(request.payload, request.nreplies))
+            self.check_block_replies(self.client.execute(request.payload, request.nreplies))
         return request.records
 
     def update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[int]:
         """Apply partial updates; returns update.lua's status per change (1, 0, -1)."""
-        return self._eval_many("update", self.build_update(changes))
+        return [int(r) for r in self.client.eval_many("update", self.build_update(changes))]
 
     def hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[int]:
         """Load rows read from PostgreSQL into Redis where Redis has nothing."""
-        return self._eval_many("hydrate", self.build_hydrate(rows))
+        return [int(r) for r in self.client.eval_many("hydrate", self.build_hydrate(rows))]
 
-    def _send(self, payload: bytes, nreplies: int) -> list[Any]:
-        """Send one packed buffer; return every reply (error replies as exceptions).
-
-        Replies are parsed by a hiredis Reader fed straight from the socket:
-        redis-py's read_response() costs ~2 µs of Python per reply, more than
-        Redis spends executing the command.
-        """
-        self.client.check_partitions()
-        pool = self.client.redis.connection_pool
-        with redis_errors(self.client.settings):
-            conn = pool.get_connection()
-            try:
-                sock = getattr(conn, "_sock", None)
-                if sock is None:  # pragma: no cover - redis-py internals changed
-                    return self._send_slow(conn, payload, nreplies)
-                sock.sendall(payload)
-                reader = hiredis.Reader()
-                replies: list[Any] = []
-                gets = reader.gets
-                append = replies.append
-                while len(replies) < nreplies:
-                    data = sock.recv(_RECV_SIZE)
-                    if not data:
-                        raise redis.ConnectionError("Redis closed the connection")
-                    reader.feed(data)
-                    reply = gets()
-                    while reply is not False:
-                        append(reply)
-                        reply = gets()
-            except BaseException:
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                raise
-            finally:
-                pool.release(conn)
-        return replies
-
-    @staticmethod
-    def _send_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
-        conn.send_packed_command([payload])
-        replies: list[Any] = []
-        for _ in range(nreplies):
-            try:
-                replies.append(conn.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)
-        return replies
-
-    def _eval_many(self, script: str, calls: list[Call]) -> list[int]:
-        """Pipeline EVALSHA calls in one round trip; reload the scripts on NOSCRIPT."""
-        if not calls:
-            return []
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for attempt in range(2):
-            payload = b"".join(
-                self.client.scripts.pack(script, *calls[i]) for i in pending
-            )
-            replies = self._send(payload, len(pending))
-            retry = []
-            for i, reply in zip(pending, replies, strict=True):
-                if _is_noscript(reply) and attempt == 0:
-                    retry.append(i)
-                elif isinstance(reply, _ERRORS):
-                    raise KvfastError(f"Redis refused {script}.lua: {reply}") from reply
-                else:
-                    results[i] = reply
-            if not retry:
-                break
-            with redis_errors(self.client.settings):
-                self.client.scripts.load_all()
-            pending = retry
-        return [int(r) for r in results]
-
-
-
-def _is_noscript(reply: Any) -> bool:
-    return isinstance(reply, _ERRORS) and str(reply).startswith("NOSCRIPT")

@@ -1,9 +1,9 @@
 """The Lua scripts in ``kvfast/lua/``: read once, called by SHA.
 
 Scripts are files with a header documenting KEYS and ARGV, never strings built
-from user data.  Single calls go through redis-py's ``Script`` (which reloads on
-NOSCRIPT after a Redis restart); pipelined calls are packed here as EVALSHA and
-``load_all`` is run again when a reply says NOSCRIPT.
+from user data.  Calls are packed here as EVALSHA (one buffer for many calls)
+and sent by the sync or asyncio client; ``EvalBatch`` loads the script and
+resends the calls a NOSCRIPT reply refused (a restarted Redis forgets scripts).
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from typing import Any
 import hiredis
 import redis
 
-__all__ = ["SCRIPT_NAMES", "ScriptSet", "source"]
+from kvfast.errors import KvfastError
+
+__all__ = ["REPLY_ERRORS", "SCRIPT_NAMES", "EvalBatch", "pack", "source"]
+
+#: an error reply, as hiredis.Reader (raw path) or redis-py returns it
+REPLY_ERRORS = (hiredis.ReplyError, redis.ResponseError)
 
 SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue")
 
@@ -31,22 +36,43 @@ def sha(name: str) -> str:
     return hashlib.sha1(source(name)).hexdigest()
 
 
-class ScriptSet:
-    """The scripts registered on one Redis client."""
+def pack(name: str, keys: list[Any], args: list[Any]) -> bytes:
+    """One EVALSHA in RESP form, for a hand-built pipeline."""
+    command = ("EVALSHA", sha(name), len(keys), *keys, *args)
+    return hiredis.pack_command(command)  # type: ignore[no-any-return]
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self._scripts = {name: client.register_script(source(name)) for name in SCRIPT_NAMES}
 
-    def __call__(self, name: str, keys: list[Any], args: list[Any]) -> Any:
-        return self._scripts[name](keys=keys, args=args)
+class EvalBatch:
+    """Pipelined EVALSHA calls of one script, with the NOSCRIPT retry, for any transport.
 
-    def load_all(self) -> None:
-        for name in SCRIPT_NAMES:
-            self.client.script_load(source(name))
+    ``payload()`` packs the calls still pending; ``take(replies)`` keeps the
+    results and returns True when a NOSCRIPT asks for SCRIPT LOAD and a resend
+    (a Redis restart empties its script cache; the failed calls did nothing).
+    """
 
-    @staticmethod
-    def pack(name: str, keys: list[Any], args: list[Any]) -> bytes:
-        """One EVALSHA in RESP form, for a hand-built pipeline."""
-        command = ("EVALSHA", sha(name), len(keys), *keys, *args)
-        return hiredis.pack_command(command)  # type: ignore[no-any-return]
+    def __init__(self, name: str, calls: list[tuple[list[Any], list[Any]]]) -> None:
+        self.name = name
+        self.calls = calls
+        self.results: list[Any] = [None] * len(calls)
+        self.pending = list(range(len(calls)))
+        self._retried = False
+
+    def payload(self) -> bytes:
+        return b"".join(pack(self.name, *self.calls[i]) for i in self.pending)
+
+    def take(self, replies: list[Any]) -> bool:
+        retry = []
+        for i, reply in zip(self.pending, replies, strict=True):
+            if isinstance(reply, REPLY_ERRORS):
+                if str(reply).startswith("NOSCRIPT") and not self._retried:
+                    retry.append(i)
+                    continue
+                raise KvfastError(f"Redis refused {self.name}.lua: {reply}") from reply
+            self.results[i] = reply
+        self.pending = retry
+        self._retried = True
+        return bool(retry)
+
+    @property
+    def load_command(self) -> bytes:
+        return hiredis.pack_command(("SCRIPT", "LOAD", source(self.name)))  # type: ignore[arg-type,no-any-return]

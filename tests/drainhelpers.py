@@ -609,11 +609,11 @@ def hold_batch(settings: kvfast.Settings, stage: str, conn: Any) -> None:
         keys, args = ack_args(settings, claim.partition, drainer.owner, claim.epoch)
         result: dict[str, Any] = {}
         if stage == "committed":
-            result["ack"] = int(drainer.client.scripts("ack", keys, args))
+            result["ack"] = int(drainer.client.evalsha("ack", keys, args))
         report = drainer.process(claim)
         result.update(stale=report.stale, acked=report.acked)
         if stage != "committed":
-            result["ack"] = int(drainer.client.scripts("ack", keys, args))
+            result["ack"] = int(drainer.client.evalsha("ack", keys, args))
         conn.send(result)
     finally:
         drainer.close()
