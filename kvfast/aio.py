@@ -37,7 +37,7 @@ from kvfast.keys import LAYOUT_VERSION, Keys
 from kvfast.model import TOMBSTONE_FIELD, model_info
 from kvfast.producer import Call, WriteBuilder, _pack
 from kvfast.schema import select_rows_sql
-from kvfast.scripts import REPLY_ERRORS, EvalBatch
+from kvfast.scripts import REPLY_ERRORS, EvalBatch, unavailable_reply
 from kvfast.settings import Settings, redact
 
 __all__ = ["AsyncClient", "AsyncConnection", "AsyncRepository", "run"]
@@ -116,7 +116,11 @@ class AsyncConnection:
         self._pending.append((future, nreplies, []))
         self._writer.write(payload)
         await self._writer.drain()
-        return await future
+        replies = await future
+        busy = unavailable_reply(replies)
+        if busy is not None:
+            raise RedisUnavailable(f"Redis cannot serve: {busy}")
+        return replies
 
     async def _read_loop(self) -> None:
         parser = self._parser

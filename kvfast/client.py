@@ -23,7 +23,7 @@ from kvfast.errors import (
     SchemaMismatch,
 )
 from kvfast.keys import LAYOUT_VERSION, Keys
-from kvfast.scripts import EvalBatch
+from kvfast.scripts import EvalBatch, unavailable_reply
 from kvfast.settings import Settings, redact
 
 __all__ = ["Client", "pg_errors", "redis_errors"]
@@ -209,6 +209,10 @@ class Client:
                 raise
             finally:
                 pool.release(conn)
+        busy = unavailable_reply(replies)
+        if busy is not None:
+            where = redact(self.settings.redis_url)
+            raise RedisUnavailable(f"Redis at {where} cannot serve: {busy}")
         return replies
 
     def eval_many(self, script: str, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:

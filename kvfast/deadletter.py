@@ -92,16 +92,29 @@ def requeue(client: Client, letters: Sequence[DeadLetter]) -> int:
         if entry is not None:  # garbage bytes would only be dead-lettered again
             by_partition.setdefault(dl.partition, []).extend((dl.raw, entry))
     for p, args in by_partition.items():
-        moved += int(client.evalsha("requeue", [keys.dead[p], keys.queues[p]], args))
+        moved += int(
+            client.evalsha("requeue", [keys.dead[p], keys.queues[p], keys.counters[p]], args)
+        )
     return moved
 
 
 def purge(client: Client, letters: Sequence[DeadLetter]) -> int:
+    """Delete ``letters``; the partition counters move them from ``dead`` to ``purged``."""
     keys = client.keys
-    pipe = client.redis.pipeline(transaction=False)
+    by_partition: dict[int, list[bytes]] = {}
     for dl in letters:
-        pipe.lrem(keys.dead[dl.partition], 1, dl.raw)  # type: ignore[arg-type]
-    return sum(int(n) for n in pipe.execute())
+        by_partition.setdefault(dl.partition, []).append(dl.raw)
+    removed = 0
+    for p, raws in by_partition.items():
+        pipe = client.redis.pipeline(transaction=False)
+        for raw in raws:
+            pipe.lrem(keys.dead[p], 1, raw)  # type: ignore[arg-type]
+        n = sum(int(x) for x in pipe.execute())
+        if n:
+            client.redis.hincrby(keys.counters[p], "dead", -n)
+            client.redis.hincrby(keys.counters[p], "purged", n)
+        removed += n
+    return removed
 
 
 def _line(dl: DeadLetter, width: int = 100) -> str:
@@ -180,7 +193,10 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         print("nothing to purge")
         return 0
     if not args.yes:
-        answer = input(f"delete {len(letters)} dead letters for good? [y/N] ")
+        try:
+            answer = input(f"delete {len(letters)} dead letters for good? [y/N] ")
+        except EOFError:  # no terminal to ask: the safe answer
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing purged")
             return 1

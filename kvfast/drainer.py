@@ -33,7 +33,7 @@ import redis
 
 from kvfast.batch import Batch, build_batch
 from kvfast.client import Client, connect_pg
-from kvfast.errors import ConnectionFailed
+from kvfast.errors import ConnectionFailed, KvfastError
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.pgcopy import Applier, StaleEpoch
 from kvfast.settings import Settings
@@ -125,7 +125,9 @@ class _LeaseKeeper(threading.Thread):
             meta = d.keys.inflight_meta[claim.partition]
             try:
                 ok = d.client.evalsha("renew", [meta], [d.owner, claim.epoch, d.settings.lease_ms])
-            except _REDIS_ERRORS as exc:
+            except (*_REDIS_ERRORS, KvfastError) as exc:
+                # This thread must outlive any error: a dead keeper would let every
+                # later lease of this drainer expire under it.
                 log.warning("lease renewal failed (will retry): %s", exc)
                 continue
             if not ok:
@@ -190,7 +192,7 @@ class Drainer:
             self._pg.execute("SET enable_hashjoin = off")
             self._pg.execute("SET enable_mergejoin = off")
             self._pg.commit()
-            self._applier = Applier(self._pg, self.settings.namespace)
+            self._applier = Applier(self._pg, self.settings.namespace, self.owner)
         return self._applier
 
     def _drop_pg(self) -> None:

@@ -14,7 +14,7 @@ Cluster slot and every script touches one slot only)::
     {ns:p}:fm                hash   in-flight metadata: owner, epoch, deadline (ms)
     {ns:p}:e                 string last epoch handed out for this partition (INCR)
     {ns:p}:d                 list   dead letters (JSON: entry, error, time)
-    {ns:p}:s                 hash   counters: drained, dead
+    {ns:p}:s                 hash   counters: drained, dead (now in :d), purged
     ns:meta                  hash   partitions (fixed once data exists), layout
 
 Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table NUL key``).

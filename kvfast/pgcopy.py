@@ -7,11 +7,11 @@ Per model and kind, one COPY into a temporary staging table and one statement:
              (one round per distinct set of changed columns)
     delete   DELETE FROM t USING stage s WHERE t.key = s.key
 
-The staging table is ``CREATE TEMP TABLE … ON COMMIT DELETE ROWS AS SELECT * FROM t
-WITH NO DATA``: the target's column types without its constraints, emptied by
-every commit.  A row PostgreSQL rejects (constraint, type, foreign key) is found
-by re-running the batch with savepoints and bisecting the failing group; it and
-the queue entries behind it come back as dead letters, everything else commits.
+The staging table is a temporary table with the model's column types and no
+constraints, ``ON COMMIT DELETE ROWS`` (emptied by every commit).  A row
+PostgreSQL rejects (constraint, type, foreign key) is found by re-running the
+batch with savepoints and bisecting the failing group; it and the queue entries
+behind it come back as dead letters, everything else commits.
 An update whose row does not exist is a dead letter too: never silently dropped.
 """
 
@@ -59,11 +59,16 @@ class _Stmts:
         key = sql.Identifier(info.key)
         names = [f.name for f in info.fields]
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in names)
+        # The model's own column types, not the target's: a drainer that keeps
+        # running while someone widens a varchar must not keep the old width.
         conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
-                "SELECT * FROM {} WITH NO DATA"
-            ).format(self.stage, table)
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+                self.stage,
+                sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.ftype.pg_type))
+                    for f in info.fields
+                ),
+            )
         )
         non_key = [c for c in names if c != info.key]
         conflict: sql.Composable
@@ -112,14 +117,21 @@ DeadList = list[tuple[KeyOp, str]]
 class Applier:
     """Applies batches on one PostgreSQL connection (not autocommit)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], namespace: str) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], namespace: str, owner: str = "") -> None:
         self.conn = conn
         self.namespace = namespace
+        self.owner = owner
         self._stmts: dict[str, _Stmts] = {}
+        # Newer epochs win; an equal epoch only from the drainer that committed
+        # it (a retry after a lost connection).  Epochs come from Redis, and a
+        # Redis that lost its last second (crash + AOF everysec) can hand the
+        # same epoch to two drainers: the owner check fences the older one off.
         self._fence = sql.SQL(
-            "INSERT INTO {0} (namespace, partition, epoch) VALUES (%s, %s, %s) "
-            "ON CONFLICT (namespace, partition) DO UPDATE SET epoch = EXCLUDED.epoch "
-            "WHERE {0}.epoch <= EXCLUDED.epoch RETURNING epoch"
+            "INSERT INTO {0} (namespace, partition, epoch, owner) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (namespace, partition) DO UPDATE SET epoch = EXCLUDED.epoch, "
+            "owner = EXCLUDED.owner WHERE {0}.epoch < EXCLUDED.epoch OR "
+            "({0}.epoch = EXCLUDED.epoch AND {0}.owner IS NOT DISTINCT FROM EXCLUDED.owner) "
+            "RETURNING epoch"
         ).format(sql.Identifier(FENCE_TABLE))
         self._newest = sql.SQL(
             "SELECT epoch FROM {} WHERE namespace = %s AND partition = %s"
@@ -156,7 +168,9 @@ class Applier:
             # The fence goes first: it row-locks the partition's epoch, so a stale
             # drainer stops before doing any work, and two drainers of one
             # partition (old lease, new lease) commit one after the other.
-            row = conn.execute(self._fence, (self.namespace, partition, epoch)).fetchone()
+            row = conn.execute(
+                self._fence, (self.namespace, partition, epoch, self.owner)
+            ).fetchone()
             if row is None:
                 newest = conn.execute(self._newest, (self.namespace, partition)).fetchone()
                 raise StaleEpoch(partition, epoch, int(newest[0]) if newest else 0)

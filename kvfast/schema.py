@@ -19,7 +19,8 @@ from kvfast.model import ModelInfo
 
 __all__ = ["FENCE_TABLE", "check_tables", "create_tables", "select_rows", "select_rows_sql"]
 
-#: One row per (namespace, partition): the newest epoch that committed a batch.
+#: One row per (namespace, partition): the newest epoch that committed a batch,
+#: and the drainer (owner) that committed it.
 FENCE_TABLE = "kvfast_fence"
 
 # Column types that hold a model's values unchanged, beyond the exact one.  A
@@ -49,8 +50,14 @@ def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) ->
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, partition integer "
-                "NOT NULL, epoch bigint NOT NULL, PRIMARY KEY (namespace, partition))"
+                "NOT NULL, epoch bigint NOT NULL, owner text, PRIMARY KEY (namespace, partition))"
             ).format(sql.Identifier(FENCE_TABLE))
+        )
+        # Fence tables made before the owner column existed.
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS owner text").format(
+                sql.Identifier(FENCE_TABLE)
+            )
         )
         for info in infos:
             conn.execute(

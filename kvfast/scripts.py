@@ -18,10 +18,30 @@ import redis
 
 from kvfast.errors import KvfastError
 
-__all__ = ["REPLY_ERRORS", "SCRIPT_NAMES", "EvalBatch", "pack", "source"]
+__all__ = [
+    "REPLY_ERRORS",
+    "SCRIPT_NAMES",
+    "UNAVAILABLE_PREFIXES",
+    "EvalBatch",
+    "pack",
+    "source",
+    "unavailable_reply",
+]
 
 #: an error reply, as hiredis.Reader (raw path) or redis-py returns it
 REPLY_ERRORS = (hiredis.ReplyError, redis.ResponseError)
+#: error replies that mean "this server cannot serve now", not "this command is wrong":
+#: retried like a lost connection (a restarted Redis answers LOADING while it
+#: reads its AOF; a failover answers READONLY / MASTERDOWN / TRYAGAIN).
+UNAVAILABLE_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "CLUSTERDOWN")
+
+
+def unavailable_reply(replies: list[Any]) -> Any:
+    """The first reply saying the server cannot serve now (see above), else None."""
+    for reply in replies:
+        if isinstance(reply, REPLY_ERRORS) and str(reply).startswith(UNAVAILABLE_PREFIXES):
+            return reply
+    return None
 
 SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue")
 

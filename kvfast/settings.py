@@ -42,7 +42,7 @@ def redact(url: str | None) -> str:
         except ValueError:
             return "<unparsable url>"
         # libpq and redis-py also take the password as a query parameter.
-        query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
+        query = re.sub(r"(?i)((?:^|&)(?:ssl)?password=)[^&]*", r"\1***", parts.query)
         netloc = parts.netloc
         if parts.password is not None:
             user = parts.username or ""
@@ -55,7 +55,7 @@ def redact(url: str | None) -> str:
                 port = None
             netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return re.sub(r"(password\s*=\s*)('([^'\\]|\\.)*'|\S+)", r"\1***", url)
+    return re.sub(r"(?i)((?:ssl)?password\s*=\s*)('([^'\\]|\\.)*'|\S+)", r"\1***", url)
 
 
 def _cpu_count() -> int:

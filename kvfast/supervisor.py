@@ -93,8 +93,10 @@ def _drainer_main(settings: Settings, index: int, reports: Any, log_level: int) 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    # force: the forked child inherits the supervisor's configured root logger.
     logging.basicConfig(
-        level=log_level, format=f"%(asctime)s drainer-{index} %(levelname)s %(message)s"
+        level=log_level, format=f"%(asctime)s drainer-{index} %(levelname)s %(message)s",
+        force=True,
     )
     from kvfast.drainer import BatchReport, Drainer
 
@@ -259,7 +261,12 @@ class Supervisor:
         self._metrics.rows.inc(applied)
         self._metrics.dead_new.inc(dead)
 
-    def snapshot(self) -> dict[str, float]:
+    def snapshot(self, *, new_window: bool = True) -> dict[str, float]:
+        """Queue depth etc. from Redis, rates and lag over the current window.
+
+        ``new_window=False`` (the emptiness check of --drain-until-empty, every
+        0.1 s) leaves the window running so the next status line covers it all.
+        """
         keys = self.client.keys
         pipe = self.client.redis.pipeline(transaction=False)
         for p in range(keys.partitions):
@@ -283,9 +290,10 @@ class Supervisor:
             "workers": float(len(self._alive())),
             "rows_total": float(self.stats.rows),
         }
-        self.stats.window_rows = 0
-        self.stats.window_start = now
-        self.stats.lags.clear()
+        if new_window:
+            self.stats.window_rows = 0
+            self.stats.window_start = now
+            self.stats.lags.clear()
         self.last_status = snap
         self._metrics.update(snap)
         return snap
@@ -330,7 +338,7 @@ class Supervisor:
                 now = time.monotonic()
                 if self.drain_until_empty or now >= next_status:
                     try:
-                        snap = self.snapshot()
+                        snap = self.snapshot(new_window=now >= next_status)
                     except Exception as exc:  # Redis away: keep supervising, say so
                         log.warning("status unavailable: %s", exc)
                         continue

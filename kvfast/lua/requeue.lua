@@ -2,6 +2,9 @@
 --
 -- KEYS[1]  dead letters   {ns:p}:d
 -- KEYS[2]  queue          {ns:p}:q      (same hash tag: one slot)
+-- KEYS[3]  counters       {ns:p}:s      hash: drained, dead (dead counts what is
+--                                        in the dead-letter list, so a requeued
+--                                        entry moves from dead back to queued)
 -- ARGV     pairs: dead-letter document, the queue entry inside it
 --
 -- Each document is removed from the dead-letter list (first occurrence) and its
@@ -15,5 +18,8 @@ for i = 1, #ARGV, 2 do
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
     moved = moved + 1
   end
+end
+if moved > 0 then
+  redis.call('HINCRBY', KEYS[3], 'dead', -moved)
 end
 return moved
