@@ -90,7 +90,7 @@ def test_create_tables_handles_uuid_and_text_keys(pg: Conn) -> None:
 
 def test_create_tables_also_creates_the_fence_table(pg: Conn) -> None:
     create_tables(pg, Account)
-    assert set(columns(pg, FENCE_TABLE)) == {"namespace", "partition", "epoch"}
+    assert set(columns(pg, FENCE_TABLE)) == {"namespace", "partition", "epoch", "owner"}
     assert primary_key(pg, FENCE_TABLE) == ["namespace", "partition"]
 
 
