@@ -131,11 +131,12 @@ class _LeaseKeeper(threading.Thread):
                 log.warning("lease renewal failed (will retry): %s", exc)
                 continue
             if not ok:
+                with self._lock:
+                    if self._claim is not claim:
+                        continue  # acked meanwhile: nothing was lost
+                    self._claim = None
                 log.warning("lost the lease of partition %d", claim.partition)
                 lost.set()
-                with self._lock:
-                    if self._claim is claim:
-                        self._claim = None
 
     def close(self) -> None:
         self._closed.set()
