@@ -246,7 +246,8 @@ class RedisProcess:
         assert self.proc is None or self.proc.poll() is not None
         deadline = time.monotonic() + 10
         while not port_free(self.port):  # the previous process may still be closing
-            assert time.monotonic() < deadline, f"port {self.port} is taken by another process"
+            if time.monotonic() >= deadline:  # a wait-loop guard, not a timing check
+                pytest.fail(f"port {self.port} is taken by another process")
             time.sleep(0.05)
         port_args = [] if "--port" in self.args else ["--port", str(self.port)]
         self.proc = subprocess.Popen(

@@ -71,7 +71,8 @@ def test_postgres_stopped_for_20s_during_the_load(
         time.sleep(2.0)  # the load goes on a little after the outage
         load.stop()
         produced = load.result()
-        assert produced["elapsed_s"] > outage, "the load did not span the outage"
+        if produced["elapsed_s"] <= outage:  # the scenario's precondition, not a timing check
+            pytest.fail("the load did not span the outage")
         caught_up = wait_drained(fr, fsettings, sup)
         out = stop_supervisor(sup)
     outage_lines = out.splitlines()[lines_at_stop:]
