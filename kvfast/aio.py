@@ -162,7 +162,6 @@ class AsyncClient:
         self.conn = conn
         self.keys = Keys(settings.namespace, settings.partitions)
         self._pg: psycopg.AsyncConnection[Any] | None = None
-        self.redis = None  # WriteBuilder never touches the sync client
 
     @classmethod
     async def open(cls, settings: Settings | None = None) -> AsyncClient:
@@ -224,7 +223,7 @@ class AsyncRepository(Generic[M]):
     def __init__(self, model: type[M], client: AsyncClient, *, own_client: bool = False) -> None:
         self.info = model_info(model)
         self.client = client
-        self.builder = WriteBuilder(client, self.info)  # type: ignore[arg-type]
+        self.builder = WriteBuilder(client.keys, self.info)
         self._own = own_client
 
     @classmethod
@@ -325,11 +324,7 @@ class AsyncRepository(Generic[M]):
 
     async def _hydrate(self, keys: list[Any]) -> set[Any]:
         rows = await self._select([self.info.check_key(k) for k in keys])
-        decoded = [
-            (key, [None if v is None else f.ftype.from_pg(v)
-                   for f, v in zip(self.info.fields, row, strict=True)])
-            for key, row in rows.items()
-        ]
+        decoded = [(key, self.info.values_from_pg(row)) for key, row in rows.items()]
         await self.client.eval_many("hydrate", self.builder.build_hydrate(decoded))
         return set(rows)
 

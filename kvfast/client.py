@@ -227,6 +227,18 @@ class Client:
     def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:
         return self.eval_many(script, [(keys, args)])[0]
 
+    def backlog(self) -> tuple[int, int, int]:
+        """(entries queued, batches in flight, dead letters) over every partition."""
+        keys = self.keys
+        with redis_errors(self.settings):
+            pipe = self.redis.pipeline(transaction=False)
+            for p in range(keys.partitions):
+                pipe.llen(keys.queues[p])
+                pipe.exists(keys.inflight_meta[p])
+                pipe.llen(keys.dead[p])
+            raw = pipe.execute()
+        return sum(raw[0::3]), sum(raw[1::3]), sum(raw[2::3])
+
     def close(self) -> None:
         if self._pg is not None:
             self._pg.close()

@@ -376,20 +376,14 @@ class Drainer:
         while idle < max_idle_polls:
             claim = self.claim()
             if claim is None:
-                if self._pending() == 0:
+                queued, inflight, _ = self.client.backlog()
+                if queued == 0 and inflight == 0:
                     idle += 1
                 time.sleep(self.settings.drain_interval_ms / 1000)
                 continue
             idle = 0
             total += self.process(claim).entries
         return total
-
-    def _pending(self) -> int:
-        pipe = self.client.redis.pipeline(transaction=False)
-        for p in range(self.keys.partitions):
-            pipe.llen(self.keys.queues[p])
-            pipe.exists(self.keys.inflight_meta[p])
-        return sum(int(x) for x in pipe.execute())
 
 
 def _first_line(exc: BaseException) -> str:

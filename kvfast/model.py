@@ -95,26 +95,6 @@ class ModelInfo:
         except Reject as exc:
             raise ValidationError(self.name, f.name, value, str(exc)) from None
 
-    def check_object(self, obj: Any) -> list[Any]:
-        """All field values of ``obj`` checked and normalized, in field order."""
-        if type(obj) is not self.cls:
-            raise ValidationError(
-                self.name, "<object>", obj, f"expected a {self.name}, got {type(obj).__name__}"
-            )
-        out: list[Any] = []
-        for f in self.fields:
-            value = getattr(obj, f.name)
-            if value is None:
-                if not f.nullable:
-                    raise ValidationError(self.name, f.name, value, "field is not Optional")
-                out.append(None)
-                continue
-            try:
-                out.append(f.ftype.check(value))
-            except Reject as exc:
-                raise ValidationError(self.name, f.name, value, str(exc)) from None
-        return out
-
     def check_changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """A partial update checked: known, non-key fields with valid values."""
         if not changes:
@@ -139,13 +119,17 @@ class ModelInfo:
             kwargs[f.name] = None if value is None else f.ftype.from_hash(value)
         return self.cls(**kwargs)
 
+    def values_from_pg(self, row: tuple[Any, ...]) -> list[Any]:
+        """A ``SELECT <all columns in field order>`` row as the values written."""
+        return [
+            None if value is None else f.ftype.from_pg(value)
+            for f, value in zip(self.fields, row, strict=True)
+        ]
+
     def from_pg_row(self, row: tuple[Any, ...]) -> Any:
         """An instance from a ``SELECT <all columns in field order>`` row."""
-        kwargs = {
-            f.name: None if value is None else f.ftype.from_pg(value)
-            for f, value in zip(self.fields, row, strict=True)
-        }
-        return self.cls(**kwargs)
+        # By keyword: a model may be a kw_only dataclass.
+        return self.cls(**dict(zip(self.field_names, self.values_from_pg(row), strict=True)))
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:

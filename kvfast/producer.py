@@ -17,12 +17,10 @@ record writes nothing.
 from __future__ import annotations
 
 import secrets
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import hiredis
-import orjson
 
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
@@ -32,6 +30,7 @@ from kvfast.scripts import REPLY_ERRORS
 
 if TYPE_CHECKING:
     from kvfast.client import Client
+    from kvfast.keys import Keys
     from kvfast.model import ModelInfo
 
 __all__ = ["Call", "Producer", "Request", "WriteBuilder"]
@@ -61,10 +60,9 @@ Call = tuple[list[Any], list[Any]]
 class WriteBuilder:
     """Validates and packs the write batches of one model; no I/O (shared by sync and aio)."""
 
-    def __init__(self, client: Client, info: ModelInfo) -> None:
-        self.client = client
+    def __init__(self, keys: Keys, info: ModelInfo) -> None:
         self.info = info
-        self.keys = client.keys
+        self.keys = keys
         self.table = info.table
         self.ttl = info.ttl or 0
         self._key_index = info.key_field.index
@@ -72,19 +70,16 @@ class WriteBuilder:
             (f.name, f.ftype, f.ftype.wire_is_value) for f in info.fields
         ]
         self._encode = build_create_encoder(info)
-        self._crc_prefix = info.table_bytes + b"\x00"  # see ModelInfo.partition_of
-        self._obj_prefix = [client.keys.obj(p, info.table, "") for p in range(self.keys.partitions)]
-        self._partitions = self.keys.partitions
+        self._partition_of = info.partition_of
+        self._obj_prefix = [keys.obj(p, info.table, "") for p in range(keys.partitions)]
+        self._partitions = keys.partitions
 
     # -- helpers ---------------------------------------------------------------
 
     def locate(self, key: Any) -> tuple[Any, int, str]:
-        """(wire key, partition, object hash name) of a normalized key.
-
-        Same partition as ``ModelInfo.partition_of``, inlined for the hot path.
-        """
+        """(wire key, partition, object hash name) of a normalized key."""
         key_str = str(key)
-        p = zlib.crc32(self._crc_prefix + key_str.encode("utf-8")) % self._partitions
+        p = self._partition_of(key_str, self._partitions)
         wire = key if type(key) is int else key_str
         return wire, p, self._obj_prefix[p] + key_str
 
@@ -123,8 +118,8 @@ class WriteBuilder:
         ttl = self.ttl
         encode = self._encode
         locate = self.locate
-        dumps = orjson.dumps
-        version, op = codec.FORMAT_VERSION, codec.OP_CREATE
+        encode_write = codec.encode_write
+        op = codec.OP_CREATE
         # One pass: validate, encode and pack each record straight to bytes, so
         # the per-record lists and dicts die at once (no GC pressure).  Nothing
         # is sent before every record has passed.
@@ -149,7 +144,7 @@ class WriteBuilder:
             commands.append(_pack(("HSET", obj_key, *hash_args)))
             if ttl:
                 commands.append(_pack(("EXPIRE", obj_key, ttl)))
-            entry = dumps({"v": version, "m": table, "o": op, "k": wire_key, "f": wire, "t": t_us})
+            entry = encode_write(table, op, wire_key, wire, t_us)
             queue = entries.get(p)
             if queue is None:
                 entries[p] = [entry]
@@ -230,6 +225,10 @@ class WriteBuilder:
 
 class Producer(WriteBuilder):
     """Sends the batches of one model over the client's Redis connection pool."""
+
+    def __init__(self, client: Client, info: ModelInfo) -> None:
+        super().__init__(client.keys, info)
+        self.client = client
 
     def create(self, objs: Iterable[Any]) -> int:
         request = self.build_create(objs)

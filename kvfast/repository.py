@@ -163,13 +163,7 @@ class Repository(Generic[M]):
         rows = self._select(normalized)
         if not rows:
             return set()
-        decoded = []
-        for key, row in rows.items():
-            values = [
-                None if v is None else f.ftype.from_pg(v)
-                for f, v in zip(self.info.fields, row, strict=True)
-            ]
-            decoded.append((key, values))
+        decoded = [(key, self.info.values_from_pg(row)) for key, row in rows.items()]
         try:
             self.producer.hydrate(decoded)
         except redis.ResponseError as exc:  # pragma: no cover - surfaced as KvfastError

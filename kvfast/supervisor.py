@@ -267,16 +267,7 @@ class Supervisor:
         ``new_window=False`` (the emptiness check of --drain-until-empty, every
         0.1 s) leaves the window running so the next status line covers it all.
         """
-        keys = self.client.keys
-        pipe = self.client.redis.pipeline(transaction=False)
-        for p in range(keys.partitions):
-            pipe.llen(keys.queues[p])
-            pipe.exists(keys.inflight_meta[p])
-            pipe.llen(keys.dead[p])
-        raw = pipe.execute()
-        queued = sum(raw[0::3])
-        inflight = sum(raw[1::3])
-        dead = sum(raw[2::3])
+        queued, inflight, dead = self.client.backlog()
         lags = sorted(self.stats.lags)
         now = time.monotonic()
         elapsed = max(1e-6, now - self.stats.window_start)

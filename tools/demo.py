@@ -73,16 +73,6 @@ def clean(settings: kvfast.Settings) -> None:
         conn.execute("DROP TABLE IF EXISTS kvfast_fence")
 
 
-def pending(client: kvfast.Client) -> tuple[int, int]:
-    keys = client.keys
-    pipe = client.redis.pipeline(transaction=False)
-    for p in range(keys.partitions):
-        pipe.llen(keys.queues[p])
-        pipe.exists(keys.inflight_meta[p])
-    raw = pipe.execute()
-    return sum(raw[0::2]), sum(raw[1::2])
-
-
 def compare(
     client: kvfast.Client, conn: psycopg.Connection[Any]
 ) -> dict[str, tuple[int, int, int]]:
@@ -171,7 +161,7 @@ def main() -> int:
                 results.append(results_q.get())
             if len(results) == len(procs) and not t_produced:
                 t_produced = time.perf_counter() - t0
-            queued, inflight = pending(client)
+            queued, inflight, _ = client.backlog()
             written = sum(r.records for r in results)
             line = (f"\r  {time.perf_counter() - t0:6.1f}s  producers done {len(results)}/"
                     f"{len(procs)}  queued {queued:>9,}  in flight {inflight}")
@@ -198,8 +188,7 @@ def main() -> int:
         lat = [x for r in results for x in r.latencies_ms]
         with psycopg.connect(settings.pg_dsn) as conn:
             compared = compare(client, conn)
-        keys = client.keys
-        dead = sum(client.redis.llen(keys.dead[p]) for p in range(keys.partitions))
+        dead = client.backlog()[2]
         ok = all(d == 0 and n_r == n_p for n_r, n_p, d in compared.values())
 
         print("\nkvfast demo summary")
