@@ -11,11 +11,16 @@ entries of a batch are folded per key, in queue order, into one final op:
 Entries that do not decode, name an unknown model or field, or update a key the
 same batch deleted, become dead letters with the reason; they never block the
 rest of the batch.
+
+A batch may hold several partitions' entries (one claim can gather many); every
+op, dead entry and tombstone remembers its partition so that each partition is
+acked, and its dead letters kept, on its own.  A key lives in one partition, so
+folding per key never mixes partitions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +43,7 @@ class KeyOp:
     key: Any
     #: upsert: every value in field order; update: {field: value}; delete: empty
     row: Any
+    partition: int
     #: the raw queue entries folded into this op, in order (dead-lettered together)
     entries: list[bytes] = field(default_factory=list)
 
@@ -55,10 +61,10 @@ class ModelOps:
 class Batch:
     #: per model, in order of first appearance (parents usually before children)
     models: dict[str, ModelOps] = field(default_factory=dict)
-    #: (raw entry, reason) for entries that cannot be applied
-    dead: list[tuple[bytes, str]] = field(default_factory=list)
-    #: (model, key string, tombstone id) of every delete, for ack.lua
-    tombstones: list[tuple[ModelInfo, str, str]] = field(default_factory=list)
+    #: (raw entry, reason, partition) for entries that cannot be applied
+    dead: list[tuple[bytes, str, int]] = field(default_factory=list)
+    #: (partition, model, key string, tombstone id) of every delete, for ack.lua
+    tombstones: list[tuple[int, ModelInfo, str, str]] = field(default_factory=list)
     #: write times (µs) of the entries, for the drain-lag measurement
     write_times: list[int] = field(default_factory=list)
     size: int = 0
@@ -97,8 +103,16 @@ def _row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
     return cached[1]
 
 
-def build_batch(raw_entries: list[bytes]) -> Batch:
-    batch = Batch(size=len(raw_entries))
+def build_batch(parts: Iterable[tuple[int, Sequence[bytes]]]) -> Batch:
+    """Decode and fold ``(partition, entries)`` pairs, each in queue order."""
+    batch = Batch()
+    for partition, raw_entries in parts:
+        batch.size += len(raw_entries)
+        _fold(batch, partition, raw_entries)
+    return batch
+
+
+def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
     models = batch.models
     dead = batch.dead
     write_times = batch.write_times
@@ -125,7 +139,7 @@ def build_batch(raw_entries: list[bytes]) -> Batch:
                 key = _decode_key(info, entry.key)
                 row = None
         except DecodeError as exc:
-            dead.append((raw, f"undecodable entry: {exc}"))
+            dead.append((raw, f"undecodable entry: {exc}", p))
             continue
         if entry.table not in models:
             models[entry.table] = mops
@@ -133,15 +147,15 @@ def build_batch(raw_entries: list[bytes]) -> Batch:
         op = mops.ops.get(key)
         if op_kind == codec.OP_CREATE:
             if op is None:
-                mops.ops[key] = KeyOp(UPSERT, key, row, [raw])
+                mops.ops[key] = KeyOp(UPSERT, key, row, p, [raw])
             else:
                 op.kind, op.row = UPSERT, row
                 op.entries.append(raw)
         elif op_kind == codec.OP_UPDATE:
             if op is None:
-                mops.ops[key] = KeyOp(UPDATE, key, row, [raw])
+                mops.ops[key] = KeyOp(UPDATE, key, row, p, [raw])
             elif op.kind == DELETE:
-                dead.append((raw, "update of a key deleted earlier in the same batch"))
+                dead.append((raw, "update of a key deleted earlier in the same batch", p))
             elif op.kind == UPSERT:
                 index = info.by_name
                 for name, value in row.items():
@@ -152,10 +166,9 @@ def build_batch(raw_entries: list[bytes]) -> Batch:
                 op.entries.append(raw)
         else:
             assert entry.tomb_id is not None
-            batch.tombstones.append((info, str(key), entry.tomb_id))
+            batch.tombstones.append((p, info, str(key), entry.tomb_id))
             if op is None:
-                mops.ops[key] = KeyOp(DELETE, key, None, [raw])
+                mops.ops[key] = KeyOp(DELETE, key, None, p, [raw])
             else:
                 op.kind, op.row = DELETE, None
                 op.entries.append(raw)
-    return batch

@@ -1,12 +1,15 @@
 """One drainer: claim a batch in Redis, apply it to PostgreSQL, ack it. Repeat.
 
-    claim.lua ──▶ decode + collapse ──▶ COPY + upsert/update/delete ──▶ fence ──▶ COMMIT ──▶ ack.lua
+    claim.lua ──▶ decode + collapse ──▶ fence ──▶ COPY + upsert/update/delete ──▶ COMMIT ──▶ ack.lua
 
-A drainer owns at most one batch at a time.  While it works on it (or waits for
-PostgreSQL to come back) a keeper thread renews the batch's lease; if the lease
-is lost anyway (the process was stopped longer than the lease), the fence row
-in PostgreSQL rejects the commit and the ack is refused, so a stale drainer can
-neither commit nor remove the batch another drainer now owns.
+One claim gathers up to ``batch_size`` entries from as many free partitions as it
+takes (one PostgreSQL transaction, one fence statement, one pipelined ack for
+all of them).  A drainer holds at most two claims: the one being applied on its
+applier thread and the next, being decoded meanwhile.  A keeper thread renews
+the lease of every partition in hand; if a lease is lost anyway (the process was
+stopped longer than the lease), the fence row in PostgreSQL rejects the commit
+and the ack is refused, so a stale drainer can neither commit nor remove a batch
+another drainer now owns.
 
 Connection errors (Redis or PostgreSQL) are retried with capped exponential
 backoff; the batch stays in flight and nothing is lost.  Rows PostgreSQL
@@ -24,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +42,7 @@ from kvfast.model import TOMBSTONE_FIELD
 from kvfast.pgcopy import Applier, StaleEpoch
 from kvfast.settings import Settings
 
-__all__ = ["Backoff", "BatchReport", "Claim", "Drainer"]
+__all__ = ["Backoff", "BatchReport", "Claim", "Drainer", "Part"]
 
 log = logging.getLogger("kvfast.drainer")
 
@@ -49,7 +53,9 @@ _LAG_SAMPLES = 64
 
 
 @dataclass(slots=True)
-class Claim:
+class Part:
+    """One partition's share of a claim: its entries in queue order, under one epoch."""
+
     partition: int
     epoch: int
     retaken: bool
@@ -57,13 +63,29 @@ class Claim:
 
 
 @dataclass(slots=True)
+class Claim:
+    """What one claim.lua call handed out: one or more partitions, one batch."""
+
+    parts: list[Part]
+
+    @property
+    def entries(self) -> list[bytes]:
+        return [e for part in self.parts for e in part.entries]
+
+    def slices(self) -> list[tuple[int, list[bytes]]]:
+        return [(part.partition, part.entries) for part in self.parts]
+
+
+@dataclass(slots=True)
 class BatchReport:
-    partition: int
+    partitions: list[int]
     entries: int
     applied: int
     dead: int
+    #: every partition still owned at the end was acked
     acked: bool
-    stale: bool
+    #: partitions given up because another drainer took them over (lease lost)
+    stale: int
     retaken: bool
     lag_ms: list[float] = field(default_factory=list)
 
@@ -90,53 +112,67 @@ def new_owner_id() -> str:
 
 
 class _LeaseKeeper(threading.Thread):
-    """One per drainer: renews the lease of the batch in hand every lease/3.
+    """One per drainer: renews the lease of every partition in hand every lease/3.
 
-    ``track`` returns an Event set when renewal finds the batch is no longer
-    ours (the process was stopped past its lease and another drainer took it).
+    A drainer holds up to two claims (one applying, the next being decoded), so
+    the keeper tracks partitions, not a batch.  A renewal refused because the
+    partition was taken over (the process was stopped past its lease) marks it
+    lost; the drainer drops it from its batch (``take_lost``).
     """
 
     def __init__(self, drainer: Drainer) -> None:
         super().__init__(name="kvfast-lease", daemon=True)
         self.drainer = drainer
         self._lock = threading.Lock()
-        self._claim: Claim | None = None
-        self._lost = threading.Event()
+        self._held: dict[int, Part] = {}
+        self._lost: set[int] = set()
         self._closed = threading.Event()
 
-    def track(self, claim: Claim) -> threading.Event:
+    def track(self, parts: list[Part]) -> None:
         with self._lock:
-            self._claim = claim
-            self._lost = threading.Event()
-            return self._lost
+            for part in parts:
+                self._held[part.partition] = part
+                self._lost.discard(part.partition)
 
-    def untrack(self) -> None:
+    def untrack(self, parts: list[Part]) -> None:
         with self._lock:
-            self._claim = None
+            for part in parts:
+                if self._held.get(part.partition) is part:
+                    del self._held[part.partition]
+
+    def take_lost(self, parts: list[Part]) -> set[int]:
+        """The partitions of ``parts`` whose lease was lost (forgotten once told)."""
+        with self._lock:
+            lost = {part.partition for part in parts} & self._lost
+            self._lost -= lost
+            return lost
 
     def run(self) -> None:
         d = self.drainer
         interval = d.settings.lease_ms / 3000
         while not self._closed.wait(interval):
             with self._lock:
-                claim, lost = self._claim, self._lost
-            if claim is None:
+                held = list(self._held.values())
+            if not held:
                 continue
-            meta = d.keys.inflight_meta[claim.partition]
+            calls = [([d.keys.inflight_meta[part.partition]],
+                      [d.owner, part.epoch, d.settings.lease_ms]) for part in held]
             try:
-                ok = d.client.evalsha("renew", [meta], [d.owner, claim.epoch, d.settings.lease_ms])
+                replies = d.client.eval_many("renew", calls)
             except (*_REDIS_ERRORS, KvfastError) as exc:
                 # This thread must outlive any error: a dead keeper would let every
                 # later lease of this drainer expire under it.
                 log.warning("lease renewal failed (will retry): %s", exc)
                 continue
-            if not ok:
+            for part, ok in zip(held, replies, strict=True):
+                if ok == 1:
+                    continue
                 with self._lock:
-                    if self._claim is not claim:
+                    if self._held.get(part.partition) is not part:
                         continue  # acked meanwhile: nothing was lost
-                    self._claim = None
-                log.warning("lost the lease of partition %d", claim.partition)
-                lost.set()
+                    del self._held[part.partition]
+                    self._lost.add(part.partition)
+                log.warning("lost the lease of partition %d", part.partition)
 
     def close(self) -> None:
         self._closed.set()
@@ -207,7 +243,8 @@ class Drainer:
     # -- claim -----------------------------------------------------------------
 
     def claim(self) -> Claim | None:
-        """Claim one batch (or an expired one) from any partition; None when idle."""
+        """Claim a batch (one expired partition, or up to batch_size entries gathered
+        from the free partitions); None when every partition is idle or busy."""
         keys = self.keys
         n = keys.partitions
         order = [(self._offset + i) % n for i in range(n)]
@@ -219,64 +256,101 @@ class Drainer:
         reply = self.client.evalsha("claim", key_list, args)
         if not reply:
             return None
-        group, epoch, retaken = int(reply[0]), int(reply[1]), bool(reply[2])
-        return Claim(order[group], epoch, retaken, list(reply[3:]))
+        nparts = int(reply[0])
+        parts: list[Part] = []
+        at = 1 + 4 * nparts
+        for i in range(nparts):
+            group, epoch, retaken, count = (int(x) for x in reply[1 + 4 * i : 5 + 4 * i])
+            parts.append(Part(order[group], epoch, bool(retaken), reply[at : at + count]))
+            at += count
+        return Claim(parts)
 
     # -- process ---------------------------------------------------------------
 
-    def process(self, claim: Claim) -> BatchReport:
-        """Apply and ack one claimed batch, retrying connection errors until done."""
-        batch = build_batch(claim.entries)
-        lost = self._keeper.track(claim)
+    def process(self, claim: Claim, batch: Batch | None = None) -> BatchReport:
+        """Apply and ack one claimed batch, retrying connection errors until done.
+
+        ``batch`` is the claim already decoded (the pipelined loop decodes the
+        next claim while the previous one is being applied).
+        """
+        self._keeper.track(claim.parts)
         try:
-            dead, stale = self._apply_with_retry(batch, claim, lost)
-            if stale:
-                return BatchReport(claim.partition, len(claim.entries), 0, 0, False, True,
-                                   claim.retaken)
-            dead_docs = [self._dead_doc(raw, reason, claim.partition) for raw, reason in batch.dead]
-            for op, reason in dead:
-                dead_docs += [self._dead_doc(raw, reason, claim.partition) for raw in op.entries]
-            now_us = time.time_ns() // 1000
-            acked = self._ack_with_retry(batch, claim, dead_docs, lost)
+            return self._process(claim, batch or build_batch(claim.slices()))
         finally:
-            self._keeper.untrack()
+            self._keeper.untrack(claim.parts)
+
+    def _process(self, claim: Claim, batch: Batch) -> BatchReport:
+        parts = list(claim.parts)
+        total = len(claim.entries)
+        dead, parts, batch = self._apply_with_retry(batch, parts)
+        retaken = any(part.retaken for part in claim.parts)
+        if not parts:
+            return BatchReport([p.partition for p in claim.parts], total, 0, 0, False,
+                               len(claim.parts), retaken)
+        docs: dict[int, list[bytes]] = {part.partition: [] for part in parts}
+        for raw, reason, p in batch.dead:
+            docs[p].append(self._dead_doc(raw, reason, p))
+        for op, reason in dead:
+            docs[op.partition] += [self._dead_doc(raw, reason, op.partition) for raw in op.entries]
+        now_us = time.time_ns() // 1000
+        acked = self._ack_with_retry(batch, parts, docs)
+        ndead = sum(len(d) for d in docs.values())
         lags = batch.write_times
         if len(lags) > _LAG_SAMPLES:
             lags = random.sample(lags, _LAG_SAMPLES)
         return BatchReport(
-            claim.partition,
-            len(claim.entries),
-            len(claim.entries) - len(dead_docs),
-            len(dead_docs),
+            [p.partition for p in claim.parts],
+            total,
+            batch.size - ndead,
+            ndead,
             acked,
-            False,
-            claim.retaken,
+            len(claim.parts) - len(parts),
+            retaken,
             [(now_us - t) / 1000 for t in lags],
         )
 
+    def _drop(self, batch: Batch, parts: list[Part], gone: set[int]) -> tuple[Batch, list[Part]]:
+        """The batch without the partitions in ``gone`` (taken over by another drainer)."""
+        for p in sorted(gone):
+            log.warning("partition %d was taken over: its share of the batch is left to "
+                        "its new owner", p)
+        parts = [part for part in parts if part.partition not in gone]
+        return build_batch([(part.partition, part.entries) for part in parts]), parts
+
     def _apply_with_retry(
-        self, batch: Batch, claim: Claim, lost: threading.Event
-    ) -> tuple[list[Any], bool]:
+        self, batch: Batch, parts: list[Part]
+    ) -> tuple[list[Any], list[Part], Batch]:
+        """Commit ``batch``; returns (rejected ops, the partitions still ours, the batch)."""
         backoff = Backoff()
         while True:
-            if lost.is_set():
-                return [], True
+            lost = self._keeper.take_lost(parts)
+            if lost:
+                batch, parts = self._drop(batch, parts, lost)
+            if not parts:
+                return [], parts, batch
             try:
                 applier = self._applier_conn()
-                return applier.apply(batch, claim.partition, claim.epoch), False
+                epochs = {part.partition: part.epoch for part in parts}
+                return applier.apply(batch, epochs), parts, batch
             except StaleEpoch as exc:
                 # Still the owner in Redis? Then Redis lost its epoch counter (see
                 # rebase.lua): move past PostgreSQL's epoch and retry.  Otherwise
-                # another drainer owns the batch now: leave it to that one.
-                new_epoch = self._rebase(claim, exc.newest)
-                if not new_epoch:
-                    log.warning("partition %d epoch %d is stale: batch left to its new owner",
-                                claim.partition, claim.epoch)
-                    return [], True
-                log.warning("partition %d: epoch %d behind PostgreSQL's %d (Redis was reset?); "
-                            "continuing with epoch %d", claim.partition, claim.epoch, exc.newest,
-                            new_epoch)
-                claim.epoch = new_epoch
+                # another drainer owns that partition now: leave it to that one.
+                gone: set[int] = set()
+                for part in parts:
+                    if part.partition not in exc.stale:
+                        continue
+                    newest = exc.stale[part.partition][1]
+                    new_epoch = self._rebase(part, newest)
+                    if not new_epoch:
+                        gone.add(part.partition)
+                        continue
+                    log.warning("partition %d: epoch %d behind PostgreSQL's %d (Redis was "
+                                "reset?); continuing with epoch %d", part.partition, part.epoch,
+                                newest, new_epoch)
+                    part.epoch = new_epoch
+                if gone:
+                    batch, parts = self._drop(batch, parts, gone)
             except _PG_RETRY_ERRORS as exc:
                 self._drop_pg()
                 delay = backoff.next_delay()
@@ -288,53 +362,61 @@ class Drainer:
                 # a schema problem, say.  Keep the batch, say so loudly, retry.
                 self._drop_pg()
                 delay = backoff.next_delay()
-                log.error("batch of partition %d failed (%s); retrying in %.2fs",
-                          claim.partition, _first_line(exc), delay)
+                log.error("batch of partitions %s failed (%s); retrying in %.2fs",
+                          sorted(part.partition for part in parts), _first_line(exc), delay)
                 time.sleep(delay)
 
-    def _rebase(self, claim: Claim, newest: int) -> int:
+    def _rebase(self, part: Part, newest: int) -> int:
         keys = self.keys
         backoff = Backoff()
         while True:
             try:
                 return int(self.client.evalsha(
                     "rebase",
-                    [keys.inflight_meta[claim.partition], keys.epochs[claim.partition]],
-                    [self.owner, claim.epoch, newest],
+                    [keys.inflight_meta[part.partition], keys.epochs[part.partition]],
+                    [self.owner, part.epoch, newest],
                 ))
             except _REDIS_ERRORS as exc:
                 delay = backoff.next_delay()
                 log.warning("Redis unavailable (%s); retrying in %.2fs", _first_line(exc), delay)
                 time.sleep(delay)
 
-    def _ack_with_retry(
-        self, batch: Batch, claim: Claim, dead_docs: list[bytes], lost: threading.Event
-    ) -> bool:
+    def _ack_with_retry(self, batch: Batch, parts: list[Part],
+                        docs: dict[int, list[bytes]]) -> bool:
+        """Ack every partition of the batch, one ack.lua call each, in one round trip."""
         keys = self.keys
-        p = claim.partition
-        tomb_keys: list[str] = []
-        tomb_ids: list[str] = []
-        for info, key_str, tomb_id in batch.tombstones:
-            if info.partition_of(key_str, keys.partitions) == p:
-                tomb_keys.append(keys.obj(p, info.table, key_str))
-                tomb_ids.append(tomb_id)
-        applied = len(claim.entries) - len(dead_docs)
-        key_list = [keys.inflight[p], keys.inflight_meta[p], keys.dead[p], keys.counters[p],
-                    *tomb_keys]
-        args: list[Any] = [self.owner, claim.epoch, TOMBSTONE_FIELD, applied, len(dead_docs),
-                           *dead_docs, *tomb_ids]
+        tombs: dict[int, tuple[list[str], list[str]]] = {part.partition: ([], []) for part in parts}
+        for p, info, key_str, tomb_id in batch.tombstones:
+            if p in tombs:
+                tombs[p][0].append(keys.obj(p, info.table, key_str))
+                tombs[p][1].append(tomb_id)
+        sizes = {part.partition: len(part.entries) for part in parts}
         backoff = Backoff()
         while True:
+            calls: list[tuple[list[Any], list[Any]]] = []
+            for part in parts:
+                p = part.partition
+                dead_docs = docs[p]
+                tomb_keys, tomb_ids = tombs[p]
+                calls.append((
+                    [keys.inflight[p], keys.inflight_meta[p], keys.dead[p], keys.counters[p],
+                     *tomb_keys],
+                    [self.owner, part.epoch, TOMBSTONE_FIELD, sizes[p] - len(dead_docs),
+                     len(dead_docs), *dead_docs, *tomb_ids],
+                ))
             try:
-                return bool(self.client.evalsha("ack", key_list, args))
+                return all(self.client.eval_many("ack", calls))
             except _REDIS_ERRORS as exc:
                 # Committed but not acked: if the lease runs out meanwhile, the next
                 # owner re-applies the batch, which is harmless (upserts, fenced).
                 delay = backoff.next_delay()
                 log.warning("ack failed (%s); retrying in %.2fs", _first_line(exc), delay)
                 time.sleep(delay)
-                if lost.is_set():
-                    return False
+                lost = self._keeper.take_lost(parts)
+                if lost:
+                    parts = [part for part in parts if part.partition not in lost]
+                    if not parts:
+                        return False
 
     def _dead_doc(self, raw: bytes, reason: str, partition: int) -> bytes:
         doc: dict[str, Any] = {"error": reason, "partition": partition,
@@ -348,26 +430,50 @@ class Drainer:
     # -- loop ------------------------------------------------------------------
 
     def run(self, on_batch: Callable[[BatchReport], None] | None = None) -> None:
-        """Drain until ``should_stop()``; the batch in hand is always finished first."""
+        """Drain until ``should_stop()``; the batches in hand are always finished first.
+
+        Two batches overlap: while one is applied and acked on the applier
+        thread (mostly waiting for PostgreSQL, GIL released), this thread claims
+        and decodes the next.  Their partitions are disjoint (a partition stays
+        claimed until its ack), so the order of writes to a key is unchanged.
+        """
         interval = self.settings.drain_interval_ms / 1000
         backoff = Backoff()
-        while not self.should_stop():
+        pending: Future[BatchReport] | None = None
+
+        def finish() -> None:
+            nonlocal pending
+            if pending is not None:
+                report = pending.result()
+                pending = None
+                if on_batch is not None:
+                    on_batch(report)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="kvfast-apply") as pool:
             try:
-                claim = self.claim()
-            except _REDIS_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("Redis unavailable (%s); retrying in %.2fs", _first_line(exc), delay)
-                time.sleep(delay)
-                continue
-            backoff.reset()
-            if claim is None:
-                time.sleep(interval)
-                continue
-            report = self.process(claim)
-            if on_batch is not None:
-                on_batch(report)
-            # No sleep after a batch, full or not: other partitions may have work,
-            # and the next claim says so (it returns None when all are idle).
+                while not self.should_stop():
+                    try:
+                        claim = self.claim()
+                    except _REDIS_ERRORS as exc:
+                        delay = backoff.next_delay()
+                        log.warning("Redis unavailable (%s); retrying in %.2fs",
+                                    _first_line(exc), delay)
+                        time.sleep(delay)
+                        continue
+                    backoff.reset()
+                    if claim is None:
+                        if pending is not None:
+                            finish()  # its partitions may have more: claim again at once
+                        else:
+                            time.sleep(interval)
+                        continue
+                    # Tracked from here: the lease must not run out while queued.
+                    self._keeper.track(claim.parts)
+                    batch = build_batch(claim.slices())
+                    finish()
+                    pending = pool.submit(self.process, claim, batch)
+            finally:
+                finish()
 
     def drain_until_empty(self, max_idle_polls: int = 2) -> int:
         """Drain in this process until nothing is queued or in flight (tests, tools)."""

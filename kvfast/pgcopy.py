@@ -42,11 +42,14 @@ class RowValueError(psycopg.errors.DataError):
 
 
 class StaleEpoch(Exception):
-    """PostgreSQL has seen a newer epoch for this partition: do not commit."""
+    """PostgreSQL has seen newer epochs for some of the batch's partitions: do not commit."""
 
-    def __init__(self, partition: int, epoch: int, newest: int) -> None:
-        super().__init__(f"partition {partition}: epoch {epoch} is older than {newest}")
-        self.newest = newest
+    def __init__(self, stale: dict[int, tuple[int, int]]) -> None:
+        text = ", ".join(f"partition {p}: epoch {e} is older than {n}"
+                         for p, (e, n) in sorted(stale.items()))
+        super().__init__(text)
+        #: partition → (the batch's epoch, the newest epoch PostgreSQL has seen)
+        self.stale = stale
 
 
 class _Stmts:
@@ -126,15 +129,19 @@ class Applier:
         # it (a retry after a lost connection).  Epochs come from Redis, and a
         # Redis that lost its last second (crash + AOF everysec) can hand the
         # same epoch to two drainers: the owner check fences the older one off.
+        # One statement fences every partition of the batch.  Rows are locked
+        # in partition order, so two drainers fencing overlapping partitions
+        # (an expired lease and its successor) queue up instead of deadlocking.
         self._fence = sql.SQL(
-            "INSERT INTO {0} (namespace, partition, epoch, owner) VALUES (%s, %s, %s, %s) "
+            "INSERT INTO {0} (namespace, partition, epoch, owner) "
+            "SELECT %s, p, e, %s FROM unnest(%s::int[], %s::bigint[]) AS f (p, e) ORDER BY p "
             "ON CONFLICT (namespace, partition) DO UPDATE SET epoch = EXCLUDED.epoch, "
             "owner = EXCLUDED.owner WHERE {0}.epoch < EXCLUDED.epoch OR "
             "({0}.epoch = EXCLUDED.epoch AND {0}.owner IS NOT DISTINCT FROM EXCLUDED.owner) "
-            "RETURNING epoch"
+            "RETURNING partition"
         ).format(sql.Identifier(FENCE_TABLE))
         self._newest = sql.SQL(
-            "SELECT epoch FROM {} WHERE namespace = %s AND partition = %s"
+            "SELECT partition, epoch FROM {} WHERE namespace = %s AND partition = ANY(%s)"
         ).format(sql.Identifier(FENCE_TABLE))
 
     def _for(self, info: ModelInfo) -> _Stmts:
@@ -143,11 +150,12 @@ class Applier:
             stmts = self._stmts[info.table] = _Stmts(self.conn, info, len(self._stmts))
         return stmts
 
-    def apply(self, batch: Batch, partition: int, epoch: int) -> DeadList:
-        """Apply ``batch`` in one transaction fenced by ``epoch``; return rejected ops.
+    def apply(self, batch: Batch, epochs: dict[int, int]) -> DeadList:
+        """Apply ``batch`` in one transaction fenced by ``epochs`` (partition → epoch).
 
-        Raises StaleEpoch (rolled back) when a newer epoch already committed, and
-        lets connection errors propagate (rolled back) for the caller to retry.
+        Returns the rejected ops.  Raises StaleEpoch (rolled back) when a newer
+        epoch already committed for any partition, and lets connection errors
+        propagate (rolled back) for the caller to retry.
         """
         for mops in batch.models.values():
             if mops.info.table not in self._stmts:
@@ -156,24 +164,29 @@ class Applier:
                 self._for(mops.info)
                 self.conn.commit()
         try:
-            return self._apply(batch, partition, epoch, careful=False)
+            return self._apply(batch, epochs, careful=False)
         except ROW_ERRORS:
             self.conn.rollback()
-        return self._apply(batch, partition, epoch, careful=True)
+        return self._apply(batch, epochs, careful=True)
 
-    def _apply(self, batch: Batch, partition: int, epoch: int, *, careful: bool) -> DeadList:
+    def _apply(self, batch: Batch, epochs: dict[int, int], *, careful: bool) -> DeadList:
         conn = self.conn
         dead: DeadList = []
         try:
             # The fence goes first: it row-locks the partition's epoch, so a stale
             # drainer stops before doing any work, and two drainers of one
             # partition (old lease, new lease) commit one after the other.
-            row = conn.execute(
-                self._fence, (self.namespace, partition, epoch, self.owner)
-            ).fetchone()
-            if row is None:
-                newest = conn.execute(self._newest, (self.namespace, partition)).fetchone()
-                raise StaleEpoch(partition, epoch, int(newest[0]) if newest else 0)
+            parts = list(epochs)
+            fenced = conn.execute(
+                self._fence, (self.namespace, self.owner, parts, [epochs[p] for p in parts])
+            ).fetchall()
+            if len(fenced) != len(parts):
+                ok = {r[0] for r in fenced}
+                newest = dict(conn.execute(
+                    self._newest, (self.namespace, [p for p in parts if p not in ok])
+                ).fetchall())
+                raise StaleEpoch({p: (epochs[p], int(newest.get(p, 0)))
+                                  for p in parts if p not in ok})
             # A DEFERRABLE INITIALLY DEFERRED constraint would only fail at COMMIT,
             # where no savepoint can isolate the row: check every constraint at
             # its statement instead.

@@ -586,7 +586,7 @@ def ack_args(
 def hold_batch(settings: kvfast.Settings, stage: str, conn: Any) -> None:
     """Child process: claim one batch; with ``stage == "committed"`` apply and commit it.
 
-    Then report ``{"partition", "epoch", "owner", "entries"}`` on ``conn`` and stop
+    Then report ``{"parts": {partition: (epoch, entries)}, "owner"}`` on ``conn`` and stop
     with SIGSTOP (the test kills it there, or resumes it with SIGCONT).  Resumed,
     it does what a drainer would do next (ack after a commit; apply then ack
     after a claim) and reports ``{"ack": ack.lua's reply, "stale", "acked"}``.
@@ -597,23 +597,22 @@ def hold_batch(settings: kvfast.Settings, stage: str, conn: Any) -> None:
         if claim is None:
             conn.send(None)
             return
+        epochs = {part.partition: part.epoch for part in claim.parts}
         if stage == "committed":
             with connect_pg(settings, autocommit=False) as pgconn:
-                Applier(pgconn, settings.namespace).apply(
-                    build_batch(claim.entries), claim.partition, claim.epoch
-                )
-        conn.send({"partition": claim.partition, "epoch": claim.epoch,
-                   "owner": drainer.owner, "entries": claim.entries})
+                Applier(pgconn, settings.namespace).apply(build_batch(claim.slices()), epochs)
+        conn.send({"parts": {part.partition: (part.epoch, part.entries) for part in claim.parts},
+                   "owner": drainer.owner})
         os.kill(os.getpid(), signal.SIGSTOP)
         # Resumed: the lease has long expired and another drainer owns the partition.
-        keys, args = ack_args(settings, claim.partition, drainer.owner, claim.epoch)
+        calls = [ack_args(settings, p, drainer.owner, e) for p, e in epochs.items()]
         result: dict[str, Any] = {}
         if stage == "committed":
-            result["ack"] = int(drainer.client.evalsha("ack", keys, args))
+            result["ack"] = max(int(x) for x in drainer.client.eval_many("ack", calls))
         report = drainer.process(claim)
-        result.update(stale=report.stale, acked=report.acked)
+        result.update(stale=report.stale > 0, acked=report.acked)
         if stage != "committed":
-            result["ack"] = int(drainer.client.evalsha("ack", keys, args))
+            result["ack"] = max(int(x) for x in drainer.client.eval_many("ack", calls))
         conn.send(result)
     finally:
         drainer.close()

@@ -168,29 +168,36 @@ def test_drainer_killed_mid_batch_loses_nothing(
     produced = produce_mixed(settings, seed=3, n_ops=600)
     held = HeldBatch(settings, stage)
     try:
-        p, epoch = held.info["partition"], held.info["epoch"]
-        n = len(held.info["entries"])
-        assert r.hget(inflight_meta_key(settings, p), "epoch") == str(epoch).encode()
-        assert r.llen(inflight_key(settings, p)) == n
+        parts = held.info["parts"]
+        # One claim gathers several partitions (up to the batch size).
+        assert len(parts) > 1
+        claimed = sum(len(entries) for _, entries in parts.values())
+        assert claimed == min(settings.batch_size, produced)
+        for p, (epoch, entries) in parts.items():
+            assert r.hget(inflight_meta_key(settings, p), "epoch") == str(epoch).encode()
+            assert r.lrange(inflight_key(settings, p), 0, -1) == entries
+            if stage == "claimed":
+                assert fence_epoch(pg, settings, p) is None
+            else:
+                assert fence_epoch(pg, settings, p) == epoch
+        landed = [*pg_objects(pg, DRide).items(), *pg_objects(pg, DDriver).items()]
         if stage == "claimed":
-            assert fence_epoch(pg, settings, p) is None
-            assert not pg_objects(pg, DRide) and not pg_objects(pg, DDriver)
+            assert not landed
         else:
-            assert fence_epoch(pg, settings, p) == epoch
-            landed = [*pg_objects(pg, DRide).items(), *pg_objects(pg, DDriver).items()]
             assert landed
-            assert {partition_of(settings, type(o), k) for k, o in landed} == {p}
+            assert {partition_of(settings, type(o), k) for k, o in landed} <= set(parts)
         held.kill()
     finally:
         held.close()
     # The dead drainer's batch is still in flight, nothing was acked.
-    assert r.exists(inflight_meta_key(settings, p))
+    assert all(r.exists(inflight_meta_key(settings, p)) for p in parts)
     assert drained_total(r, settings) == 0
     drain_until_empty(settings, workers=2)
     converged(r, pg, settings)
     assert drained_total(r, settings) == produced
-    taken_over = fence_epoch(pg, settings, p)
-    assert taken_over is not None and taken_over > epoch
+    for p, (epoch, _) in parts.items():
+        taken_over = fence_epoch(pg, settings, p)
+        assert taken_over is not None and taken_over > epoch
 
 
 @pytest.mark.slow
@@ -245,8 +252,8 @@ def test_stale_drainer_cannot_overwrite_newer_data(
         rides.create_many(ride(k, counter=1, status="first") for k in keys)
         held = HeldBatch(settings, stage)
         try:
-            assert held.info["partition"] == p
-            old_epoch = held.info["epoch"]
+            assert list(held.info["parts"]) == [p]
+            old_epoch = held.info["parts"][p][0]
             wait_lease_expired(r, settings, p)
             # Another drainer takes the batch over and applies it; newer writes follow.
             drain_in_process(settings)
@@ -259,7 +266,7 @@ def test_stale_drainer_cannot_overwrite_newer_data(
             third = Drainer(settings)
             try:
                 claim = third.claim()
-                assert claim is not None and claim.partition == p
+                assert claim is not None and [part.partition for part in claim.parts] == [p]
                 meta = r.hgetall(inflight_meta_key(settings, p))
                 inflight = r.lrange(inflight_key(settings, p), 0, -1)
 
@@ -445,10 +452,11 @@ def test_foreign_key_violation_is_isolated(
     drainer = Drainer(settings)
     try:
         claim = drainer.claim()
-        assert claim is not None and claim.partition == p and len(claim.entries) == 30
-        batch = build_batch(claim.entries)
+        assert claim is not None and [part.partition for part in claim.parts] == [p]
+        assert len(claim.entries) == 30
+        batch = build_batch(claim.slices())
         with connect_pg(settings, autocommit=False) as conn:
-            dead = Applier(conn, settings.namespace).apply(batch, p, claim.epoch)
+            dead = Applier(conn, settings.namespace).apply(batch, {p: claim.parts[0].epoch})
     finally:
         drainer.close()
     assert sorted(op.key for op, _ in dead) == sorted(ghosts)
