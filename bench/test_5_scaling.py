@@ -3,10 +3,10 @@
 One partition's queue is filled to each depth in ``SCALE_DEPTHS`` (1k … 1M; 10M
 with ``KVFAST_BENCH_SCALE_10M=1``) with real queue entries.  Each round claims
 1,000 entries with ``kvfast.drainer.Drainer.claim()`` (claim.lua: look at every
-partition's in-flight record, LMPOP, copy to the in-flight list, epoch and lease)
+partition's in-flight record, LPOP, copy to the in-flight list, epoch and lease)
 and is timed alone; between rounds (not timed) the claimed entries go back to
 the tail of the queue and the in-flight record is dropped, so the depth stays
-put.  Reference at each depth: a bare ``LMPOP 1 queue LEFT COUNT 1000`` through
+put.  Reference at each depth: a bare ``LPOP queue 1000`` through
 redis-py, the same way.  Target: the cost per entry at the deepest queue within
 1.5x of the cost at 1k.
 
@@ -82,8 +82,8 @@ def _per_entry_us(benchmark: Any) -> float:
 
 
 @pytest.mark.benchmark(group="5-claim")
-def test_reference_lmpop(benchmark: Any, r: redis.Redis, depth: int) -> None:
-    """LMPOP 1 queue LEFT COUNT 1000 (redis-py, hiredis parser): the pop alone."""
+def test_reference_lpop(benchmark: Any, r: redis.Redis, depth: int) -> None:
+    """LPOP queue 1000 (redis-py, hiredis parser): the pop alone."""
     queue = _refs.keys().queues[PARTITION]
     taken: list[list[bytes]] = []
 
@@ -93,15 +93,15 @@ def test_reference_lmpop(benchmark: Any, r: redis.Redis, depth: int) -> None:
         return (), {}
 
     def pop() -> Any:
-        reply = r.execute_command("LMPOP", 1, queue, "LEFT", "COUNT", CLAIM)
-        taken.append(reply[1])
+        reply = r.execute_command("LPOP", queue, CLAIM)
+        taken.append(reply)
         return reply
 
     benchmark.pedantic(pop, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     if taken:
         r.rpush(queue, *taken.pop())
     us = _per_entry_us(benchmark)
-    DATA[f"claim.lmpop.{depth}"] = us
+    DATA[f"claim.lpop.{depth}"] = us
     benchmark.extra_info.update(depth=depth, us_per_entry=us)
 
 
@@ -138,7 +138,7 @@ def test_kvfast_claim(benchmark: Any, r: redis.Redis, depth: int) -> None:
 
     add = _refs.RESULTS.add
     add(_refs.Row("scaling", f"claim cost per entry, depth {_label(depth)}", "µs/entry", us,
-                  DATA.get(f"claim.lmpop.{depth}"), "bare LMPOP COUNT 1000"))
+                  DATA.get(f"claim.lpop.{depth}"), "bare LPOP COUNT 1000"))
     depths = sorted(int(k.rsplit(".", 1)[1]) for k in DATA if k.startswith("claim.kvfast."))
     if len(depths) > 1:
         low, high = depths[0], depths[-1]

@@ -116,34 +116,35 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
     models = batch.models
     dead = batch.dead
     write_times = batch.write_times
-    for raw in raw_entries:
+    for raw, obj in zip(raw_entries, codec.parse_many(raw_entries), strict=True):
         try:
-            entry = codec.decode(raw)
-            mops = models.get(entry.table)
+            if type(obj) is DecodeError:
+                raise obj
+            table, op_kind, entry_key, fields, t_us, tomb_id = codec.check(obj)
+            mops = models.get(table)
             if mops is None:
-                info = get_model(entry.table)
+                info = get_model(table)
                 if info is None:
-                    raise DecodeError(f"no model registered for table {entry.table!r}")
+                    raise DecodeError(f"no model registered for table {table!r}")
                 mops = ModelOps(info)
             info = mops.info
-            op_kind = entry.op
             if op_kind == codec.OP_CREATE:
-                row: Any = _row_decoder(info)(entry.fields)
+                row: Any = _row_decoder(info)(fields)
                 key = row[info.key_field.index]
-                if key != entry.key and str(key) != entry.key:
-                    raise DecodeError(f"{info.name} create: key {entry.key!r} != key field")
+                if key != entry_key and str(key) != entry_key:
+                    raise DecodeError(f"{info.name} create: key {entry_key!r} != key field")
             elif op_kind == codec.OP_UPDATE:
-                key = _decode_key(info, entry.key)
-                row = _decode_changes(info, entry.fields)
+                key = _decode_key(info, entry_key)
+                row = _decode_changes(info, fields)
             else:
-                key = _decode_key(info, entry.key)
+                key = _decode_key(info, entry_key)
                 row = None
         except DecodeError as exc:
             dead.append((raw, f"undecodable entry: {exc}", p))
             continue
-        if entry.table not in models:
-            models[entry.table] = mops
-        write_times.append(entry.t_us)
+        if table not in models:
+            models[table] = mops
+        write_times.append(t_us)
         op = mops.ops.get(key)
         if op_kind == codec.OP_CREATE:
             if op is None:
@@ -165,8 +166,8 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
                 op.row.update(row)
                 op.entries.append(raw)
         else:
-            assert entry.tomb_id is not None
-            batch.tombstones.append((p, info, str(key), entry.tomb_id))
+            assert tomb_id is not None
+            batch.tombstones.append((p, info, str(key), tomb_id))
             if op is None:
                 mops.ops[key] = KeyOp(DELETE, key, None, p, [raw])
             else:

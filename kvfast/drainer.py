@@ -197,8 +197,8 @@ class Drainer:
         self.keys = self.client.keys
         self._pg: psycopg.Connection[Any] | None = None
         self._applier: Applier | None = None
-        # Start each drainer at a different partition so they do not all queue
-        # up behind the same LMPOP key order.
+        # Start each drainer at a different partition so they do not all fill
+        # their batches from the same partitions first.
         self._offset = random.randrange(settings.partitions)
         self._keeper = _LeaseKeeper(self)
         self._keeper.start()

@@ -9,7 +9,7 @@ Cluster slot and every script touches one slot only)::
                                     part ends at the first ':' (table "a", key "b:c"
                                     and table "a:b", key "c" are different objects);
                                     a tombstone holds only TOMBSTONE_FIELD
-    {ns:p}:q                 list   queue of entries waiting to drain (RPUSH/LMPOP)
+    {ns:p}:q                 list   queue of entries waiting to drain (RPUSH/LPOP)
     {ns:p}:f                 list   the in-flight batch (entries being applied)
     {ns:p}:fm                hash   in-flight metadata: owner, epoch, deadline (ms)
     {ns:p}:e                 string last epoch handed out for this partition (INCR)

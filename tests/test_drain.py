@@ -51,9 +51,11 @@ from drainhelpers import (
 from drainmodels import DDriver, DRide
 
 import kvfast
+from kvfast import codec
 from kvfast.batch import build_batch
 from kvfast.client import connect_pg
 from kvfast.drainer import Drainer
+from kvfast.errors import DecodeError
 from kvfast.pgcopy import Applier
 
 # -- convergence ------------------------------------------------------------------------
@@ -410,6 +412,11 @@ def test_garbage_entries_are_dead_lettered_and_draining_continues(
         b'{"v": 1, "m": "no_such_table", "o": "c", "k": 1, "f": {"id": 1}, "t": 1}',
         b'{"v": 1, "m": "d_rides", "o": "c", "k": 1, "f": {"id": "one"}, "t": 1}',
         b'{"v": 1, "m": "d_rides", "o": "d", "k": 1, "t": 1}',
+        # Object-shaped pieces that would parse if the batch were read as one
+        # JSON array naively (codec.parse_many must not be fooled).
+        b'{"v": 1, "m": "d_rides", "o": "d", "k": 1, "i": "x", "t": 1}, {"v": 1}',
+        b'{"v": 1, "m": "d_rides", "o": "u", "k": 1, "f": {"x": "}',
+        b'{"counter": 1}}, "t": 1}',
     ]
     with kvfast.Repository(DRide, settings) as rides:
         rides.create(ride(k1))
@@ -495,3 +502,30 @@ def test_big_batch_with_many_keys_and_ops_drains_in_one_claim(
     assert set(rows) == expected
     assert {rows[k].counter for k in keys[::6]} == {7}
     converged(r, pg, settings)
+
+
+def test_parse_many_reads_each_entry_as_if_alone() -> None:
+    """The drainer parses a batch as one JSON array when it can: every entry must
+    come out exactly as parsing it alone would give (or a DecodeError)."""
+    good = [b'{"a": 1}', b'{"b": [1, 2]}', b'{}']
+    tricky = [
+        b'{"a": 1}, {"b": 2}',  # two objects in one entry
+        b'{"s": "}',  # an open string that the next entry would close
+        b'{"t": 1}"}',
+        b"[1]",
+        b"",
+        b"{",
+        b"}",
+    ]
+    assert codec.parse_many(good) == [{"a": 1}, {"b": [1, 2]}, {}]
+    for bad in tricky:
+        for batch in ([*good, bad], [bad, *good], [good[0], bad, bad, good[1]]):
+            parsed = codec.parse_many(batch)
+            assert len(parsed) == len(batch)
+            for raw, got in zip(batch, parsed, strict=True):
+                try:
+                    alone: Any = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    assert isinstance(got, DecodeError), (raw, got)
+                else:
+                    assert got == alone, (raw, got)

@@ -151,7 +151,7 @@ KVFAST_COMMANDS = (
     "ping", "multi", "exec", "discard", "evalsha", "script|load",
     "del", "exists", "expire", "time", "set", "incr",
     "hset", "hsetnx", "hget", "hmget", "hgetall", "hexists", "hdel", "hincrby",
-    "rpush", "lrange", "llen", "lrem", "lindex", "lmpop",
+    "rpush", "lrange", "llen", "lrem", "lindex", "lpop",
 )
 
 
