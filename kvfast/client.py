@@ -7,7 +7,9 @@ here into the ``KvfastError`` tree, with passwords redacted from the messages.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import itertools
+import socket
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import hiredis
@@ -23,6 +25,7 @@ from kvfast.errors import (
     SchemaMismatch,
 )
 from kvfast.keys import LAYOUT_VERSION, Keys
+from kvfast.producer import Piece
 from kvfast.scripts import EvalBatch, unavailable_reply
 from kvfast.settings import Settings, redact
 
@@ -30,6 +33,7 @@ __all__ = ["Client", "pg_errors", "redis_errors"]
 
 _REDIS_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _RECV_SIZE = 1 << 16
+_DISCARD = hiredis.pack_command(("DISCARD",))
 
 
 def _scrub(text: str, secrets: tuple[str | None, ...]) -> str:
@@ -89,6 +93,23 @@ def _password(url: str | None) -> str | None:
         return psycopg.conninfo.conninfo_to_dict(url).get("password")  # type: ignore[return-value]
     except psycopg.ProgrammingError:
         return None
+
+
+def _read_replies(sock: socket.socket, nreplies: int) -> list[Any]:
+    reader = hiredis.Reader()
+    replies: list[Any] = []
+    gets = reader.gets
+    append = replies.append
+    while len(replies) < nreplies:
+        data = sock.recv(_RECV_SIZE)
+        if not data:
+            raise redis.ConnectionError("Redis closed the connection")
+        reader.feed(data)
+        reply = gets()
+        while reply is not False:
+            append(reply)
+            reply = gets()
+    return replies
 
 
 def _execute_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
@@ -182,6 +203,25 @@ class Client:
         redis-py's read_response() costs ~2 µs of Python per reply, more than
         Redis spends executing most commands.
         """
+        return self.execute_pieces([Piece(payload, nreplies, 0, False)])[0]
+
+    def execute_pieces(self, pieces: Iterable[Piece]) -> tuple[list[Any], int]:
+        """Send a batch while it is being encoded; return (every reply, records).
+
+        The pieces of the first MULTI block go out as they are produced, so
+        Redis parses them while the producer encodes the next records; the
+        piece that ends that block (its EXEC) and everything after it are held
+        until the iterator is exhausted, i.e. until every record has been
+        validated.  If encoding fails, DISCARD drops what Redis has queued:
+        nothing of the batch is written, and the error propagates.
+        """
+        # The first piece is encoded before Redis is touched at all: a small batch
+        # with a bad record fails without even the partition-layout check.
+        it = iter(pieces)
+        first = next(it, None)
+        if first is None:
+            return [], 0
+        pieces = itertools.chain((first,), it)
         self.check_partitions()
         pool = self.redis.connection_pool
         with redis_errors(self.settings):
@@ -189,21 +229,32 @@ class Client:
             try:
                 sock = getattr(conn, "_sock", None)
                 if sock is None:  # pragma: no cover - redis-py internals changed
-                    return _execute_slow(conn, payload, nreplies)
-                sock.sendall(payload)
-                reader = hiredis.Reader()
-                replies: list[Any] = []
-                gets = reader.gets
-                append = replies.append
-                while len(replies) < nreplies:
-                    data = sock.recv(_RECV_SIZE)
-                    if not data:
-                        raise redis.ConnectionError("Redis closed the connection")
-                    reader.feed(data)
-                    reply = gets()
-                    while reply is not False:
-                        append(reply)
-                        reply = gets()
+                    whole = list(pieces)
+                    return (_execute_slow(conn, b"".join(p.payload for p in whole),
+                                          sum(p.nreplies for p in whole)),
+                            sum(p.records for p in whole))
+                sent = records = 0
+                held: list[bytes] = []
+                held_replies = 0
+                try:
+                    for piece in pieces:
+                        records += piece.records
+                        if held or piece.ends_block:
+                            held.append(piece.payload)
+                            held_replies += piece.nreplies
+                        else:
+                            sock.sendall(piece.payload)
+                            sent += piece.nreplies
+                except KvfastError:
+                    if sent:
+                        sock.sendall(_DISCARD)
+                        _read_replies(sock, sent + 1)
+                    raise
+                if held:
+                    sock.sendall(b"".join(held))
+                replies = _read_replies(sock, sent + held_replies)
+            except KvfastError:
+                raise
             except BaseException:
                 conn.disconnect()  # type: ignore[no-untyped-call]
                 raise
@@ -213,7 +264,7 @@ class Client:
         if busy is not None:
             where = redact(self.settings.redis_url)
             raise RedisUnavailable(f"Redis at {where} cannot serve: {busy}")
-        return replies
+        return replies, records
 
     def eval_many(self, script: str, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip (SCRIPT LOAD on NOSCRIPT)."""

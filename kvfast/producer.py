@@ -17,10 +17,12 @@ record writes nothing.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from zlib import crc32
 
 import hiredis
+import orjson
 
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
@@ -33,16 +35,46 @@ if TYPE_CHECKING:
     from kvfast.keys import Keys
     from kvfast.model import ModelInfo
 
-__all__ = ["Call", "Producer", "Request", "WriteBuilder"]
+__all__ = ["Call", "Piece", "Producer", "Request", "WriteBuilder"]
 
 # hiredis' stub types the argument as a 1-tuple; it takes any length.
 _pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 _MULTI = _pack(("MULTI",))
+#: HSET header: argument count, then the object key as a bulk string; the
+#: fields come from the model's encoder already in RESP (see encoders).
+_HSET = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b"
 _EXEC = _pack(("EXEC",))
 # Records per MULTI/EXEC block: a block runs without interruption inside Redis,
 # so a 100k-record create_many is cut into blocks that each hold the server for
 # a few ms.  All blocks still travel in one round trip.
 _BLOCK = 5000
+# Records per piece of a block streamed while the rest is encoded (~60 KB).
+_PIECE = 250
+
+
+class Piece(NamedTuple):
+    """Part of a packed batch, produced while later records are still being encoded."""
+
+    payload: bytes
+    nreplies: int
+    records: int
+    ends_block: bool
+
+
+def _piece(commands: list[bytes], piece_keys: list[bytes], records: int, *,
+           opens: bool, ends: bool) -> Piece:
+    """[MULTI] DEL of the piece's keys, its commands [RPUSHes EXEC: in ``commands``]."""
+    head = [_MULTI] if opens else []
+    if piece_keys:
+        head.append(_pack(("DEL", *piece_keys)))
+    return Piece(b"".join(head) + b"".join(commands), len(head) + len(commands), records, ends)
+
+
+def _close_block(commands: list[bytes], entries: dict[int, list[bytes]], queues: list[str]) -> None:
+    """End a block: one RPUSH per partition of its entries, in order, then EXEC."""
+    for p, items in entries.items():
+        commands.append(_pack(("RPUSH", queues[p], *items)))
+    commands.append(_EXEC)
 
 
 class Request(NamedTuple):
@@ -72,7 +104,10 @@ class WriteBuilder:
         self._encode = build_create_encoder(info)
         self._partition_of = info.partition_of
         self._obj_prefix = [keys.obj(p, info.table, "") for p in range(keys.partitions)]
+        self._obj_prefix_b = [prefix.encode() for prefix in self._obj_prefix]
         self._partitions = keys.partitions
+        self._crc_prefix = info.table_bytes + b"\x00"
+        self._create_head = codec.entry_head(info.table, codec.OP_CREATE)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -112,53 +147,90 @@ class WriteBuilder:
     # -- writes ----------------------------------------------------------------
 
     def build_create(self, objs: Iterable[Any]) -> Request:
-        """Validate and pack a create batch (no I/O)."""
-        t_us = codec.now_us()
-        table = self.table
+        """Validate and pack a whole create batch (no I/O)."""
+        parts: list[bytes] = []
+        nreplies = records = 0
+        for piece in self.create_pieces(objs):
+            parts.append(piece.payload)
+            nreplies += piece.nreplies
+            records += piece.records
+        return Request(b"".join(parts), nreplies, records)
+
+    def create_pieces(self, objs: Iterable[Any]) -> Iterator[Piece]:
+        """A create batch as it is encoded: MULTI/EXEC blocks, in pieces.
+
+        Each block is ``MULTI``, then for every ``_PIECE`` records one ``DEL`` of
+        their keys and their ``HSET``s, then one ``RPUSH`` per partition and
+        ``EXEC``.  Redis only queues a block's commands until its ``EXEC``, so
+        the sender may write the pieces of the first block while later records
+        are still being encoded (Redis parses them meanwhile, on the other core)
+        and send ``DISCARD`` instead if a record fails validation: nothing runs.
+        The piece that ends a block has ``ends_block`` set; what follows it must
+        wait until the whole batch has been validated.
+        """
         ttl = self.ttl
         encode = self._encode
-        locate = self.locate
-        encode_write = codec.encode_write
-        op = codec.OP_CREATE
-        # One pass: validate, encode and pack each record straight to bytes, so
-        # the per-record lists and dicts die at once (no GC pressure).  Nothing
-        # is sent before every record has passed.
-        blocks: list[tuple[list[bytes], dict[int, list[bytes]]]] = []
-        count = 0
+        crc_prefix = self._crc_prefix
+        partitions = self._partitions
+        prefixes = self._obj_prefix_b
+        queues = self.keys.queues
+        # The queue entry is codec.encode_write's bytes, from pieces made once.
+        head = self._create_head
+        sep = codec.FIELDS_SEP
+        tail = codec.entry_tail(codec.now_us())
+        dumps = orjson.dumps
         commands: list[bytes] = []
+        opens = True
         entries: dict[int, list[bytes]] = {}
-        block_keys: list[str] = []
-        seen: set[str] = set()
+        piece_keys: list[bytes] = []
+        seen: set[bytes] = set()
+        in_block = in_piece = 0
         for obj in objs:
-            key, hash_args, wire = encode(obj)
-            wire_key, p, obj_key = locate(key)
+            key, fields, nfields, wire = encode(obj)
+            # locate(), inlined: partition_of() over bytes and the object key.
+            if type(key) is int:
+                key_b = b"%d" % key
+                wire_key = key_b
+            else:
+                key_s = key if type(key) is str else str(key)  # UUID keys: their text
+                key_b = key_s.encode()
+                wire_key = dumps(key_s)
+            p = crc32(crc_prefix + key_b) % partitions
+            obj_key = prefixes[p] + key_b
             # create replaces the whole object (NULL = absent field, a pending
-            # tombstone must go), like the upsert in PostgreSQL: the block starts
-            # with one DEL of all its keys; a key repeated inside the block gets
+            # tombstone must go), like the upsert in PostgreSQL: each piece starts
+            # with one DEL of all its keys; a key repeated inside the piece gets
             # its own DEL so its second HSET does not inherit fields of the first.
             if obj_key in seen:
                 commands.append(_pack(("DEL", obj_key)))
             else:
                 seen.add(obj_key)
-                block_keys.append(obj_key)
-            commands.append(_pack(("HSET", obj_key, *hash_args)))
+                piece_keys.append(obj_key)
+            commands.append(_HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields))
             if ttl:
                 commands.append(_pack(("EXPIRE", obj_key, ttl)))
-            entry = encode_write(table, op, wire_key, wire, t_us)
+            entry = head + wire_key + sep + dumps(wire) + tail
             queue = entries.get(p)
             if queue is None:
                 entries[p] = [entry]
             else:
                 queue.append(entry)
-            count += 1
-            if count % _BLOCK == 0:
-                commands.insert(0, _pack(("DEL", *block_keys)))
-                blocks.append((commands, entries))
-                commands, entries, block_keys, seen = [], {}, [], set()
-        if commands:
-            commands.insert(0, _pack(("DEL", *block_keys)))
-            blocks.append((commands, entries))
-        return Request(*self._pack_blocks(blocks), count)
+            in_block += 1
+            in_piece += 1
+            if in_block == _BLOCK:
+                _close_block(commands, entries, queues)
+                yield _piece(commands, piece_keys, in_piece, opens=opens, ends=True)
+                commands, entries, piece_keys, seen = [], {}, [], set()
+                in_block = in_piece = 0
+                opens = True
+            elif in_piece == _PIECE:
+                yield _piece(commands, piece_keys, in_piece, opens=opens, ends=False)
+                commands, piece_keys, seen = [], [], set()
+                in_piece = 0
+                opens = False
+        if in_block:
+            _close_block(commands, entries, queues)
+            yield _piece(commands, piece_keys, in_piece, opens=opens, ends=True)
 
     def build_delete(self, keys: Iterable[Any]) -> Request:
         """Validate and pack a delete batch (no I/O)."""
@@ -231,10 +303,9 @@ class Producer(WriteBuilder):
         self.client = client
 
     def create(self, objs: Iterable[Any]) -> int:
-        request = self.build_create(objs)
-        if request.records:
-            self.check_block_replies(self.client.execute(request.payload, request.nreplies))
-        return request.records
+        replies, records = self.client.execute_pieces(self.create_pieces(objs))
+        self.check_block_replies(replies)
+        return records
 
     def delete(self, keys: Iterable[Any]) -> int:
         request = self.build_delete(keys)

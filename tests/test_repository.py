@@ -663,3 +663,24 @@ def test_a_redis_reply_error_on_read_raises_a_kvfast_error(
     with pytest.raises(kvfast.KvfastError) as excinfo:
         repo.get_by_id(1)
     assert isinstance(excinfo.value.__cause__, redis.ResponseError)
+
+
+@pytest.mark.parametrize("bad_at", [0, 300, 5_100], ids=["first", "second_piece", "second_block"])
+def test_a_bad_record_anywhere_in_a_streamed_batch_writes_nothing(
+    r: redis.Redis, repo: kvfast.Repository[Everything], bad_at: int
+) -> None:
+    """create_many sends the first MULTI block while it is still encoding the rest
+    (Client.execute_pieces): a record refused after some of it went out is
+    DISCARDed with everything else, and the connection stays usable."""
+    repo.create(everything(1))
+    before = snapshot(r)
+    objs = [everything(k) for k in range(10, 5_300)]
+    objs[bad_at] = everything(objs[bad_at].id, n_int=2**63)  # out of bigint range
+    with pytest.raises(kvfast.ValidationError) as info:
+        repo.create_many(objs)
+    assert info.value.field == "n_int" and info.value.value == 2**63
+    assert snapshot(r) == before
+    # The same pooled connection carries on in step with its replies.
+    assert repo.create_many(objs[:bad_at] + objs[bad_at + 1 :]) == len(objs) - 1
+    assert repo.get_by_id(objs[1].id) == objs[1]
+    assert sum(queue_lengths(r, repo.client.settings)) == len(objs)
