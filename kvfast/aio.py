@@ -35,7 +35,7 @@ from kvfast.errors import (
 )
 from kvfast.keys import LAYOUT_VERSION, Keys
 from kvfast.model import TOMBSTONE_FIELD, model_info
-from kvfast.producer import Call, WriteBuilder, _pack
+from kvfast.producer import Call, WriteBuilder, _pack, gc_paused
 from kvfast.schema import select_rows_sql
 from kvfast.scripts import REPLY_ERRORS, EvalBatch, unavailable_reply
 from kvfast.settings import Settings, redact
@@ -244,7 +244,8 @@ class AsyncRepository(Generic[M]):
         await self.create_many((obj,))
 
     async def create_many(self, objs: Iterable[M]) -> int:
-        request = self.builder.build_create(objs)
+        with gc_paused():  # only around the synchronous encoding, never across an await
+            request = self.builder.build_create(objs)
         if request.records:
             replies = await self.client.conn.execute(request.payload, request.nreplies)
             self.builder.check_block_replies(replies)
@@ -254,7 +255,8 @@ class AsyncRepository(Generic[M]):
         await self.delete_many((key,))
 
     async def delete_many(self, keys: Iterable[Any]) -> int:
-        request = self.builder.build_delete(keys)
+        with gc_paused():
+            request = self.builder.build_delete(keys)
         if request.records:
             replies = await self.client.conn.execute(request.payload, request.nreplies)
             self.builder.check_block_replies(replies)
