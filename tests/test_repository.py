@@ -684,3 +684,25 @@ def test_a_bad_record_anywhere_in_a_streamed_batch_writes_nothing(
     assert repo.create_many(objs[:bad_at] + objs[bad_at + 1 :]) == len(objs) - 1
     assert repo.get_by_id(objs[1].id) == objs[1]
     assert sum(queue_lengths(r, repo.client.settings)) == len(objs)
+
+
+def test_create_many_leaves_the_garbage_collector_as_it_found_it(
+    repo: kvfast.Repository[Everything],
+) -> None:
+    """The collector is paused during a batch (producer.gc_paused) and restored
+    after it, also when the batch is refused; a caller's gc.disable() is kept."""
+    import gc
+
+    assert gc.isenabled()
+    repo.create_many([everything(1), everything(2)])
+    assert gc.isenabled()
+    with pytest.raises(kvfast.ValidationError):
+        repo.create_many([everything(3), everything(4, n_int=2**64)])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        repo.create_many([everything(5)])
+        repo.delete_many([5])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
