@@ -4,7 +4,7 @@
         await repo.create_many(bookings)
 
 Batches are validated and packed by the same ``WriteBuilder`` as the sync
-producer (hiredis ``pack_command``, one buffer per batch), then written to one
+producer (per-model RESP templates, one buffer per batch), then written to one
 asyncio connection; a reader task parses replies with a ``hiredis.Reader`` and
 hands them to the waiting callers in order.  So several batches can be in
 flight on one connection (pipelining across coroutines), and nothing on the hot

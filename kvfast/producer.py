@@ -1,17 +1,21 @@
 """Pipelined, atomic writes: the producer side of the data path.
 
-A create or delete batch is one MULTI/EXEC: every object's hash and every queue
-entry of the batch are applied together or not at all (a failure in between
-leaves neither).  Queue entries are grouped into one RPUSH per partition, in the
-order the caller gave them.  Commands are packed by hiredis into one buffer and
-sent in one round trip; redis-py's per-command pipeline objects cost more than
-the Redis work itself (DESIGN.md: 105k records/s vs 265k for packed buffers).
+A create or delete batch is one MULTI/EXEC (a block; batches over 5,000 records
+are several blocks, all validated before any runs): every object's hash and
+every queue entry of the block are applied together or not at all.  Queue
+entries are grouped into one RPUSH per partition, in the order the caller gave
+them.  Commands are packed by hand (per-model RESP templates, hiredis for the
+rest) into buffers on a raw socket; redis-py's per-command pipeline objects cost
+more than the Redis work itself (DESIGN.md: 105k records/s vs 265k for packed
+buffers).  A create batch is sent in pieces while it is still being encoded
+(``create_pieces``): Redis queues the first block's commands on its own core
+meanwhile, and a record refused half-way turns the block's EXEC into DISCARD.
 
 Partial updates are one Lua call each (update.lua): the script checks that the
 object exists, so an update never leaves a partial hash behind.
 
-Everything is validated before the first byte is sent: a batch with one bad
-record writes nothing.
+Nothing of a batch runs before every record has passed validation: a batch with
+one bad record writes nothing.
 """
 
 from __future__ import annotations
