@@ -412,8 +412,8 @@ def test_garbage_entries_are_dead_lettered_and_draining_continues(
         b'{"v": 1, "m": "no_such_table", "o": "c", "k": 1, "f": {"id": 1}, "t": 1}',
         b'{"v": 1, "m": "d_rides", "o": "c", "k": 1, "f": {"id": "one"}, "t": 1}',
         b'{"v": 1, "m": "d_rides", "o": "d", "k": 1, "t": 1}',
-        # Object-shaped pieces that would parse if the batch were read as one
-        # JSON array naively (codec.parse_many must not be fooled).
+        # Object-shaped pieces that would parse if a batch were read as one JSON
+        # array naively.
         b'{"v": 1, "m": "d_rides", "o": "d", "k": 1, "i": "x", "t": 1}, {"v": 1}',
         b'{"v": 1, "m": "d_rides", "o": "u", "k": 1, "f": {"x": "}',
         b'{"counter": 1}}, "t": 1}',
@@ -505,8 +505,8 @@ def test_big_batch_with_many_keys_and_ops_drains_in_one_claim(
 
 
 def test_parse_many_reads_each_entry_as_if_alone() -> None:
-    """The drainer parses a batch as one JSON array when it can: every entry must
-    come out exactly as parsing it alone would give (or a DecodeError)."""
+    """codec.parse_many (the drainer's parser): every entry comes out exactly as
+    parsing it alone would give, or a DecodeError, whatever its neighbours hold."""
     good = [b'{"a": 1}', b'{"b": [1, 2]}', b'{}']
     tricky = [
         b'{"a": 1}, {"b": 2}',  # two objects in one entry
