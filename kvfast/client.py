@@ -279,7 +279,7 @@ class Client:
         return self.eval_many(script, [(keys, args)])[0]
 
     def backlog(self) -> tuple[int, int, int]:
-        """(entries queued, batches in flight, dead letters) over every partition."""
+        """(entries queued, partitions with a batch in flight, dead letters), all partitions."""
         keys = self.keys
         with redis_errors(self.settings):
             pipe = self.redis.pipeline(transaction=False)

@@ -88,6 +88,10 @@ class _Stmts:
             table, self.stage, key, key
         )
         self.clear = sql.SQL("DELETE FROM {}").format(self.stage)
+        # The stage may hold rows of an earlier group of this transaction (it
+        # empties itself at commit: ON COMMIT DELETE ROWS).  Cleared lazily, before
+        # the next COPY into it: a batch of creates only never pays a DELETE.
+        self.dirty = False
         self.table = table
         self.key = key
         self._copy: dict[tuple[str, ...], sql.Composed] = {}
@@ -211,6 +215,10 @@ class Applier:
             if not conn.closed and not conn.broken:
                 conn.rollback()
             raise
+        finally:
+            # Commit and rollback both leave every stage empty.
+            for stmts in self._stmts.values():
+                stmts.dirty = False
         return dead
 
     # -- one group -------------------------------------------------------------
@@ -244,6 +252,11 @@ class Applier:
     def _copy(self, stmts: _Stmts, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
         info = stmts.info
         types = [info.by_name[c].ftype.copy_type for c in columns]
+        if stmts.dirty:
+            self.conn.execute(stmts.clear)
+        # Set before the COPY and only reset by the transaction's end: a savepoint
+        # rolled back (row isolation) may bring back rows a clear had removed.
+        stmts.dirty = True
         with self.conn.cursor().copy(stmts.copy(columns)) as copy:
             copy.set_types(types)
             try:
@@ -258,7 +271,6 @@ class Applier:
         # Upsert rows are already lists in field order (see batch.KeyOp).
         self._copy(stmts, stmts.all_columns, [op.row for op in ops])
         self.conn.execute(stmts.upsert)
-        self.conn.execute(stmts.clear)
         return []
 
     def _update(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
@@ -266,14 +278,12 @@ class Applier:
         columns = (stmts.info.key, *changed)
         self._copy(stmts, columns, [[op.key, *op.row.values()] for op in ops])
         found = {r[0] for r in self.conn.execute(stmts.update(changed)).fetchall()}
-        self.conn.execute(stmts.clear)
         return [(op, "update of a row that is not in PostgreSQL") for op in ops
                 if op.key not in found]
 
     def _delete(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
         self._copy(stmts, (stmts.info.key,), [[op.key] for op in ops])
         self.conn.execute(stmts.delete)
-        self.conn.execute(stmts.clear)
         return []
 
 
