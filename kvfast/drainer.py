@@ -198,7 +198,7 @@ class Drainer:
         self._pg: psycopg.Connection[Any] | None = None
         self._applier: Applier | None = None
         # Start each drainer at a different partition so they do not all fill
-        # their batches from the same partitions first.
+        # their batches from the same partitions first (claim() moves it on).
         self._offset = random.randrange(settings.partitions)
         self._keeper = _LeaseKeeper(self)
         self._keeper.start()
@@ -248,7 +248,6 @@ class Drainer:
         keys = self.keys
         n = keys.partitions
         order = [(self._offset + i) % n for i in range(n)]
-        self._offset = (self._offset + 1) % n
         key_list: list[str] = []
         for p in order:
             key_list += (keys.queues[p], keys.inflight[p], keys.inflight_meta[p], keys.epochs[p])
@@ -263,6 +262,10 @@ class Drainer:
             group, epoch, retaken, count = (int(x) for x in reply[1 + 4 * i : 5 + 4 * i])
             parts.append(Part(order[group], epoch, bool(retaken), reply[at : at + count]))
             at += count
+        # Round robin: the next claim starts after the last partition this one
+        # took.  Starting one further each time instead let a full batch from the
+        # first partitions of the order starve the last ones (drain-lag tail).
+        self._offset = (parts[-1].partition + 1) % n
         return Claim(parts)
 
     # -- process ---------------------------------------------------------------

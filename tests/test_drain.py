@@ -529,3 +529,32 @@ def test_parse_many_reads_each_entry_as_if_alone() -> None:
                     assert isinstance(got, DecodeError), (raw, got)
                 else:
                     assert got == alone, (raw, got)
+
+
+def test_claims_take_the_partitions_round_robin(
+    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+) -> None:
+    """A claim fills its batch from several partitions; the next claim starts after
+    the last partition the previous one took, so a partition that did not fit is
+    not starved by the ones before it in the order."""
+    create_tables(pg)
+    small = dataclasses.replace(settings, batch_size=25)
+    with kvfast.Repository(DRide, settings) as rides:
+        for p in range(settings.partitions):
+            rides.create_many(ride(k) for k in keys_in_partition(settings, DRide, p, 10))
+    drainer = Drainer(small)
+    claims: list[list[tuple[int, int]]] = []
+    try:
+        while (claim := drainer.claim()) is not None:
+            claims.append([(part.partition, len(part.entries)) for part in claim.parts])
+            assert drainer.process(claim).acked
+    finally:
+        drainer.close()
+    n = settings.partitions
+    first = claims[0][0][0]
+    assert claims[0] == [(first, 10), ((first + 1) % n, 10), ((first + 2) % n, 5)]
+    # The second claim goes on after the partition the first one left half-drained.
+    assert claims[1][0][0] == (first + 3) % n
+    assert sum(count for parts in claims for _, count in parts) == 10 * n
+    assert all(sum(count for _, count in parts) <= 25 for parts in claims)
+    converged(r, pg, settings)
