@@ -558,3 +558,44 @@ def test_claims_take_the_partitions_round_robin(
     assert sum(count for parts in claims for _, count in parts) == 10 * n
     assert all(sum(count for _, count in parts) <= 25 for parts in claims)
     converged(r, pg, settings)
+
+
+def test_a_partition_taken_over_mid_batch_is_dropped_and_the_rest_commits(
+    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+) -> None:
+    """One claim holds two partitions; before it commits, another drainer owns one
+    of them (its lease ran out) and has committed a newer epoch.  The fence refuses
+    that share: the drainer drops it, commits and acks the other one, and leaves
+    the new owner's in-flight record alone."""
+    create_tables(pg)
+    kept_p, lost_p = 1, 2
+    kept = keys_in_partition(settings, DRide, kept_p, 5)
+    lost = keys_in_partition(settings, DRide, lost_p, 5)
+    with kvfast.Repository(DRide, settings) as rides:
+        rides.create_many(ride(k, counter=1) for k in kept + lost)
+    drainer = Drainer(settings)
+    try:
+        claim = drainer.claim()
+        assert claim is not None
+        assert sorted(part.partition for part in claim.parts) == [kept_p, lost_p]
+        lost_epoch = next(part.epoch for part in claim.parts if part.partition == lost_p)
+        # The new owner: it holds the partition in Redis and fenced a newer epoch.
+        newer = lost_epoch + 1
+        r.hset(inflight_meta_key(settings, lost_p),
+               mapping={"owner": "the-new-owner", "epoch": newer})
+        pg.execute("UPDATE kvfast_fence SET epoch = %s, owner = 'the-new-owner' "
+                   "WHERE namespace = %s AND partition = %s", (newer, settings.namespace, lost_p))
+        if fence_epoch(pg, settings, lost_p) is None:
+            pg.execute("INSERT INTO kvfast_fence VALUES (%s, %s, %s, 'the-new-owner')",
+                       (settings.namespace, lost_p, newer))
+        report = drainer.process(claim)
+    finally:
+        drainer.close()
+    assert report.stale == 1 and report.acked
+    assert report.applied == len(kept) and report.dead == 0
+    assert sorted(pg_objects(pg, DRide)) == sorted(kept)
+    assert fence_epoch(pg, settings, kept_p) is not None
+    assert fence_epoch(pg, settings, lost_p) == newer
+    assert not r.exists(inflight_meta_key(settings, kept_p))
+    assert r.hget(inflight_meta_key(settings, lost_p), "owner") == b"the-new-owner"
+    assert r.llen(inflight_key(settings, lost_p)) == len(lost)
