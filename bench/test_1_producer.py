@@ -18,6 +18,7 @@ round comes first.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import time
@@ -29,12 +30,15 @@ import pytest
 import redis
 
 import kvfast
+import kvfast.aio
 from kvfast.demo import Booking
 from kvfast.loadgen import make_booking
 
 pytestmark = [pytest.mark.timeout(900)]
 
 ROUNDS = 3
+#: create_many calls the asyncio producer keeps in flight on its one connection
+AIO_IN_FLIGHT = 2
 N = _refs.PRODUCER_N
 BATCH = _refs.PRODUCER_BATCH
 DATA = _refs.RESULTS.data
@@ -202,3 +206,40 @@ def test_kvfast_create_many(benchmark: Any, bookings: list[Booking], r: redis.Re
                   "redis-benchmark -P64 -c50", "ratio_min", 0.7, "stretch: >= 0.7x"))
     add(_refs.Row("producer", "records/s vs pre-encoded redis-py", "records/s", rate, pre,
                   "redis-py, encoded beforehand", note="client machinery only"))
+
+
+@pytest.mark.benchmark(group="1-producer")
+def test_kvfast_aio_create_many(benchmark: Any, bookings: list[Booking], r: redis.Redis) -> None:
+    """kvfast.aio.AsyncRepository.create_many on uvloop, same batches, AIO_IN_FLIGHT
+    calls in flight: one batch is encoded while Redis executes the previous one."""
+    settings = _refs.settings()
+
+    async def produce(objs: list[Booking]) -> None:
+        async with await kvfast.aio.AsyncRepository.open(Booking, settings) as repo:
+            slots = asyncio.Semaphore(AIO_IN_FLIGHT)
+
+            async def one(chunk: list[Booking]) -> None:
+                async with slots:
+                    await repo.create_many(chunk)
+
+            await asyncio.gather(*(one(objs[start:start + BATCH])
+                                   for start in range(0, len(objs), BATCH)))
+
+    def run(objs: list[Booking]) -> None:
+        kvfast.aio.run(produce(objs))
+
+    meter = CpuMeter(r)
+    benchmark.pedantic(meter.wrap(run), setup=_flush(r, bookings), rounds=ROUNDS,
+                       warmup_rounds=1, iterations=1)
+    r.flushdb()
+    rate = _rate(benchmark, N)
+    DATA["producer.aio_records_per_s"] = rate
+    benchmark.extra_info.update(records_per_s=rate, redis_ops_per_s=2 * rate,
+                                in_flight=AIO_IN_FLIGHT, **meter.summary())
+    DATA["producer.aio_cpu"] = meter.summary()
+    add = _refs.RESULTS.add
+    add(_refs.Row("producer", f"asyncio create_many records/s, {AIO_IN_FLIGHT} in flight",
+                  "records/s", rate, DATA.get("producer.redispy_records_per_s"),
+                  "redis-py pipeline", chart="throughput"))
+    add(_refs.Row("producer", "asyncio vs sync create_many", "records/s", rate,
+                  DATA.get("producer.records_per_s"), "sync Repository.create_many"))
