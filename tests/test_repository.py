@@ -138,12 +138,12 @@ def test_the_last_create_of_a_key_in_one_batch_wins(
     assert [e.fields["n_int"] for e in all_entries(r, settings)] == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("between", [0, 3, 6000], ids=lambda n: f"{n}-records-between")
+@pytest.mark.parametrize("between", [0, 3, 300, 6000], ids=lambda n: f"{n}-records-between")
 def test_a_repeated_key_in_one_batch_does_not_inherit_fields_of_its_first_copy(
     repo: kvfast.Repository[Everything], between: int
 ) -> None:
     """The second create of a key replaces the first, also inside one batch (and across
-    the batch's transaction blocks)."""
+    the pieces a block is streamed in, and across the batch's transaction blocks)."""
     batch = [everything_full(1)]
     batch += [everything(k) for k in range(2, 2 + between)]
     batch.append(everything(1, n_str="second"))
