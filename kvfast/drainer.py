@@ -24,7 +24,6 @@ import logging
 import os
 import random
 import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,47 +32,22 @@ from typing import Any
 
 import orjson
 import psycopg
-import redis
 
 from kvfast.batch import Batch, build_batch
+from kvfast.claims import REDIS_ERRORS, Claim, LeaseKeeper, Part
 from kvfast.client import Client, connect_pg
-from kvfast.errors import ConnectionFailed, KvfastError
+from kvfast.errors import ConnectionFailed
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.pgcopy import Applier, StaleEpoch
 from kvfast.settings import Settings
 
-__all__ = ["Backoff", "BatchReport", "Claim", "Drainer", "Part"]
+__all__ = ["Backoff", "BatchReport", "Drainer"]
 
 log = logging.getLogger("kvfast.drainer")
 
-_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionFailed, OSError)
 _PG_RETRY_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, ConnectionFailed)
 # Lag samples sent per batch: enough for p99 over a few seconds of batches.
 _LAG_SAMPLES = 64
-
-
-@dataclass(slots=True)
-class Part:
-    """One partition's share of a claim: its entries in queue order, under one epoch."""
-
-    partition: int
-    epoch: int
-    retaken: bool
-    entries: list[bytes]
-
-
-@dataclass(slots=True)
-class Claim:
-    """What one claim.lua call handed out: one or more partitions, one batch."""
-
-    parts: list[Part]
-
-    @property
-    def entries(self) -> list[bytes]:
-        return [e for part in self.parts for e in part.entries]
-
-    def slices(self) -> list[tuple[int, list[bytes]]]:
-        return [(part.partition, part.entries) for part in self.parts]
 
 
 @dataclass(slots=True)
@@ -111,75 +85,6 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
-class _LeaseKeeper(threading.Thread):
-    """One per drainer: renews the lease of every partition in hand every lease/3.
-
-    A drainer holds up to two claims (one applying, the next being decoded), so
-    the keeper tracks partitions, not a batch.  A renewal refused because the
-    partition was taken over (the process was stopped past its lease) marks it
-    lost; the drainer drops it from its batch (``take_lost``).
-    """
-
-    def __init__(self, drainer: Drainer) -> None:
-        super().__init__(name="kvfast-lease", daemon=True)
-        self.drainer = drainer
-        self._lock = threading.Lock()
-        self._held: dict[int, Part] = {}
-        self._lost: set[int] = set()
-        self._closed = threading.Event()
-
-    def track(self, parts: list[Part]) -> None:
-        with self._lock:
-            for part in parts:
-                self._held[part.partition] = part
-                self._lost.discard(part.partition)
-
-    def untrack(self, parts: list[Part]) -> None:
-        with self._lock:
-            for part in parts:
-                if self._held.get(part.partition) is part:
-                    del self._held[part.partition]
-
-    def take_lost(self, parts: list[Part]) -> set[int]:
-        """The partitions of ``parts`` whose lease was lost (forgotten once told)."""
-        with self._lock:
-            lost = {part.partition for part in parts} & self._lost
-            self._lost -= lost
-            return lost
-
-    def run(self) -> None:
-        d = self.drainer
-        interval = d.settings.lease_ms / 3000
-        while not self._closed.wait(interval):
-            with self._lock:
-                held = list(self._held.values())
-            if not held:
-                continue
-            calls = [([d.keys.inflight_meta[part.partition]],
-                      [d.owner, part.epoch, d.settings.lease_ms]) for part in held]
-            try:
-                replies = d.client.eval_many("renew", calls)
-            except (*_REDIS_ERRORS, KvfastError) as exc:
-                # This thread must outlive any error: a dead keeper would let every
-                # later lease of this drainer expire under it.
-                log.warning("lease renewal failed (will retry): %s", exc)
-                continue
-            for part, ok in zip(held, replies, strict=True):
-                if ok == 1:
-                    continue
-                with self._lock:
-                    if self._held.get(part.partition) is not part:
-                        continue  # acked meanwhile: nothing was lost
-                    del self._held[part.partition]
-                    self._lost.add(part.partition)
-                log.warning("lost the lease of partition %d", part.partition)
-
-    def close(self) -> None:
-        self._closed.set()
-        if self.is_alive():
-            self.join()
-
-
 class Drainer:
     """Drains batches from every partition of one namespace into PostgreSQL."""
 
@@ -200,7 +105,7 @@ class Drainer:
         # Start each drainer at a different partition so they do not all fill
         # their batches from the same partitions first (claim() moves it on).
         self._offset = random.randrange(settings.partitions)
-        self._keeper = _LeaseKeeper(self)
+        self._keeper = LeaseKeeper(self.client, self.owner, settings.lease_ms)
         self._keeper.start()
 
     def close(self) -> None:
@@ -379,7 +284,7 @@ class Drainer:
                     [keys.inflight_meta[part.partition], keys.epochs[part.partition]],
                     [self.owner, part.epoch, newest],
                 ))
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 delay = backoff.next_delay()
                 log.warning("Redis unavailable (%s); retrying in %.2fs", _first_line(exc), delay)
                 time.sleep(delay)
@@ -409,7 +314,7 @@ class Drainer:
                 ))
             try:
                 return all(self.client.eval_many("ack", calls))
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 # Committed but not acked: if the lease runs out meanwhile, the next
                 # owner re-applies the batch, which is harmless (upserts, fenced).
                 delay = backoff.next_delay()
@@ -457,7 +362,7 @@ class Drainer:
                 while not self.should_stop():
                     try:
                         claim = self.claim()
-                    except _REDIS_ERRORS as exc:
+                    except REDIS_ERRORS as exc:
                         delay = backoff.next_delay()
                         log.warning("Redis unavailable (%s); retrying in %.2fs",
                                     _first_line(exc), delay)

@@ -292,7 +292,7 @@ def test_running_drainers_survive_a_redis_that_is_still_loading(
     raises ``KvfastError``, which ``Drainer.run`` does not catch), is restarted
     and dies again while the load lasts (after 10 deaths in 60 s the supervisor
     gives up: exit 3, "drainers died"); a lease keeper thread that meets LOADING
-    dies silently (``_LeaseKeeper.run`` catches only connection errors) and its
+    dies silently (``claims.LeaseKeeper.run`` catches only connection errors) and its
     drainer's leases are never renewed again.
     """
     create_load_tables(fpg)
