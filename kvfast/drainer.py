@@ -108,6 +108,12 @@ class Drainer:
         self._keeper = LeaseKeeper(self.client, self.owner, settings.lease_ms)
         self._keeper.start()
 
+    def __enter__(self) -> Drainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._keeper.close()
         if self._pg is not None:

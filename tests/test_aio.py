@@ -40,7 +40,8 @@ def test_create_get_update_delete_round_trip(
     assert deleted is None
     # The same queue entries as the sync producer: 5 creates, 1 update, 1 delete.
     assert sorted(e.op for e in all_entries(r, settings)) == ["c"] * 5 + ["d", "u"]
-    Drainer(settings).drain_until_empty(max_idle_polls=1)
+    with Drainer(settings) as drainer:
+        drainer.drain_until_empty(max_idle_polls=1)
     with kvfast.Repository(Everything, settings) as sync_repo:
         r.delete(*[k for k in r.keys("*:o:*")])  # read what PostgreSQL holds now
         assert sync_repo.get_by_id(2) == updated
