@@ -225,9 +225,10 @@ class Drainer:
 
     def _drop(self, batch: Batch, parts: list[Part], gone: set[int]) -> tuple[Batch, list[Part]]:
         """The batch without the partitions in ``gone`` (taken over by another drainer)."""
-        for p in sorted(gone):
-            log.warning("partition %d was taken over: its share of the batch is left to "
-                        "its new owner", p)
+        for part in parts:
+            if part.partition in gone:
+                log.warning("partition %d epoch %d is stale: its share of the batch is left "
+                            "to its new owner", part.partition, part.epoch)
         parts = [part for part in parts if part.partition not in gone]
         return build_batch([(part.partition, part.entries) for part in parts]), parts
 
