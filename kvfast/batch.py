@@ -116,11 +116,9 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
     models = batch.models
     dead = batch.dead
     write_times = batch.write_times
-    for raw, obj in zip(raw_entries, codec.parse_many(raw_entries), strict=True):
+    for raw in raw_entries:
         try:
-            if type(obj) is DecodeError:
-                raise obj
-            table, op_kind, entry_key, fields, t_us, tomb_id = codec.check(obj)
+            table, op_kind, entry_key, fields, t_us, tomb_id = codec.check(codec.parse(raw))
             mops = models.get(table)
             if mops is None:
                 info = get_model(table)

@@ -60,6 +60,7 @@ class ModelInfo:
         self.key_field = self.by_name[key]
         self.field_names = tuple(f.name for f in fields)
         self.table_bytes = table.encode("utf-8")
+        self._crc_prefix = self.table_bytes + b"\x00"
         self._init_kwargs = [f.name for f in fields]
 
     def __repr__(self) -> str:
@@ -81,7 +82,11 @@ class ModelInfo:
 
         NUL cannot occur in a table name, so no two (table, key) pairs collide.
         """
-        return zlib.crc32(self.table_bytes + b"\x00" + key_str.encode("utf-8")) % partitions
+        return self.partition_of_bytes(key_str.encode("utf-8"), partitions)
+
+    def partition_of_bytes(self, key: bytes, partitions: int) -> int:
+        """``partition_of`` for a key already encoded (the producer's hot loop)."""
+        return zlib.crc32(self._crc_prefix + key) % partitions
 
     # -- validation ------------------------------------------------------------
 

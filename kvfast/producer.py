@@ -25,7 +25,6 @@ import gc
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
-from zlib import crc32
 
 import hiredis
 import orjson
@@ -125,7 +124,6 @@ class WriteBuilder:
         self.keys = keys
         self.table = info.table
         self.ttl = info.ttl or 0
-        self._key_index = info.key_field.index
         self._codecs = [
             (f.name, f.ftype, f.ftype.wire_is_value) for f in info.fields
         ]
@@ -134,7 +132,6 @@ class WriteBuilder:
         self._obj_prefix = [keys.obj(p, info.table, "") for p in range(keys.partitions)]
         self._obj_prefix_b = [prefix.encode() for prefix in self._obj_prefix]
         self._partitions = keys.partitions
-        self._crc_prefix = info.table_bytes + b"\x00"
         self._create_head = codec.entry_head(info.table, codec.OP_CREATE)
 
     # -- helpers ---------------------------------------------------------------
@@ -145,22 +142,6 @@ class WriteBuilder:
         p = self._partition_of(key_str, self._partitions)
         wire = key if type(key) is int else key_str
         return wire, p, self._obj_prefix[p] + key_str
-
-    def _pack_blocks(
-        self, blocks: list[tuple[list[bytes], dict[int, list[bytes]]]]
-    ) -> tuple[bytes, int]:
-        """Wrap each block's commands and its per-partition RPUSHes in MULTI/EXEC."""
-        parts: list[bytes] = []
-        nreplies = 0
-        queues = self.keys.queues
-        for commands, entries in blocks:
-            parts.append(_MULTI)
-            parts.extend(commands)
-            for p, items in entries.items():
-                parts.append(_pack(("RPUSH", queues[p], *items)))
-            parts.append(_EXEC)
-            nreplies += 2 + len(commands) + len(entries)
-        return b"".join(parts), nreplies
 
     @staticmethod
     def check_block_replies(replies: list[Any]) -> None:
@@ -198,7 +179,7 @@ class WriteBuilder:
         """
         ttl = self.ttl
         encode = self._encode
-        crc_prefix = self._crc_prefix
+        partition_of = self.info.partition_of_bytes
         partitions = self._partitions
         prefixes = self._obj_prefix_b
         queues = self.keys.queues
@@ -215,7 +196,8 @@ class WriteBuilder:
         in_block = in_piece = 0
         for obj in objs:
             key, fields, nfields, wire = encode(obj)
-            # locate(), inlined: partition_of() over bytes and the object key.
+            # locate(), over bytes: the key is encoded once for the partition,
+            # the object key and the entry.
             if type(key) is int:
                 key_b = b"%d" % key
                 wire_key = key_b
@@ -223,7 +205,7 @@ class WriteBuilder:
                 key_s = key if type(key) is str else str(key)  # UUID keys: their text
                 key_b = key_s.encode()
                 wire_key = dumps(key_s)
-            p = crc32(crc_prefix + key_b) % partitions
+            p = partition_of(key_b, partitions)
             obj_key = prefixes[p] + key_b
             # create replaces the whole object (NULL = absent field, a pending
             # tombstone must go), like the upsert in PostgreSQL: each piece starts
@@ -265,9 +247,10 @@ class WriteBuilder:
         info = self.info
         t_us = codec.now_us()
         normalized = [info.check_key(k) for k in keys]
-        blocks: list[tuple[list[bytes], dict[int, list[bytes]]]] = []
+        queues = self.keys.queues
+        commands: list[bytes] = []
         for start in range(0, len(normalized), _BLOCK):
-            commands: list[bytes] = []
+            commands.append(_MULTI)
             entries: dict[int, list[bytes]] = {}
             for key in normalized[start : start + _BLOCK]:
                 wire_key, p, obj_key = self.locate(key)
@@ -278,8 +261,8 @@ class WriteBuilder:
                 commands.append(_pack(("HSET", obj_key, TOMBSTONE_FIELD, tomb_id)))
                 entry = codec.encode_delete(self.table, wire_key, tomb_id, t_us)
                 entries.setdefault(p, []).append(entry)
-            blocks.append((commands, entries))
-        return Request(*self._pack_blocks(blocks), len(normalized))
+            _close_block(commands, entries, queues)
+        return Request(b"".join(commands), len(commands), len(normalized))
 
     def build_update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[Call]:
         """Validate partial updates into update.lua calls (no I/O)."""

@@ -18,9 +18,7 @@ equals its Redis object, deleted keys are absent, nothing is queued or in
 flight, every dead letter carries its entry and its reason, and the drained +
 dead-lettered counters add up to the entries the producers queued.
 
-tests/test_deadletter.py and tests/test_security.py import the helpers from
-here as ``faults.conftest`` (fixtures of a conftest are only visible below its
-folder, so they define thin fixtures of their own over ``server_session``).
+The dead-letter CLI and security tests live here too, for the same servers.
 """
 
 from __future__ import annotations

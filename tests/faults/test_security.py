@@ -12,7 +12,7 @@
   kvfast's files, never text built from data (checked with MONITOR).
 * TLS (``rediss://``) when Debian's redis-server is built with it (it is: 7.0).
 
-Everything runs against the private fault-injection servers (``faults.conftest``)
+Everything runs against the private fault-injection servers (``tests/faults/conftest.py``)
 and redis-servers of their own: these tests change users and passwords.
 """
 
@@ -47,22 +47,20 @@ from drainhelpers import (
     start_supervisor,
 )
 from drainmodels import DDriver, DRide
-from faults.conftest import (
-    PASSWORD_REDIS_PORT,
-    TLS_REDIS_PORT,
-    FaultServers,
-    RedisProcess,
-    fault_settings,
-    fresh_pg,
-    fresh_redis,
-    server_session,
-    wait_for,
-)
 from psycopg import sql
 
 import kvfast
 from kvfast.scripts import SCRIPT_NAMES, source
 from kvfast.settings import redact
+
+from .conftest import (
+    PASSWORD_REDIS_PORT,
+    TLS_REDIS_PORT,
+    FaultServers,
+    RedisProcess,
+    fault_settings,
+    wait_for,
+)
 
 REDIS_PASSWORD = "R3d!s-s3cret/pw%"  # URL-special characters: percent-encoded in URLs
 ACL_USER = "kvfast_app"
@@ -72,25 +70,6 @@ PG_PASSWORD = "Pg-s3cret'pw 42"  # a quote and a space: quoted in key=value DSNs
 SECRETS = (REDIS_PASSWORD, quote(REDIS_PASSWORD, safe=""), ACL_PASSWORD, PG_PASSWORD,
            "s3cret'pw")
 MODELS = ("drainmodels",)
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[FaultServers]:
-    with server_session() as s:
-        yield s
-
-
-@pytest.fixture
-def r(servers: FaultServers) -> Iterator[redis.Redis]:
-    client = fresh_redis(servers)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def pg(servers: FaultServers) -> Iterator[psycopg.Connection[Any]]:
-    with fresh_pg(servers) as conn:
-        yield conn
 
 
 def assert_no_secret(text: str, where: str) -> None:
@@ -115,31 +94,31 @@ def password_redis(workdir: Path) -> Iterator[tuple[RedisProcess, str]]:
 
 
 @contextlib.contextmanager
-def scram_role(servers: FaultServers) -> Iterator[str]:
+def scram_role(fault_servers: FaultServers) -> Iterator[str]:
     """A login role with a scram-sha-256 password that may create tables in the test
     database's public schema (and owns nothing else); yields its key=value DSN."""
     role = sql.Identifier(PG_ROLE)
-    with psycopg.connect(servers.superuser_dsn, autocommit=True) as su:
+    with psycopg.connect(fault_servers.superuser_dsn, autocommit=True) as su:
         assert su.execute("SHOW password_encryption").fetchone() == ("scram-sha-256",)
-        _drop_role(servers)
+        _drop_role(fault_servers)
         su.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
                            "PASSWORD {}").format(role, sql.Literal(PG_PASSWORD)))
         row = su.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
                          (PG_ROLE,)).fetchone()
         assert row is not None and row[0].startswith("SCRAM-SHA-256$"), "not a scram verifier"
-    with psycopg.connect(servers.superuser_dsn_for("kvfast_test"), autocommit=True) as su:
+    with psycopg.connect(fault_servers.superuser_dsn_for("kvfast_test"), autocommit=True) as su:
         su.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(role))
-    dsn = psycopg.conninfo.make_conninfo(host="127.0.0.1", port=servers.pg_port,
+    dsn = psycopg.conninfo.make_conninfo(host="127.0.0.1", port=fault_servers.pg_port,
                                          dbname="kvfast_test", user=PG_ROLE,
                                          password=PG_PASSWORD)
     try:
         yield dsn
     finally:
-        _drop_role(servers)
+        _drop_role(fault_servers)
 
 
-def _drop_role(servers: FaultServers) -> None:
-    with psycopg.connect(servers.superuser_dsn_for("kvfast_test"), autocommit=True) as su:
+def _drop_role(fault_servers: FaultServers) -> None:
+    with psycopg.connect(fault_servers.superuser_dsn_for("kvfast_test"), autocommit=True) as su:
         if su.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_ROLE,)).fetchone():
             su.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(PG_ROLE)))
             su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(PG_ROLE)))
@@ -156,27 +135,27 @@ KVFAST_COMMANDS = (
 
 
 @contextlib.contextmanager
-def acl_user(r: redis.Redis, namespace: str) -> Iterator[str]:
+def acl_user(fr: redis.Redis, namespace: str) -> Iterator[str]:
     """An ACL user limited to ``namespace``'s keys and kvfast's commands; yields its URL."""
-    r.execute_command(
+    fr.execute_command(
         "ACL", "SETUSER", ACL_USER, "reset", "on", f">{ACL_PASSWORD}",
         f"~{{{namespace}:*", f"~{namespace}:*", "resetchannels", "-@all",
         *(f"+{c}" for c in KVFAST_COMMANDS),
     )
-    kwargs = r.connection_pool.connection_kwargs
+    kwargs = fr.connection_pool.connection_kwargs
     try:
         yield f"redis://{ACL_USER}:{ACL_PASSWORD}@{kwargs['host']}:{kwargs['port']}/0"
     finally:
-        r.acl_deluser(ACL_USER)
+        fr.acl_deluser(ACL_USER)
 
 
-def victims_table(pg: psycopg.Connection[Any]) -> None:
-    pg.execute("CREATE TABLE victims (id int PRIMARY KEY, note text)")
-    pg.execute("INSERT INTO victims VALUES (1, 'still here')")
+def victims_table(fpg: psycopg.Connection[Any]) -> None:
+    fpg.execute("CREATE TABLE victims (id int PRIMARY KEY, note text)")
+    fpg.execute("INSERT INTO victims VALUES (1, 'still here')")
 
 
-def assert_victims_intact(pg: psycopg.Connection[Any]) -> None:
-    assert pg.execute("SELECT id, note FROM victims").fetchall() == [(1, "still here")]
+def assert_victims_intact(fpg: psycopg.Connection[Any]) -> None:
+    assert fpg.execute("SELECT id, note FROM victims").fetchall() == [(1, "still here")]
 
 
 def write_some(settings: kvfast.Settings, n: int = 200) -> None:
@@ -205,11 +184,14 @@ def owned_tables(su: psycopg.Connection[Any], role: str) -> set[str]:
 
 
 def test_data_path_with_a_redis_password_and_a_scram_postgres_role(
-    servers: FaultServers, pg: psycopg.Connection[Any], tmp_path: Path
+    fault_servers: FaultServers, fpg: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    victims_table(pg)
-    with password_redis(tmp_path / "redis") as (server, redis_url), scram_role(servers) as dsn:
-        settings = fault_settings(servers, redis_url=redis_url, pg_dsn=dsn, partitions=8)
+    victims_table(fpg)
+    with (
+        password_redis(tmp_path / "redis") as (server, redis_url),
+        scram_role(fault_servers) as dsn,
+    ):
+        settings = fault_settings(fault_servers, redis_url=redis_url, pg_dsn=dsn, partitions=8)
         write_some(settings)
         code, out = run_supervisor(settings, "--create-tables", "--drain-until-empty",
                                    workers=2, models=MODELS)
@@ -228,7 +210,7 @@ def test_data_path_with_a_redis_password_and_a_scram_postgres_role(
                     assert rides.get_by_id(4) == ride(4, counter=-4, status="paid")
                 # The role owns kvfast's tables and nothing else; other tables are
                 # out of its reach.
-                with psycopg.connect(servers.superuser_dsn_for("kvfast_test")) as su:
+                with psycopg.connect(fault_servers.superuser_dsn_for("kvfast_test")) as su:
                     assert owned_tables(su, PG_ROLE) == {"d_rides", "d_drivers", "kvfast_fence"}
                     hba = su.execute(
                         "SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE type = 'host'"
@@ -238,7 +220,7 @@ def test_data_path_with_a_redis_password_and_a_scram_postgres_role(
                     owner.execute("SELECT * FROM victims")
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     owner.execute("DROP TABLE victims")
-            assert_victims_intact(pg)
+            assert_victims_intact(fpg)
             # Without the right passwords: clean, typed errors, no password in them.
             wrong = dataclasses.replace(settings, redis_url=redis_url.replace("R3d", "XXX"))
             no_pw = dataclasses.replace(
@@ -267,14 +249,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def test_data_path_as_an_acl_user_limited_to_kvfast_keys(
-    servers: FaultServers, r: redis.Redis, pg: psycopg.Connection[Any]
+    fault_servers: FaultServers, fr: redis.Redis, fpg: psycopg.Connection[Any]
 ) -> None:
     namespace = "kvapp"
-    r.set("payroll:alice", "100")
-    r.rpush("{other:0}:q", b"someone else's entry")
-    with acl_user(r, namespace) as url:
-        settings = fault_settings(servers, redis_url=url, namespace=namespace, partitions=8)
-        kvfast.create_tables(pg, [kvfast.model_info(m) for m in (DRide, DDriver)])
+    fr.set("payroll:alice", "100")
+    fr.rpush("{other:0}:q", b"someone else's entry")
+    with acl_user(fr, namespace) as url:
+        settings = fault_settings(fault_servers, redis_url=url, namespace=namespace, partitions=8)
+        kvfast.create_tables(fpg, [kvfast.model_info(m) for m in (DRide, DDriver)])
         write_some(settings)
         code, out = run_supervisor(settings, "--drain-until-empty", "--namespace", namespace,
                                    workers=2, models=MODELS)
@@ -287,7 +269,7 @@ def test_data_path_as_an_acl_user_limited_to_kvfast_keys(
             capture_output=True, text=True, timeout=60, check=False,
         )
         assert done.returncode == 0 and "total: 0" in done.stdout, done.stdout + done.stderr
-        converged(r, pg, settings)
+        converged(fr, fpg, settings)
         with kvfast.Repository(DRide, settings) as rides:
             assert rides.get_by_id(1) == ride(1, counter=-1, status="paid")
 
@@ -315,7 +297,7 @@ def test_data_path_as_an_acl_user_limited_to_kvfast_keys(
                     call()
         finally:
             user.close()
-        assert r.get("payroll:alice") == b"100"
+        assert fr.get("payroll:alice") == b"100"
         # A kvfast client on another namespace under this user: a clear error.
         other = dataclasses.replace(settings, namespace="other")
         with kvfast.Repository(DRide, other) as rides, pytest.raises(kvfast.KvfastError) as info:
@@ -329,19 +311,22 @@ def test_data_path_as_an_acl_user_limited_to_kvfast_keys(
 
 @pytest.mark.slow
 def test_no_secret_in_logs_status_lines_errors_or_reprs(
-    servers: FaultServers, pg: psycopg.Connection[Any], tmp_path: Path
+    fault_servers: FaultServers, fpg: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     """Passwords in both URLs; a supervisor at DEBUG with status lines every 0.2 s,
     while its PostgreSQL sessions are killed and its Redis crashes and comes back;
     supervisors started with wrong passwords; bad variables; exceptions."""
     outputs: dict[str, str] = {}
-    with password_redis(tmp_path / "redis") as (server, redis_url), scram_role(servers) as dsn:
-        settings = fault_settings(servers, redis_url=redis_url, pg_dsn=dsn, partitions=8)
+    with (
+        password_redis(tmp_path / "redis") as (server, redis_url),
+        scram_role(fault_servers) as dsn,
+    ):
+        settings = fault_settings(fault_servers, redis_url=redis_url, pg_dsn=dsn, partitions=8)
         write_some(settings, 400)
         with start_supervisor(settings, "--create-tables", "--log-level", "DEBUG",
                               "--status-interval", "0.2", workers=2, models=MODELS) as sup:
             sup.wait_drainers(2)
-            with psycopg.connect(servers.superuser_dsn_for("kvfast_test"),
+            with psycopg.connect(fault_servers.superuser_dsn_for("kvfast_test"),
                                  autocommit=True) as su:
                 killed = 0
                 for _ in range(20):
@@ -523,13 +508,13 @@ class Monitor(threading.Thread):
 
 
 def test_hostile_table_and_column_names_drain_and_inject_nothing(
-    servers: FaultServers, r: redis.Redis, pg: psycopg.Connection[Any],
+    fault_servers: FaultServers, fr: redis.Redis, fpg: psycopg.Connection[Any],
     hostile: tuple[type, Path],
 ) -> None:
     model, folder = hostile
-    victims_table(pg)
-    settings = fault_settings(servers, partitions=8)
-    monitor = Monitor(servers.redis_port)
+    victims_table(fpg)
+    settings = fault_settings(fault_servers, partitions=8)
+    monitor = Monitor(fault_servers.redis_port)
     monitor.start()
     try:
         with kvfast.Repository(model, settings) as repo:
@@ -551,17 +536,17 @@ def test_hostile_table_and_column_names_drain_and_inject_nothing(
             assert getattr(obj, ROBERT) is None
     finally:
         lines = monitor.stop()
-    assert_victims_intact(pg)
-    rows = pg_objects(pg, model)
+    assert_victims_intact(fpg)
+    rows = pg_objects(fpg, model)
     assert sorted(rows) == [k for k in range(1, 61) if k % 5 != 2]
     assert getattr(rows[4], WHERE) == 'x") OR 1=1 --'
-    converged(r, pg, settings, models=[model])
-    tables = {name for (name,) in pg.execute(
+    converged(fr, fpg, settings, models=[model])
+    tables = {name for (name,) in fpg.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
     assert tables == {HOSTILE_TABLE, "kvfast_fence", "victims"}
-    columns = {name for (name,) in pg.execute(
+    columns = {name for (name,) in fpg.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0",
-        (sql.Identifier(HOSTILE_TABLE).as_string(pg),)).fetchall()}
+        (sql.Identifier(HOSTILE_TABLE).as_string(fpg),)).fetchall()}
     assert columns == {"select", ODD, WHERE, ROBERT, "user"}
 
     # The Lua Redis ran is kvfast's files, by SHA; no script text was built from data.
@@ -613,7 +598,7 @@ def _make_certs(folder: Path) -> Path:
 
 
 def test_data_path_over_tls(
-    servers: FaultServers, pg: psycopg.Connection[Any], tmp_path: Path
+    fault_servers: FaultServers, fpg: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     """``rediss://`` end to end, against a redis-server with ``--tls-port`` (Debian's
     7.0 build has TLS); a client that does not trust the server's CA is refused."""
@@ -634,15 +619,15 @@ def test_data_path_over_tls(
             pytest.skip(f"this redis-server has no TLS support: {server.log_tail(5)}")
         raise
     try:
-        kvfast.create_tables(pg, [kvfast.model_info(m) for m in (DRide, DDriver)])
-        settings = fault_settings(servers, redis_url=url, partitions=8)
+        kvfast.create_tables(fpg, [kvfast.model_info(m) for m in (DRide, DDriver)])
+        settings = fault_settings(fault_servers, redis_url=url, partitions=8)
         write_some(settings)
         code, out = run_supervisor(settings, "--drain-until-empty", workers=2, models=MODELS)
         assert code == 0, out[-3000:]
         admin = server.client()
         try:
             assert admin.connection_pool.connection_class is redis.SSLConnection
-            converged(admin, pg, settings)
+            converged(admin, fpg, settings)
         finally:
             admin.close()
         # Without the CA the server's certificate is not trusted; plain TCP is refused.

@@ -4,7 +4,7 @@ Dead letters are made the way production makes them: rows PostgreSQL rejects
 (a CHECK constraint, a varchar(8)) and bytes that are not entries, drained by a
 real drainer.  The CLI runs as a subprocess, as an operator would run it.
 
-These tests use the private fault-injection servers (``faults.conftest``), not
+These tests use the private fault-injection servers (``tests/faults/conftest.py``), not
 the shared development ones: other people's tests flush those at any moment.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -33,47 +32,26 @@ from drainhelpers import (
     subprocess_env,
 )
 from drainmodels import DDriver, DRide
-from faults.conftest import (
+
+import kvfast
+
+from .conftest import (
     FaultServers,
     fault_settings,
     final_check,
-    fresh_pg,
-    fresh_redis,
-    server_session,
     stop_supervisor,
     wait_drained,
     wait_for,
 )
 
-import kvfast
-
 PARTITIONS = 4
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[FaultServers]:
-    with server_session() as s:
-        yield s
-
-
-@pytest.fixture
-def r(servers: FaultServers) -> Iterator[redis.Redis]:
-    client = fresh_redis(servers)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def pg(servers: FaultServers) -> Iterator[psycopg.Connection[Any]]:
-    with fresh_pg(servers) as conn:
-        yield conn
 
 
 @pytest.fixture
 def settings(
-    servers: FaultServers, r: redis.Redis, pg: psycopg.Connection[Any]
+    fault_servers: FaultServers, fr: redis.Redis, fpg: psycopg.Connection[Any]
 ) -> kvfast.Settings:
-    return fault_settings(servers, partitions=PARTITIONS, batch_size=500, workers=2)
+    return fault_settings(fault_servers, partitions=PARTITIONS, batch_size=500, workers=2)
 
 
 def cli(settings: kvfast.Settings, *args: str, stdin: str | None = None,
@@ -94,12 +72,12 @@ def lines(text: str) -> list[str]:
 
 
 def make_dead_letters(
-    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+    fr: redis.Redis, fpg: psycopg.Connection[Any], settings: kvfast.Settings
 ) -> dict[str, Any]:
     """Dead letters in every partition: bad d_rides rows, bad d_drivers rows, garbage."""
-    kvfast.create_tables(pg, [kvfast.model_info(m) for m in (DRide, DDriver)])
-    pg.execute("ALTER TABLE d_rides ADD CONSTRAINT dl_fare CHECK (fare_cents >= 0)")
-    pg.execute("ALTER TABLE d_drivers ALTER COLUMN name TYPE varchar(8)")
+    kvfast.create_tables(fpg, [kvfast.model_info(m) for m in (DRide, DDriver)])
+    fpg.execute("ALTER TABLE d_rides ADD CONSTRAINT dl_fare CHECK (fare_cents >= 0)")
+    fpg.execute("ALTER TABLE d_drivers ALTER COLUMN name TYPE varchar(8)")
     bad_rides = list(range(1, 41, 3))
     bad_drivers = [f"drv-{i}" for i in range(0, 30, 4)]
     garbage = [b"\xff not an entry", b'{"v": 7}']
@@ -110,7 +88,7 @@ def make_dead_letters(
                     rating=1.0, active=True)
             for i in range(30)
         )
-        r.rpush(queue_key(settings, 0), *garbage)
+        fr.rpush(queue_key(settings, 0), *garbage)
         drain_in_process(settings)
     return {"rides": bad_rides, "drivers": bad_drivers, "garbage": garbage}
 
@@ -119,11 +97,11 @@ def make_dead_letters(
 
 
 def test_count_list_and_show(
-    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+    fr: redis.Redis, fpg: psycopg.Connection[Any], settings: kvfast.Settings
 ) -> None:
-    bad = make_dead_letters(r, pg, settings)
+    bad = make_dead_letters(fr, fpg, settings)
     total = len(bad["rides"]) + len(bad["drivers"]) + len(bad["garbage"])
-    per_partition = {p: r.llen(dead_key(settings, p)) for p in range(PARTITIONS)}
+    per_partition = {p: fr.llen(dead_key(settings, p)) for p in range(PARTITIONS)}
     assert sum(per_partition.values()) == total
 
     out = lines(cli(settings, "count").stdout)
@@ -149,13 +127,13 @@ def test_count_list_and_show(
     assert out[-1] == f"{per_partition[p]} dead letters ({per_partition[p] - 2} not shown)"
 
     out = lines(cli(settings, "list", "--model", "d_rides", "--partition", str(p)).stdout)
-    expected = sum(1 for q, d in dead_letters(r, settings)
+    expected = sum(1 for q, d in dead_letters(fr, settings)
                    if q == p and orjson.loads(d.get("entry", "{}")).get("m") == "d_rides")
     assert out[-1] == f"{expected} dead letters"
 
     # show: the whole document, as stored.
     shown = orjson.loads(cli(settings, "show", f"{p}:1").stdout)
-    assert shown == orjson.loads(r.lindex(dead_key(settings, p), 1) or b"")
+    assert shown == orjson.loads(fr.lindex(dead_key(settings, p), 1) or b"")
     assert {"entry", "error", "partition", "time", "drainer"} <= set(shown) or "entry_b64" in shown
     done = cli(settings, "show", "nonsense", check=False)
     assert done.returncode == 2 and "PARTITION:INDEX" in done.stderr
@@ -164,13 +142,13 @@ def test_count_list_and_show(
 
 
 def test_count_reads_only_the_list_lengths(
-    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+    fr: redis.Redis, fpg: psycopg.Connection[Any], settings: kvfast.Settings
 ) -> None:
     """Counting is cheap: one LLEN per partition, no dead letter is read."""
-    make_dead_letters(r, pg, settings)
-    r.config_resetstat()
+    make_dead_letters(fr, fpg, settings)
+    fr.config_resetstat()
     cli(settings, "count")
-    stats = r.info("commandstats")
+    stats = fr.info("commandstats")
     assert stats["cmdstat_llen"]["calls"] == PARTITIONS
     read = {"cmdstat_lrange", "cmdstat_lindex", "cmdstat_lpop", "cmdstat_lmpop", "cmdstat_scan"}
     assert not read & set(stats), sorted(stats)
@@ -180,10 +158,10 @@ def test_count_reads_only_the_list_lengths(
 
 
 def test_requeue_puts_entries_back_in_order_on_their_queues(
-    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+    fr: redis.Redis, fpg: psycopg.Connection[Any], settings: kvfast.Settings
 ) -> None:
-    bad = make_dead_letters(r, pg, settings)
-    before = {p: r.lrange(dead_key(settings, p), 0, -1) for p in range(PARTITIONS)}
+    bad = make_dead_letters(fr, fpg, settings)
+    before = {p: fr.lrange(dead_key(settings, p), 0, -1) for p in range(PARTITIONS)}
     # --model: only d_drivers' letters go back, in their dead-letter order.
     out = cli(settings, "requeue", "--model", "d_drivers").stdout
     assert out.strip() == f"requeued {len(bad['drivers'])} of {len(bad['drivers'])} dead letters"
@@ -191,37 +169,37 @@ def test_requeue_puts_entries_back_in_order_on_their_queues(
         docs = [orjson.loads(raw) for raw in before[p]]
         drivers = [d["entry"].encode() for d in docs
                    if "entry" in d and orjson.loads(d["entry"]).get("m") == "d_drivers"]
-        assert r.lrange(queue_key(settings, p), 0, -1) == drivers
+        assert fr.lrange(queue_key(settings, p), 0, -1) == drivers
         rest = [raw for raw, d in zip(before[p], docs, strict=True)
                 if not ("entry" in d and orjson.loads(d["entry"]).get("m") == "d_drivers")]
-        assert r.lrange(dead_key(settings, p), 0, -1) == rest
+        assert fr.lrange(dead_key(settings, p), 0, -1) == rest
     # --partition: the rest of one partition; garbage (no entry) is left where it is.
     p = 0
-    remaining = r.lrange(dead_key(settings, p), 0, -1)
-    queued = r.lrange(queue_key(settings, p), 0, -1)
+    remaining = fr.lrange(dead_key(settings, p), 0, -1)
+    queued = fr.lrange(queue_key(settings, p), 0, -1)
     out = cli(settings, "requeue", "--partition", str(p)).stdout
     movable = [raw for raw in remaining if "entry" in orjson.loads(raw)]
     assert out.strip() == f"requeued {len(movable)} of {len(remaining)} dead letters"
-    assert r.lrange(queue_key(settings, p), 0, -1) == queued + [
+    assert fr.lrange(queue_key(settings, p), 0, -1) == queued + [
         orjson.loads(raw)["entry"].encode() for raw in movable
     ]
-    assert r.lrange(dead_key(settings, p), 0, -1) == [
+    assert fr.lrange(dead_key(settings, p), 0, -1) == [
         raw for raw in remaining if "entry" not in orjson.loads(raw)
     ]
-    assert len(r.lrange(dead_key(settings, p), 0, -1)) >= 1  # the non-UTF-8 garbage
+    assert len(fr.lrange(dead_key(settings, p), 0, -1)) >= 1  # the non-UTF-8 garbage
 
 
 # -- purge ------------------------------------------------------------------------------------
 
 
 def test_purge_asks_first_and_deletes_only_what_the_filters_select(
-    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+    fr: redis.Redis, fpg: psycopg.Connection[Any], settings: kvfast.Settings
 ) -> None:
-    bad = make_dead_letters(r, pg, settings)
+    bad = make_dead_letters(fr, fpg, settings)
     total = len(bad["rides"]) + len(bad["drivers"]) + len(bad["garbage"])
 
     def count() -> int:
-        return sum(r.llen(dead_key(settings, p)) for p in range(PARTITIONS))
+        return sum(fr.llen(dead_key(settings, p)) for p in range(PARTITIONS))
 
     for answer in ("n\n", "\n", "maybe\n"):
         done = cli(settings, "purge", stdin=answer, check=False)
@@ -233,24 +211,24 @@ def test_purge_asks_first_and_deletes_only_what_the_filters_select(
     assert f"delete {len(bad['rides'])} dead letters for good?" in done.stdout
     assert f"purged {len(bad['rides'])} dead letters" in done.stdout
     assert count() == total - len(bad["rides"])
-    assert not any("d_rides" in d.get("entry", "") for _, d in dead_letters(r, settings))
+    assert not any("d_rides" in d.get("entry", "") for _, d in dead_letters(fr, settings))
     done = cli(settings, "purge", "--partition", "0", "--yes")
     assert "for good?" not in done.stdout and "purged" in done.stdout
-    assert r.llen(dead_key(settings, 0)) == 0
+    assert fr.llen(dead_key(settings, 0)) == 0
     done = cli(settings, "purge", "--yes")
     assert count() == 0
     assert cli(settings, "purge").stdout.strip() == "nothing to purge"
 
 
 def test_purge_without_a_terminal_answer_purges_nothing(
-    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+    fr: redis.Redis, fpg: psycopg.Connection[Any], settings: kvfast.Settings
 ) -> None:
     """``purge`` from a script with no stdin (no --yes): the question gets EOF, which
     must mean "no" (exit 1, nothing purged), not a traceback."""
-    bad = make_dead_letters(r, pg, settings)
+    bad = make_dead_letters(fr, fpg, settings)
     total = len(bad["rides"]) + len(bad["drivers"]) + len(bad["garbage"])
     done = cli(settings, "purge", check=False)  # stdin is /dev/null
-    assert sum(r.llen(dead_key(settings, p)) for p in range(PARTITIONS)) == total
+    assert sum(fr.llen(dead_key(settings, p)) for p in range(PARTITIONS)) == total
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
 
@@ -260,14 +238,14 @@ def test_purge_without_a_terminal_answer_purges_nothing(
 
 @pytest.mark.slow
 def test_fix_the_table_requeue_and_the_running_drainers_converge(
-    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings
+    fr: redis.Redis, fpg: psycopg.Connection[Any], settings: kvfast.Settings
 ) -> None:
     """A supervisor keeps running throughout: rows PostgreSQL rejects are
     dead-lettered, the operator fixes the table (drops the CHECK, widens the
     varchar), requeues with the CLI, and the same drainers apply the entries."""
-    kvfast.create_tables(pg, [kvfast.model_info(m) for m in (DRide, DDriver)])
-    pg.execute("ALTER TABLE d_rides ADD CONSTRAINT dl_fare CHECK (fare_cents >= 0)")
-    pg.execute("ALTER TABLE d_drivers ALTER COLUMN name TYPE varchar(8)")
+    kvfast.create_tables(fpg, [kvfast.model_info(m) for m in (DRide, DDriver)])
+    fpg.execute("ALTER TABLE d_rides ADD CONSTRAINT dl_fare CHECK (fare_cents >= 0)")
+    fpg.execute("ALTER TABLE d_drivers ALTER COLUMN name TYPE varchar(8)")
     p = 1
     ride_keys = keys_in_partition(settings, DRide, p, 30)
     bad_rides = ride_keys[::4]
@@ -283,25 +261,25 @@ def test_fix_the_table_requeue_and_the_running_drainers_converge(
                     active=True)
             for i in range(40)
         )
-        wait_drained(r, settings, sup)
-        dead = dead_letters(r, settings)
+        wait_drained(fr, settings, sup)
+        dead = dead_letters(fr, settings)
         assert len(dead) == len(bad_rides) + 8
         # Dead-lettered rows are not in PostgreSQL, the others are.
-        assert sorted(pg_objects(pg, DRide)) == sorted(set(ride_keys) - set(bad_rides))
+        assert sorted(pg_objects(fpg, DRide)) == sorted(set(ride_keys) - set(bad_rides))
 
-        pg.execute("ALTER TABLE d_rides DROP CONSTRAINT dl_fare")
-        pg.execute("ALTER TABLE d_drivers ALTER COLUMN name TYPE text")
+        fpg.execute("ALTER TABLE d_rides DROP CONSTRAINT dl_fare")
+        fpg.execute("ALTER TABLE d_drivers ALTER COLUMN name TYPE text")
         out = cli(settings, "requeue").stdout
         assert out.strip() == f"requeued {len(dead)} of {len(dead)} dead letters"
-        wait_for(lambda: not dead_letters(r, settings) and _drained_all(r, settings), 30,
+        wait_for(lambda: not dead_letters(fr, settings) and _drained_all(fr, settings), 30,
                  "the requeued entries to drain",
-                 lambda: f"{dead_letters(r, settings)[:3]}\n{sup.output()[-2000:]}")
+                 lambda: f"{dead_letters(fr, settings)[:3]}\n{sup.output()[-2000:]}")
         stop_supervisor(sup)
-    figures = final_check(r, pg, settings, produced=None, models=(DRide, DDriver))
+    figures = final_check(fr, fpg, settings, produced=None, models=(DRide, DDriver))
     assert figures["dead"] == 0
-    assert sorted(pg_objects(pg, DRide)) == sorted(ride_keys)
+    assert sorted(pg_objects(fpg, DRide)) == sorted(ride_keys)
 
 
-def _drained_all(r: redis.Redis, settings: kvfast.Settings) -> bool:
-    return all(not r.llen(queue_key(settings, p)) and not r.exists(inflight_meta_key(settings, p))
+def _drained_all(fr: redis.Redis, settings: kvfast.Settings) -> bool:
+    return all(not fr.llen(queue_key(settings, p)) and not fr.exists(inflight_meta_key(settings, p))
                for p in range(settings.partitions))
