@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 import orjson
 import psycopg
+import pytest
 import redis
 from psycopg import sql
 
@@ -287,6 +288,17 @@ def redis_benchmark(command: Sequence[str], *, requests: int, clients: int, pipe
     values = [float(v.strip().strip('"')) for v in lines[-1].rsplit(",", 7)[1:]]
     names = ("rps", "avg_ms", "min_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")
     return dict(zip(names, values, strict=True))
+
+
+def redis_benchmark_writes(sample: tuple[list[bytes], bytes]) -> tuple[list[str], list[str]]:
+    """redis-benchmark's HSET (kvfast's fields, random keys) and RPUSH (its entry) of
+    a ``sample_booking_writes`` sample; skips the test without redis-benchmark."""
+    if redis_benchmark_path() is None:
+        pytest.skip("redis-benchmark is not installed (it comes with redis-server)")
+    fields, entry = sample
+    hset = ["HSET", "kvbenchrb:o:__rand_int__", *(f.decode() for f in fields)]
+    rpush = ["RPUSH", "kvbenchrb:q:__rand_int__", entry.decode()]
+    return hset, rpush
 
 
 def sample_booking_writes() -> tuple[list[bytes], bytes]:

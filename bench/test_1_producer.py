@@ -106,11 +106,7 @@ def _rate(benchmark: Any, count: int) -> float:
 def test_reference_redis_benchmark(benchmark: Any, sample: tuple[list[bytes], bytes],
                                    r: redis.Redis) -> None:
     """redis-benchmark -P 64 -c 50: HSET of kvfast's seven fields, RPUSH of its entry."""
-    if _refs.redis_benchmark_path() is None:
-        pytest.skip("redis-benchmark is not installed (it comes with redis-server)")
-    fields, entry = sample
-    hset = ["HSET", "kvbenchrb:o:__rand_int__", *(f.decode() for f in fields)]
-    rpush = ["RPUSH", "kvbenchrb:q:__rand_int__", entry.decode()]
+    hset, rpush = _refs.redis_benchmark_writes(sample)
     n = _refs.REDIS_BENCHMARK_N
 
     def run() -> tuple[dict[str, float], dict[str, float]]:

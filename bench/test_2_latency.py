@@ -59,11 +59,7 @@ def _quantiles_ms(benchmark: Any) -> dict[str, float]:
 def test_reference_redis_benchmark(benchmark: Any, sample: tuple[list[bytes], bytes],
                                    r: redis.Redis) -> None:
     """redis-benchmark -P 1 -c 1: HSET (kvfast's seven fields), then RPUSH (its entry)."""
-    if _refs.redis_benchmark_path() is None:
-        pytest.skip("redis-benchmark is not installed (it comes with redis-server)")
-    fields, entry = sample
-    hset = ["HSET", "kvbenchrb:o:__rand_int__", *(f.decode() for f in fields)]
-    rpush = ["RPUSH", "kvbenchrb:q:__rand_int__", entry.decode()]
+    hset, rpush = _refs.redis_benchmark_writes(sample)
 
     def run() -> tuple[dict[str, float], dict[str, float]]:
         h = _refs.redis_benchmark(hset, requests=N, clients=1, pipeline=1)

@@ -195,7 +195,7 @@ class Drainer:
 
     def _process(self, claim: Claim, batch: Batch) -> BatchReport:
         parts = list(claim.parts)
-        total = len(claim.entries)
+        total = sum(len(part.entries) for part in claim.parts)
         dead, parts, batch = self._apply_with_retry(batch, parts)
         retaken = any(part.retaken for part in claim.parts)
         if not parts:
@@ -230,7 +230,7 @@ class Drainer:
                 log.warning("partition %d epoch %d is stale: its share of the batch is left "
                             "to its new owner", part.partition, part.epoch)
         parts = [part for part in parts if part.partition not in gone]
-        return build_batch([(part.partition, part.entries) for part in parts]), parts
+        return build_batch(Claim(parts).slices()), parts
 
     def _apply_with_retry(
         self, batch: Batch, parts: list[Part]

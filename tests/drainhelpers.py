@@ -37,6 +37,7 @@ import orjson
 import psycopg
 import redis
 from drainmodels import MODELS, DDriver, DRide
+from helpers import same_json
 from psycopg import sql
 
 import kvfast
@@ -141,17 +142,6 @@ def fence_epoch(pg: psycopg.Connection[Any], settings: kvfast.Settings, p: int) 
 
 
 # -- comparing values ----------------------------------------------------------------
-
-
-def same_json(a: Any, b: Any) -> bool:
-    """Equal JSON values of equal types (True is not 1, 1.0 is not 1)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def same_value(a: Any, b: Any) -> bool:
