@@ -57,8 +57,9 @@ def retry(
     """``call()`` until it returns, waiting by ``backoff`` after each ``retry_on`` error.
 
     Each failure is logged as a warning: ``what`` (e.g. "PostgreSQL
-    unavailable", "ack failed"), the error's first line and the delay; ``on_retry(exc)`` runs before the wait (drop a broken connection,
-    check a lease, or raise to give up).  Any other exception propagates.
+    unavailable", "ack failed"), the error's first line and the delay.
+    ``on_retry(exc)`` runs before the wait (drop a broken connection, check a
+    lease, or raise to give up).  Any other exception propagates.
     """
     backoff = backoff if backoff is not None else Backoff()
     while True:
