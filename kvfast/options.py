@@ -206,7 +206,7 @@ def default_text(f: Field[Any], o: Opt, *, live: bool = False) -> str:
     if o.default_text is not None:
         text = o.default_text
         if live and f.default_factory is not MISSING:
-            text += f" ({f.default_factory()} here)"
+            text += f", {f.default_factory()} here"
         return text
     value = f.default
     if value is None or value is False:

@@ -175,7 +175,7 @@ class SupervisorOptions(Declared):
     metrics_port: int = field(default=0, metadata=opt(
         "serve Prometheus /metrics and /healthz on 127.0.0.1:PORT",
         env="KVFAST_METRICS_PORT", flag="--metrics-port", metavar="PORT",
-        default_text="0 (off)", **_in_range(0, 65535)))
+        default_text="0 = off", **_in_range(0, 65535)))
     stats_json: str | None = field(default=None, metadata=opt(
         "write the run's totals and drain-lag quantiles to PATH at exit",
         flag="--stats-json", metavar="PATH", default_text="off"))
