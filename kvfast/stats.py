@@ -3,11 +3,12 @@
 Drainers send one ``Report`` per batch; ``Stats`` adds them up.  Lag samples
 are kept in ``LagRing``, a fixed numpy array: the last 500,000 samples cost 4 MB
 instead of ~16 MB of Python floats in a deque, and quantiles are an
-``np.partition`` (O(n)) instead of a ``sorted()`` (O(n log n)).  Measured
-(tools/lag_quantiles_timeit.py, one run on this 2-core machine): p50+p99 over
-a 5,000-sample window 0.66 ms → 0.018 ms (this runs every 0.1 s with
---drain-until-empty), over 500,000 samples at exit 97 ms → 6.4 ms; adding a
-64-sample report 0.65 µs → 1.4 µs (negligible at hundreds of batches a second).
+``np.partition`` (O(n)) instead of a ``sorted()`` (O(n log n)).  Measured with
+``tools/lag_quantiles_timeit.py`` (this noisy 2-core machine, best of 3): p50+p99
+of a 5,000-sample status window 0.34-0.41 ms → 0.019 ms (it runs every 0.1 s
+with --drain-until-empty), of 500,000 samples at exit 97-140 ms → 5-12 ms;
+adding a 64-sample report costs 0.6-0.9 µs → 1.5-1.8 µs, negligible at hundreds
+of batches a second.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ class LagRing:
     def newest(self, n: int) -> np.ndarray[Any, np.dtype[np.float64]]:
         """The ``n`` newest samples (fewer if fewer are held), in no useful order."""
         n = min(n, len(self))
-        if n == len(self):
-            return self._buf[:n]
-        idx = (self.added - n + np.arange(n)) % self.capacity
-        return self._buf[idx]
+        end = self.added % self.capacity
+        start = end - n
+        if start >= 0:
+            return self._buf[start:end]
+        # Wrapped: the tail of the array, then its head (a negative start counts from the end).
+        return np.concatenate((self._buf[start:], self._buf[:end]))
 
     def quantiles(self, qs: Sequence[float], newest: int | None = None) -> list[float]:
         """Quantiles ``qs`` of all samples held, or of the ``newest`` ones (0.0 if none)."""
