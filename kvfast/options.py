@@ -140,7 +140,7 @@ class Declared:
         return cls._load(environ, flags, overrides)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser | Any,
+    def add_arguments(cls, parser: argparse.ArgumentParser,
                       names: Iterable[str] | None = None) -> None:
         """One option per declared flag (all of them, or those of ``names``).
 
