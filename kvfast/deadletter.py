@@ -126,9 +126,8 @@ def _line(dl: DeadLetter, width: int = 100) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kvfast.deadletter", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--redis-url", help="env KVFAST_REDIS_URL")
-    p.add_argument("--namespace", help="env KVFAST_NAMESPACE (default kvfast)")
-    p.add_argument("--partitions", type=int, help="env KVFAST_PARTITIONS (default 64)")
+    # The queue layout only: the tool needs no PostgreSQL.
+    Settings.add_arguments(p, ("redis_url", "namespace", "partitions"))
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("list", "one line per dead letter, and counts"),
                        ("requeue", "put dead letters back on their queues"),
@@ -149,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env(redis_url=args.redis_url, namespace=args.namespace,
-                                     partitions=args.partitions)
+        settings = Settings.from_args(args)
         with Client(settings) as client:
             client.check_partitions()
             return _run(client, args)
