@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from helpers import create_tables, pg_count, queue_lengths
 
 import kvfast
 from kvfast.demo import Booking
 from kvfast.drainer import Drainer
-from helpers import create_tables, pg_count, queue_lengths
 
 NOW = dt.datetime(2026, 12, 2, 6, 0, tzinfo=dt.UTC)
 
