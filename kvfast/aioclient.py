@@ -138,6 +138,11 @@ class AsyncConnection:
         self._writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await self._writer.wait_closed()
+        # Let the reader task finish its cancellation: a task destroyed pending
+        # (its loop closed first) is an error report at interpreter exit.  What
+        # it failed with, if anything, was already handed to the waiting callers.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
 
 
 class AsyncClient:
@@ -153,7 +158,11 @@ class AsyncClient:
     async def open(cls, settings: Settings | None = None) -> AsyncClient:
         settings = settings if settings is not None else Settings.from_env()
         client = cls(settings, await AsyncConnection.open(settings))
-        await client.check_partitions()
+        try:
+            await client.check_partitions()
+        except BaseException:
+            await client.close()  # a refused start must not leak its connection
+            raise
         return client
 
     async def check_partitions(self) -> None:
