@@ -15,7 +15,7 @@ import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fieldtypes"),
-    ("settings", "keys", "retry", "codec"),
+    ("settings", "keys", "retry", "codec", "memory"),
     ("model",),
     ("encoders", "decoders", "schema", "demo"),
     ("resp",),                                  # the Redis wire
