@@ -27,12 +27,12 @@ from kvfast.errors import (
     RedisUnavailable,
     SchemaMismatch,
 )
-from kvfast.resp import reply_exception
+from kvfast.resp import UNAVAILABLE_PREFIXES
 from kvfast.settings import Settings, redact
 
 __all__ = [
-    "PG_ERRORS",
-    "REDIS_ERRORS",
+    "PG_EXC_MAP",
+    "REDIS_EXC_MAP",
     "pg_connect_kwargs",
     "pg_errors",
     "redis_errors",
@@ -46,14 +46,13 @@ Make = Callable[[BaseException, str, str], KvfastError]
 def _redis_reply(exc: BaseException, text: str, where: str) -> KvfastError:
     # redis-py raises LOADING as a ConnectionError (BusyLoadingError) but READONLY,
     # MASTERDOWN … as ResponseError: the reply's prefix decides, as on the raw path.
-    leaf = reply_exception(exc, "a command", where)
-    if isinstance(leaf, RedisCommandError):
-        return RedisCommandError(f"Redis refused a command: {text}")
-    return RedisUnavailable(f"Redis at {where} cannot serve: {text}")
+    if str(exc).startswith(UNAVAILABLE_PREFIXES):
+        return RedisUnavailable(f"Redis at {where} cannot serve: {text}")
+    return RedisCommandError(f"Redis refused a command: {text}")
 
 
 #: redis-py and the raw socket path, most specific first
-REDIS_ERRORS: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
+REDIS_EXC_MAP: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
     ((redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError),
      lambda exc, text, where: RedisUnavailable(f"Redis at {where} is unavailable: {text}")),
     ((redis.ResponseError,), _redis_reply),
@@ -62,7 +61,7 @@ REDIS_ERRORS: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
 )
 
 #: psycopg, most specific first
-PG_ERRORS: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
+PG_EXC_MAP: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
     # OperationalError: the server is away or dropped us; InterfaceError: the
     # connection object is closed or broken (a killed backend seen mid-call).
     ((psycopg.OperationalError, psycopg.InterfaceError),
@@ -96,12 +95,12 @@ def map_exceptions(
 
 def redis_errors(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """Translate redis-py / socket errors into RedisUnavailable or RedisCommandError."""
-    return map_exceptions(REDIS_ERRORS, settings.redis_url)
+    return map_exceptions(REDIS_EXC_MAP, settings.redis_url)
 
 
 def pg_errors(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """Translate psycopg errors into PostgresUnavailable, SchemaMismatch or PostgresQueryError."""
-    return map_exceptions(PG_ERRORS, settings.pg_dsn)
+    return map_exceptions(PG_EXC_MAP, settings.pg_dsn)
 
 
 def pg_connect_kwargs(settings: Settings, *, autocommit: bool = True) -> dict[str, Any]:
