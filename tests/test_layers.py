@@ -15,7 +15,7 @@ import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fieldtypes"),
-    ("settings", "keys", "retry", "codec", "memory"),
+    ("options", "settings", "keys", "retry", "codec", "memory"),
     ("model",),
     ("encoders", "decoders", "schema", "demo"),
     ("resp",),                                  # the Redis wire
@@ -27,6 +27,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("repository", "aio"),                      # the shells over the core
     ("claims",),
     ("drainer",),
+    ("stats",),                                 # the supervisor: reports, status, health
+    ("worker", "metrics"),                      # the drainer child; Prometheus + /healthz
+    ("pool",),                                  # fork, signals, restart
     ("supervisor", "deadletter", "loadgen"),    # command lines and tools
     ("__init__",),
 ]
