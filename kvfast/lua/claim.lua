@@ -2,20 +2,34 @@
 -- claim.lua: hand a drainer a batch, taken from one or more partitions, recorded
 -- as in flight.
 --
--- KEYS come in groups of four, one group per candidate partition (the caller
+-- KEYS come in groups of five, one group per candidate partition (the caller
 -- passes one group on Redis Cluster, several on a standalone Redis):
---   KEYS[4i+1]  queue            {ns:p}:q    entries waiting (producers RPUSH)
---   KEYS[4i+2]  in-flight list   {ns:p}:f    the partition's share of a batch
---   KEYS[4i+3]  in-flight meta   {ns:p}:fm   hash: owner, epoch, deadline (ms)
---   KEYS[4i+4]  epoch counter    {ns:p}:e    INCR'd for every hand-out
+--   KEYS[5i+1]  queue            {ns:p}:q    entries waiting (producers RPUSH)
+--   KEYS[5i+2]  in-flight list   {ns:p}:f    the partition's share of a batch
+--   KEYS[5i+3]  in-flight meta   {ns:p}:fm   hash: owner, epoch, deadline (ms)
+--   KEYS[5i+4]  epoch counter    {ns:p}:e    INCR'd for every hand-out
+--   KEYS[5i+5]  holds            {ns:p}:h    hash: tables whose entries wait (see below)
 -- ARGV[1]  owner id (unique per drainer process)
 -- ARGV[2]  lease in milliseconds
 -- ARGV[3]  batch size (max entries handed out)
+-- ARGV[4]  "1" to take back, first, any partition this owner holds in flight
+--          (the reply of its previous claim was lost: those partitions are its
+--          own, nobody else may take them before their lease runs out)
 --
 -- Returns nil when no partition has work, else a flat array
---   { n, g1, epoch1, retaken1, count1, ..., gn, epochn, retakenn, countn,
---     entries of g1 ..., entries of g2 ..., ... }
+--   { n, g1, epoch1, retaken1, count1, nhold1, ..., gn, ..., countn, nholdn,
+--     entries of g1 ..., entries of g2 ..., ...,
+--     hold fields of g1 (2*nhold1 values: name, value) ..., of g2 ..., ... }
 -- with g the 0-based group index of each partition taken.
+--
+-- Holds: a table whose entries a drainer could not apply (its schema is
+-- broken, or the entries come from a model version the drainer does not know)
+-- keeps them, in order, in the partition's held list {ns:p}:h:<table>; the
+-- holds hash has a field "t:<table>" (a JSON document: reason, since, tries)
+-- per held table and "next", the Redis time (ms) of the next retry.  A free
+-- partition with a hold due is handed out even when its queue is empty, so a
+-- held table resumes by itself once it can be applied.  Held lists are read
+-- and trimmed by the drainer that holds the partition's claim (ack.lua).
 --
 -- Rules: at most one batch per partition is in flight, so the writes to one key
 -- reach PostgreSQL in the order Redis received them.  A partition whose lease
@@ -36,28 +50,49 @@
 local owner = ARGV[1]
 local lease = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
+local recover = ARGV[4] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local G = 5
+
 local function lease_out(g)
-  local base = g * 4
+  local base = g * G
   local epoch = redis.call('INCR', KEYS[base + 4])
   redis.call('HSET', KEYS[base + 3], 'owner', owner, 'epoch', epoch, 'deadline', now + lease)
   return epoch
 end
 
-local groups = #KEYS / 4
+local function holds(g)
+  return redis.call('HGETALL', KEYS[g * G + 5])
+end
+
+local function append(out, values)
+  local n = #out
+  for i = 1, #values do
+    out[n + i] = values[i]
+  end
+end
+
+-- One partition handed out again, whole: its lease expired, or its owner lost
+-- the reply of the claim that gave it out.
+local function retake(g)
+  local entries = redis.call('LRANGE', KEYS[g * G + 2], 0, -1)
+  local held = holds(g)
+  local out = { 1, g, lease_out(g), 1, #entries, #held / 2 }
+  append(out, entries)
+  append(out, held)
+  return out
+end
+
+local groups = #KEYS / G
 local free = {}
 for g = 0, groups - 1 do
-  local deadline = redis.call('HGET', KEYS[g * 4 + 3], 'deadline')
+  local meta = redis.call('HMGET', KEYS[g * G + 3], 'deadline', 'owner')
+  local deadline = meta[1]
   if deadline then
-    if tonumber(deadline) < now then
-      local entries = redis.call('LRANGE', KEYS[g * 4 + 2], 0, -1)
-      local out = { 1, g, lease_out(g), 1, #entries }
-      for i = 1, #entries do
-        out[i + 5] = entries[i]
-      end
-      return out
+    if tonumber(deadline) < now or (recover and meta[2] == owner) then
+      return retake(g)
     end
   else
     free[#free + 1] = g
@@ -66,26 +101,39 @@ end
 
 local head = { 0 }
 local taken = {}
+local held = {}
 local left = count
 for _, g in ipairs(free) do
   if left <= 0 then
     break
   end
-  local popped = redis.call('LPOP', KEYS[g * 4 + 1], left)
+  local popped = redis.call('LPOP', KEYS[g * G + 1], left)
+  local hold = {}
   if popped then
     -- Copy in chunks: unpack() fails beyond a few thousand values (LUAI_MAXCSTACK).
     local i = 1
     while i <= #popped do
       local j = math.min(i + 999, #popped)
-      redis.call('RPUSH', KEYS[g * 4 + 2], unpack(popped, i, j))
+      redis.call('RPUSH', KEYS[g * G + 2], unpack(popped, i, j))
       i = j + 1
     end
+    hold = holds(g)
+  else
+    popped = {}
+    local next_try = redis.call('HGET', KEYS[g * G + 5], 'next')
+    if next_try and tonumber(next_try) <= now then
+      hold = holds(g)
+    end
+  end
+  if #popped > 0 or #hold > 0 then
     head[1] = head[1] + 1
     head[#head + 1] = g
     head[#head + 1] = lease_out(g)
     head[#head + 1] = 0
     head[#head + 1] = #popped
+    head[#head + 1] = #hold / 2
     taken[#taken + 1] = popped
+    held[#held + 1] = hold
     left = left - #popped
   end
 end
@@ -94,9 +142,9 @@ if head[1] == 0 then
 end
 local out = head
 for _, popped in ipairs(taken) do
-  local n = #out
-  for i = 1, #popped do
-    out[n + i] = popped[i]
-  end
+  append(out, popped)
+end
+for _, hold in ipairs(held) do
+  append(out, hold)
 end
 return out

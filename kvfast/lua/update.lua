@@ -3,11 +3,16 @@
 -- KEYS[1]  object hash   {ns:p}:o:<table>:<key>
 -- KEYS[2]  queue         {ns:p}:q            (same hash tag: one slot)
 -- ARGV[1]  tombstone field name (a hash holding it is a pending delete)
--- ARGV[2]  ttl in seconds, "0" for none
--- ARGV[3]  the queue entry (orjson bytes, built by kvfast.codec)
--- ARGV[4]  n: number of field/value pairs that follow
--- ARGV[5 .. 4+2n]   field, value pairs to HSET
--- ARGV[5+2n ..]     fields set to NULL (HDEL: NULL is an absent field)
+-- ARGV[2]  write-id field name, "" when the model has no TTL
+-- ARGV[3]  this write's id (models with a TTL; the entry carries it too)
+-- ARGV[4]  the queue entry (orjson bytes, built by kvfast.codec)
+-- ARGV[5]  n: number of field/value pairs that follow
+-- ARGV[6 .. 5+2n]   field, value pairs to HSET
+-- ARGV[6+2n ..]     fields set to NULL (HDEL: NULL is an absent field)
+--
+-- A model with a TTL: the object loses any TTL it had (an earlier write drained
+-- and gave it one) and records this write's id; ack.lua gives the TTL back
+-- once this write is in PostgreSQL, if no newer write has replaced the id.
 --
 -- Returns 1 when applied, 0 when the object is not in Redis (the caller may
 -- load it from PostgreSQL with hydrate.lua and retry), -1 when it is deleted.
@@ -20,11 +25,11 @@ end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return -1
 end
-local n = tonumber(ARGV[4])
-local last_set = 4 + 2 * n
+local n = tonumber(ARGV[5])
+local last_set = 5 + 2 * n
 -- HSET in chunks: Lua's unpack() fails beyond a few thousand values.
 local chunk = 1000
-local i = 5
+local i = 6
 while i <= last_set do
   local j = math.min(i + chunk - 1, last_set)
   redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
@@ -33,9 +38,9 @@ end
 if #ARGV > last_set then
   redis.call('HDEL', KEYS[1], unpack(ARGV, last_set + 1, #ARGV))
 end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
+if ARGV[2] ~= '' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 end
-redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[4])
 return 1
