@@ -8,9 +8,14 @@ entries of a batch are folded per key, in queue order, into one final op:
     delete            → delete (discarding what came before it)
     create after delete → upsert (an upsert writes every column: same result)
 
-Entries that do not decode, name an unknown model or field, or update a key the
-same batch deleted, become dead letters with the reason; they never block the
-rest of the batch.
+Entries that do not decode, name an unknown field of a model they were written
+by, or update a key the same batch deleted, become dead letters with the reason;
+they never block the rest of the batch.  Entries this drainer cannot apply
+without losing something -- a model it was not given, an entry of a newer model
+version with fields it does not know -- are *held* (``kvfast.holds``): that
+entry and every later entry of its table in its partition wait, in order, for a
+drainer that can.  An entry of an older model version drains with the model's
+defaults for the fields it lacks.
 
 A batch may hold several partitions' entries (one claim can gather many); every
 op, dead entry and tombstone remembers its partition so that each partition is
@@ -20,6 +25,7 @@ folding per key never mixes partitions.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +34,8 @@ from kvfast import codec
 from kvfast.decoders import build_row_decoder, decode_value
 from kvfast.errors import DecodeError
 from kvfast.fieldtypes import Reject
-from kvfast.model import ModelInfo, get_model
+from kvfast.holds import MODEL, VERSION, Hold
+from kvfast.model import ModelInfo, get_model, model_version
 
 __all__ = ["DELETE", "UPDATE", "UPSERT", "Batch", "KeyOp", "ModelOps", "build_batch"]
 
@@ -46,12 +53,18 @@ class KeyOp:
     partition: int
     #: the raw queue entries folded into this op, in order (dead-lettered together)
     entries: list[bytes] = field(default_factory=list)
+    #: models with a TTL: the write id the key's last write here left in its hash
+    mark: str | None = None
 
 
 @dataclass(slots=True)
 class ModelOps:
     info: ModelInfo
     ops: dict[Any, KeyOp] = field(default_factory=dict)
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        self.version = model_version(self.info)
 
     def of_kind(self, kind: str) -> list[KeyOp]:
         return [op for op in self.ops.values() if op.kind == kind]
@@ -68,6 +81,19 @@ class Batch:
     #: write times (µs) of the entries, for the drain-lag measurement
     write_times: list[int] = field(default_factory=list)
     size: int = 0
+    #: (partition, table) → (why, the entries held from the first that cannot be
+    #: applied on, in queue order)
+    held: dict[tuple[int, str], tuple[Hold, list[bytes]]] = field(default_factory=dict)
+    #: (partition, table) → every entry of the table in the partition, in order
+    #: (a table PostgreSQL refuses at apply time is held whole)
+    entries_of: dict[tuple[int, str], list[bytes]] = field(default_factory=dict)
+
+    def hold(self, p: int, table: str, why: Hold, raw: bytes) -> None:
+        held = self.held.get((p, table))
+        if held is None:
+            self.held[(p, table)] = (why, [raw])
+        else:
+            held[1].append(raw)
 
 
 def _decode_changes(info: ModelInfo, wire: dict[str, Any]) -> dict[str, Any]:
@@ -112,20 +138,96 @@ def build_batch(parts: Iterable[tuple[int, Sequence[bytes]]]) -> Batch:
     return batch
 
 
+class _Held(Exception):
+    """This entry cannot be applied by this drainer without losing something."""
+
+    def __init__(self, hold: Hold) -> None:
+        super().__init__(hold.reason)
+        self.hold = hold
+
+
+def _adapt(info: ModelInfo, op_kind: str, fields: dict[str, Any], version: Any) -> dict[str, Any]:
+    """The wire fields of an entry written by another version of ``info``'s model.
+
+    Fields this model lacks mean a newer model wrote it: applying it would drop
+    them, so it is held for a drainer that runs that model.  A create missing
+    fields this model has (an older model wrote it) takes their defaults; a
+    missing field without a default is held too (an older drainer can apply it).
+    """
+    unknown = sorted(set(fields) - set(info.by_name))
+    if unknown:
+        raise _Held(Hold.new(info.table, VERSION, (
+            f"entries of {info.name} written by model version {version} have fields "
+            f"{unknown} this drainer's model ({model_version(info)}) does not know"),
+            version=str(version)))
+    if op_kind != codec.OP_CREATE or len(fields) == len(info.fields):
+        return fields
+    out = dict(fields)
+    for f in info.fields:
+        if f.name in out:
+            continue
+        default = _defaults(info).get(f.name, _NO_DEFAULT)
+        if default is _NO_DEFAULT:
+            raise _Held(Hold.new(info.table, VERSION, (
+                f"entries of {info.name} written by model version {version} lack field "
+                f"{f.name!r}, which has no default in this drainer's model"),
+                version=str(version)))
+        factory, value = default
+        if factory is not None:
+            value = factory()
+        out[f.name] = value if value is None or f.ftype.wire_is_value else f.ftype.to_wire(value)
+    return out
+
+
+_NO_DEFAULT = object()
+_default_cache: dict[int, tuple[ModelInfo, dict[str, Any]]] = {}
+
+
+def _defaults(info: ModelInfo) -> dict[str, Any]:
+    """Field name → (default_factory or None, default value)."""
+    cached = _default_cache.get(id(info))
+    if cached is None or cached[0] is not info:
+        found: dict[str, Any] = {}
+        for f in dataclasses.fields(info.cls):
+            if f.default is not dataclasses.MISSING:
+                found[f.name] = (None, f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                found[f.name] = (f.default_factory, None)
+        cached = _default_cache[id(info)] = (info, found)
+    return cached[1]
+
+
 def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
     models = batch.models
     dead = batch.dead
     write_times = batch.write_times
+    held = batch.held
+    entries_of = batch.entries_of
     for raw in raw_entries:
+        table = None
         try:
-            table, op_kind, entry_key, fields, t_us, tomb_id = codec.check(codec.parse(raw))
+            obj = codec.parse(raw)
+            table, op_kind, entry_key, fields, t_us, mark_id = codec.check(obj)
+            seen = entries_of.get((p, table))
+            if seen is None:
+                entries_of[(p, table)] = [raw]
+            else:
+                seen.append(raw)
+            if held and (p, table) in held:
+                held[(p, table)][1].append(raw)  # behind an entry that waits: waits too
+                continue
             mops = models.get(table)
             if mops is None:
                 info = get_model(table)
                 if info is None:
-                    raise DecodeError(f"no model registered for table {table!r}")
+                    raise _Held(Hold.new(table, MODEL, (
+                        f"no model registered for table {table!r} in this drainer")))
                 mops = ModelOps(info)
             info = mops.info
+            version = obj.get("mv")
+            if (version is not None and op_kind != codec.OP_DELETE
+                    and version != mops.version):
+                fields = _adapt(info, op_kind, fields, version)
             if op_kind == codec.OP_CREATE:
                 row: Any = _row_decoder(info)(fields)
                 key = row[info.key_field.index]
@@ -137,6 +239,10 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
             else:
                 key = _decode_key(info, entry_key)
                 row = None
+        except _Held as exc:
+            assert table is not None
+            batch.hold(p, table, exc.hold, raw)
+            continue
         except DecodeError as exc:
             dead.append((raw, f"undecodable entry: {exc}", p))
             continue
@@ -146,13 +252,13 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
         op = mops.ops.get(key)
         if op_kind == codec.OP_CREATE:
             if op is None:
-                mops.ops[key] = KeyOp(UPSERT, key, row, p, [raw])
+                mops.ops[key] = KeyOp(UPSERT, key, row, p, [raw], mark_id)
             else:
-                op.kind, op.row = UPSERT, row
+                op.kind, op.row, op.mark = UPSERT, row, mark_id
                 op.entries.append(raw)
         elif op_kind == codec.OP_UPDATE:
             if op is None:
-                mops.ops[key] = KeyOp(UPDATE, key, row, p, [raw])
+                mops.ops[key] = KeyOp(UPDATE, key, row, p, [raw], mark_id)
             elif op.kind == DELETE:
                 dead.append((raw, "update of a key deleted earlier in the same batch", p))
             elif op.kind == UPSERT:
@@ -160,14 +266,16 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
                 for name, value in row.items():
                     op.row[index[name].index] = value
                 op.entries.append(raw)
+                op.mark = mark_id
             else:
                 op.row.update(row)
                 op.entries.append(raw)
+                op.mark = mark_id
         else:
-            assert tomb_id is not None
-            batch.tombstones.append((p, info, str(key), tomb_id))
+            assert mark_id is not None
+            batch.tombstones.append((p, info, str(key), mark_id))
             if op is None:
                 mops.ops[key] = KeyOp(DELETE, key, None, p, [raw])
             else:
-                op.kind, op.row = DELETE, None
+                op.kind, op.row, op.mark = DELETE, None, None
                 op.entries.append(raw)

@@ -18,6 +18,7 @@ import redis
 from kvfast import meta
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
 from kvfast.errors import KvfastError
+from kvfast.holds import parse_holds
 from kvfast.keys import LAYOUT_VERSION, Keys
 from kvfast.resp import DISCARD, Piece, read_replies, reply_exception, unavailable_reply
 from kvfast.scripts import Call, EvalBatch
@@ -181,6 +182,33 @@ class Client:
                 pipe.llen(keys.dead[p])
             raw = pipe.execute()
         return sum(raw[0::3]), sum(raw[1::3]), sum(raw[2::3])
+
+    def holds(self) -> dict[str, tuple[int, str]]:
+        """Held tables (kvfast.holds), all partitions: table → (entries waiting, why).
+
+        Two pipelined round trips, the second only when something is held.
+        """
+        keys = self.keys
+        with redis_errors(self.settings):
+            pipe = self.redis.pipeline(transaction=False)
+            for p in range(keys.partitions):
+                pipe.hgetall(keys.holds[p])
+            found: list[tuple[int, str, str]] = []
+            for p, raw in enumerate(pipe.execute()):
+                for table, hold in parse_holds(
+                        [x for pair in raw.items() for x in pair])[0].items():
+                    found.append((p, table, hold.reason))
+            if not found:
+                return {}
+            pipe = self.redis.pipeline(transaction=False)
+            for p, table, _ in found:
+                pipe.llen(keys.held(p, table))
+            lengths = pipe.execute()
+        out: dict[str, tuple[int, str]] = {}
+        for (_, table, reason), n in zip(found, lengths, strict=True):
+            before = out.get(table, (0, reason))[0]
+            out[table] = (before + int(n), reason)
+        return out
 
     def close(self) -> None:
         if self._pg is not None:

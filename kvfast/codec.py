@@ -2,12 +2,17 @@
 
 An entry is one orjson object, self-describing and versioned::
 
-    {"v": 1, "m": "<table>", "o": "c"|"u"|"d", "k": <key>, "f": {field: wire value},
-     "t": <write time, unix µs>, "i": "<tombstone id>"}
+    {"v": 1, "m": "<table>", "mv": "<model version>", "o": "c"|"u"|"d", "k": <key>,
+     "f": {field: wire value}, "i": "<mark id>", "t": <write time, unix µs>}
 
 ``c`` (create) carries every field, ``u`` (update) only the changed ones, ``d``
 (delete) no ``f`` but the id of the tombstone it left in Redis, so the drainer
-removes exactly that tombstone and not a newer object.  Wire values are JSON
+removes exactly that tombstone and not a newer object.  A write of a model with
+a TTL carries in ``i`` the write id it left in the object's hash
+(``keys.WRITE_FIELD``): the ack gives the object its TTL only while that id is
+still there.  ``mv`` is the writing model's version (``model.model_version``): a
+drainer whose model differs reads the entry field by field (an older model's
+entry drains with defaults, a newer one's waits; see ``kvfast.holds``).  Wire values are JSON
 (see ``fieldtypes``); ``t`` lets the drainer measure drain lag.  A reader that
 meets a ``v`` it does not know dead-letters the entry instead of guessing.
 """
@@ -22,9 +27,23 @@ import orjson
 
 from kvfast.errors import DecodeError
 
-__all__ = ["FIELDS_SEP", "FORMAT_VERSION", "OP_CREATE", "OP_DELETE", "OP_UPDATE", "Entry",
-           "check", "decode", "encode_delete", "encode_write", "entry_head", "entry_tail",
-           "now_us", "parse"]
+__all__ = [
+    "FIELDS_SEP",
+    "FORMAT_VERSION",
+    "OP_CREATE",
+    "OP_DELETE",
+    "OP_UPDATE",
+    "Entry",
+    "check",
+    "decode",
+    "encode_delete",
+    "encode_write",
+    "entry_head",
+    "entry_tail",
+    "mark",
+    "now_us",
+    "parse",
+]
 
 FORMAT_VERSION = 1
 OP_CREATE = "c"
@@ -37,9 +56,11 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def entry_head(table: str, op: str) -> bytes:
+def entry_head(table: str, op: str, version: str | None = None) -> bytes:
     """The bytes every entry of ``table``/``op`` starts with (up to the key's value)."""
-    return b'{"v":%d,"m":%b,"o":%b,"k":' % (FORMAT_VERSION, orjson.dumps(table), orjson.dumps(op))
+    mv = b',"mv":%b' % orjson.dumps(version) if version is not None else b""
+    return b'{"v":%d,"m":%b%b,"o":%b,"k":' % (FORMAT_VERSION, orjson.dumps(table), mv,
+                                               orjson.dumps(op))
 
 
 #: between the key and the fields of a write entry
@@ -51,10 +72,17 @@ def entry_tail(t_us: int) -> bytes:
     return b',"t":%d}' % t_us
 
 
-def encode_write(table: str, op: str, key: Any, fields: dict[str, Any], t_us: int) -> bytes:
+def mark(write_id: bytes) -> bytes:
+    """The bytes of a write entry's ``i`` (its write id), between fields and tail."""
+    return b',"i":"%b"' % write_id
+
+
+def encode_write(table: str, op: str, key: Any, fields: dict[str, Any], t_us: int,
+                 version: str | None = None, write_id: str | None = None) -> bytes:
     """One write entry.  The producer's hot loop builds the same bytes from the
     pieces above (head once per model, tail once per batch)."""
-    return (entry_head(table, op) + orjson.dumps(key) + FIELDS_SEP + orjson.dumps(fields)
+    return (entry_head(table, op, version) + orjson.dumps(key) + FIELDS_SEP
+            + orjson.dumps(fields) + (mark(write_id.encode()) if write_id else b"")
             + entry_tail(t_us))
 
 
@@ -71,6 +99,7 @@ class Entry:
     key: Any
     fields: dict[str, Any]
     t_us: int
+    #: deletes: the tombstone id; writes of a model with a TTL: the write id
     tomb_id: str | None
 
 
@@ -94,7 +123,10 @@ def parse(raw: bytes) -> Any:
 
 
 def check(obj: Any) -> tuple[str, str, Any, dict[str, Any], int, str | None]:
-    """A parsed entry's (table, op, key, fields, write time, tombstone id), checked."""
+    """A parsed entry's (table, op, key, fields, write time, mark id), checked.
+
+    The mark id is a delete's tombstone id, or a TTL model's write id (else None).
+    """
     try:
         version = obj["v"]
         table, op, key, t_us = obj["m"], obj["o"], obj["k"], obj["t"]
@@ -116,4 +148,7 @@ def check(obj: Any) -> tuple[str, str, Any, dict[str, Any], int, str | None]:
     fields = obj.get("f")
     if type(fields) is not dict or not fields:
         raise DecodeError("write entry without fields")
-    return table, op, key, fields, t_us, None
+    write_id = obj.get("i")
+    if write_id is not None and type(write_id) is not str:
+        raise DecodeError(f"write entry has a bad write id {write_id!r}")
+    return table, op, key, fields, t_us, write_id

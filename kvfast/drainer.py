@@ -19,6 +19,7 @@ with the reason; the rest of the batch commits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -35,12 +36,13 @@ from kvfast import deadletters
 from kvfast.batch import Batch, build_batch
 from kvfast.claims import LeaseKeeper
 from kvfast.client import Client, connect_pg
-from kvfast.drivers import pg_errors
+from kvfast.drivers import pg_errors, redis_errors
 from kvfast.errors import ConnectionFailed, PostgresQueryError, SchemaMismatch
-from kvfast.model import TOMBSTONE_FIELD
-from kvfast.pgcopy import Applier, StaleEpoch
+from kvfast.holds import MODEL, TABLE, HeldTable, Hold, retry_delay_ms, table_of
+from kvfast.model import TOMBSTONE_FIELD, get_model, model_version
+from kvfast.pgcopy import Applied, Applier, StaleEpoch, StatementTimeout
 from kvfast.retry import Backoff, retry
-from kvfast.scripts import Ack, Claim, Part, Rebase
+from kvfast.scripts import Ack, Claim, HoldAction, Part, Rebase
 from kvfast.settings import Settings
 
 # Backoff lives in kvfast.retry; it stays importable from here.
@@ -51,9 +53,13 @@ log = logging.getLogger("kvfast.drainer")
 #: what a drainer waits out rather than dies of: every server error is translated
 #: (kvfast.drivers) before it reaches these lists
 _REDIS_RETRY = (ConnectionFailed,)
-#: a refused query that is not a row's fault (those are dead-lettered): a schema
-#: problem, say.  The batch is kept and retried, loudly.
-_PG_RETRY = (ConnectionFailed, PostgresQueryError, SchemaMismatch)
+#: a refused query that is neither a row's fault (dead-lettered) nor a table's
+#: (held): the batch is kept and retried, loudly.  A statement timeout: retried
+#: in smaller transactions.
+_PG_RETRY = (ConnectionFailed, PostgresQueryError, SchemaMismatch, StatementTimeout)
+#: a hold that waits for a drainer with another model is looked at again after this
+#: long even without one (a drainer that has the model takes it at once)
+_MODEL_HOLD_RETRY_MS = 1000
 
 
 class _GiveUp(Exception):
@@ -74,6 +80,21 @@ class BatchReport:
     stale: int
     retaken: bool
     lag_ms: list[float] = field(default_factory=list)
+    #: entries that wait in held lists after this batch (kvfast.holds)
+    held: int = 0
+    #: tables held in this batch's partitions: table → why
+    holds: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A claim decoded for applying: the batch, and its partitions' held tables."""
+
+    batch: Batch
+    #: partition → entries fed to the batch (the claim's, with the held ones tried)
+    fed: dict[int, int]
+    #: (partition, table) → the held table, for every table with a hold before the claim
+    tables: dict[tuple[int, str], HeldTable] = field(default_factory=dict)
 
 
 def new_owner_id() -> str:
@@ -100,6 +121,9 @@ class Drainer:
         # Start each drainer at a different partition so they do not all fill
         # their batches from the same partitions first (claim() moves it on).
         self._offset = random.randrange(settings.partitions)
+        # Set when a claim's reply was lost: the next claim takes this drainer's own
+        # in-flight partitions back at once instead of waiting out their lease.
+        self._recover = False
         self._keeper = LeaseKeeper(self.client, self.owner, settings.lease_ms)
         self._keeper.start()
 
@@ -148,14 +172,24 @@ class Drainer:
 
     # -- claim -----------------------------------------------------------------
 
-    def claim(self) -> Claim | None:
+    def claim(self, *, recover: bool = False) -> Claim | None:
         """Claim a batch (one expired partition, or up to batch_size entries gathered
-        from the free partitions); None when every partition is idle or busy."""
+        from the free partitions); None when every partition is idle or busy.
+
+        ``recover``: first take back any partition this drainer holds in flight
+        (call it only with nothing in hand, after a claim whose reply was lost).
+        """
         n = self.keys.partitions
         order = [(self._offset + i) % n for i in range(n)]
         call = Claim.call(self.keys, order, self.owner, self.settings.lease_ms,
-                          self.settings.batch_size)
-        claim = Claim.from_reply(self.client.evalsha(Claim.name, *call), order)
+                          self.settings.batch_size, recover=recover)
+        try:
+            claim = Claim.from_reply(self.client.evalsha(Claim.name, *call), order)
+        except ConnectionFailed:
+            self._recover = True  # the claim may have run: its partitions are ours
+            raise
+        if recover and (claim is None or not any(part.retaken for part in claim.parts)):
+            self._recover = False
         if claim is None:
             return None
         parts = claim.parts
@@ -165,91 +199,245 @@ class Drainer:
         self._offset = (parts[-1].partition + 1) % n
         return claim
 
+    # -- prepare: holds, then decode ------------------------------------------
+
+    def prepare(self, parts: list[Part]) -> Prepared:
+        """Decode a claim's parts into a batch, with their held tables (kvfast.holds).
+
+        A held table's new entries go behind its held list.  When the hold is
+        due (or this drainer has the model or version it waits for), the head of
+        the held list is read and put in front of them, so they are tried, in
+        order; the claim's new entries join them only when that head was the
+        whole list.  Partitions without holds cost nothing here.
+        """
+        tables: dict[tuple[int, str], HeldTable] = {}
+        if not any(part.holds for part in parts):
+            return Prepared(build_batch((part.partition, part.entries) for part in parts),
+                            {part.partition: len(part.entries) for part in parts})
+        now_ms = time.time() * 1000
+        retried: list[HeldTable] = []
+        slices: list[tuple[int, list[bytes]]] = []
+        for part in parts:
+            if not part.holds:
+                slices.append((part.partition, part.entries))
+                continue
+            due = part.holds_next is None or part.holds_next <= now_ms
+            mine = {table: HeldTable(part.partition, table, hold)
+                    for table, hold in part.holds.items()}
+            other: list[bytes] = []
+            for raw in part.entries:
+                table = table_of(raw)
+                held = mine.get(table) if table is not None else None
+                if held is None:
+                    other.append(raw)
+                else:
+                    held.waiting.append(raw)
+            for held in mine.values():
+                tables[(part.partition, held.table)] = held
+                if due or self._can_release(held.hold):
+                    retried.append(held)
+            slices.append((part.partition, other))
+        if retried:
+            self._read_held(retried)
+        extra: dict[int, list[bytes]] = {}
+        for held in tables.values():
+            extra.setdefault(held.partition, []).extend(held.folded)
+        slices = [(p, entries + extra.get(p, [])) for p, entries in slices]
+        return Prepared(build_batch(slices), {p: len(entries) for p, entries in slices}, tables)
+
+    @staticmethod
+    def _can_release(hold: Hold | None) -> bool:
+        """Whether this drainer has what ``hold`` waits for (then it tries at once)."""
+        if hold is None or hold.kind == TABLE:
+            return False
+        info = get_model(hold.table)
+        if info is None:
+            return False
+        return hold.kind == MODEL or hold.version == model_version(info)
+
+    def _read_held(self, tables: list[HeldTable]) -> None:
+        """The head of each held list (one pipelined round trip) and its length."""
+        size = self.settings.batch_size
+        with redis_errors(self.settings):
+            pipe = self.client.redis.pipeline(transaction=False)
+            for held in tables:
+                key = self.keys.held(held.partition, held.table)
+                pipe.lrange(key, 0, size - 1)
+                pipe.llen(key)
+            replies = pipe.execute()
+        for held, chunk, length in zip(tables, replies[0::2], replies[1::2], strict=True):
+            held.chunk = list(chunk)
+            held.list_len = int(length)
+            if held.list_len <= len(held.chunk):
+                held.folded = held.chunk + held.waiting
+                held.waiting = []
+            else:
+                held.folded = list(held.chunk)
+
     # -- process ---------------------------------------------------------------
 
-    def process(self, claim: Claim, batch: Batch | None = None) -> BatchReport:
+    def process(self, claim: Claim, prepared: Prepared | None = None) -> BatchReport:
         """Apply and ack one claimed batch, retrying connection errors until done.
 
-        ``batch`` is the claim already decoded (the pipelined loop decodes the
+        ``prepared`` is the claim already decoded (the pipelined loop decodes the
         next claim while the previous one is being applied).
         """
         self._keeper.track(claim.parts)
         try:
-            return self._process(claim, batch or build_batch(claim.slices()))
+            return self._process(claim, prepared or self.prepare(claim.parts))
         finally:
             self._keeper.untrack(claim.parts)
 
-    def _process(self, claim: Claim, batch: Batch) -> BatchReport:
+    def _process(self, claim: Claim, prepared: Prepared) -> BatchReport:
         parts = list(claim.parts)
         total = sum(len(part.entries) for part in claim.parts)
-        dead, parts, batch = self._apply_with_retry(batch, parts)
+        applied, parts, prepared = self._apply_with_retry(prepared, parts)
+        batch = prepared.batch
         retaken = any(part.retaken for part in claim.parts)
         if not parts:
             return BatchReport([p.partition for p in claim.parts], total, 0, 0, False,
                                len(claim.parts), retaken)
+        holds, waiting, unapplied = self._holds_after(prepared, applied, parts)
         docs: dict[int, list[bytes]] = {part.partition: [] for part in parts}
         for raw, reason, p in batch.dead:
-            docs[p].append(deadletters.document(raw, reason, p, self.owner))
-        for op, reason in dead:
+            if raw not in waiting:
+                docs[p].append(deadletters.document(raw, reason, p, self.owner))
+        for op, reason in applied.dead:
             docs[op.partition] += [deadletters.document(raw, reason, op.partition, self.owner)
                                    for raw in op.entries]
         now_us = time.time_ns() // 1000
-        acked = self._ack_with_retry(batch, parts, docs)
+        drained = {p: prepared.fed.get(p, 0) - len(docs[p]) - unapplied.get(p, 0) for p in docs}
+        acked = self._ack_with_retry(prepared, applied, parts, docs, holds, drained)
         ndead = sum(len(d) for d in docs.values())
         lags = batch.write_times
         if len(lags) > _LAG_SAMPLES:
             lags = random.sample(lags, _LAG_SAMPLES)
+        reasons = {h.table: h.reason for actions, _ in holds.values() for h, _ in actions
+                   if h is not None}
         return BatchReport(
             [p.partition for p in claim.parts],
             total,
-            batch.size - ndead,
+            sum(drained.values()),
             ndead,
             acked,
             len(claim.parts) - len(parts),
             retaken,
             [(now_us - t) / 1000 for t in lags],
+            held=len(waiting),
+            holds=reasons,
         )
 
-    def _drop(self, batch: Batch, parts: list[Part], gone: set[int]) -> tuple[Batch, list[Part]]:
+    def _holds_after(
+        self, prepared: Prepared, applied: Applied, parts: list[Part]
+    ) -> tuple[dict[int, tuple[list[tuple[Hold | None, HoldAction]], int]], set[bytes],
+               dict[int, int]]:
+        """Per partition: the hold actions for ack.lua and the retry delay (ms); every
+        entry that waits in a held list after this batch; and per partition how many
+        entries fed to the batch were not applied because they wait.
+
+        A table PostgreSQL refused waits whole; a table the fold could not apply
+        waits from the first entry it could not; a held table whose entries all
+        applied, with nothing left in its list, is released.
+        """
+        batch = prepared.batch
+        ours = {part.partition for part in parts}
+        keys = set(prepared.tables) | set(batch.held)
+        keys |= {k for k in batch.entries_of if k[1] in applied.failed}
+        out: dict[int, tuple[list[tuple[Hold | None, HoldAction]], int]] = {}
+        waiting: set[bytes] = set()
+        unapplied: dict[int, int] = {}
+        for p, table in sorted(keys):
+            if p not in ours:
+                continue
+            held = prepared.tables.get((p, table)) or HeldTable(p, table, None)
+            held.folded = batch.entries_of.get((p, table), [])
+            newly = batch.held.get((p, table))
+            why: Hold | None = None
+            if table in applied.failed:
+                held.applied = 0
+                why = Hold.new(table, TABLE, applied.failed[table])
+            elif newly is not None:
+                held.applied = len(held.folded) - len(newly[1])
+                why = newly[0]
+            else:
+                held.applied = len(held.folded)
+            trim, push, hold = held.outcome(why)
+            waiting.update(held.folded[held.applied:])
+            waiting.update(held.waiting)
+            unapplied[p] = unapplied.get(p, 0) + len(held.folded) - held.applied
+            if not trim and not push and hold is held.hold:
+                continue  # nothing changed for this table
+            if hold is not None and held.hold is None:
+                log.warning("partition %d: %d entries of table %s wait: %s", p, len(push),
+                            table, hold.reason)
+            elif hold is None:
+                log.info("partition %d: table %s drains again (%d held entries applied)", p,
+                         table, trim)
+            if hold is None:
+                delay = 0
+            elif hold.kind == TABLE:
+                delay = retry_delay_ms(hold.tries)
+            elif held.applied:
+                delay = 0
+            else:
+                delay = _MODEL_HOLD_RETRY_MS
+            actions, old = out.get(p, ([], delay))
+            actions.append((hold, HoldAction(table, trim, push, hold.doc() if hold else b"")))
+            out[p] = (actions, min(old, delay))
+        return out, waiting, unapplied
+
+    def _drop(self, prepared: Prepared, parts: list[Part],
+              gone: set[int]) -> tuple[Prepared, list[Part]]:
         """The batch without the partitions in ``gone`` (taken over by another drainer)."""
         for part in parts:
             if part.partition in gone:
                 log.warning("partition %d epoch %d is stale: its share of the batch is left "
                             "to its new owner", part.partition, part.epoch)
         parts = [part for part in parts if part.partition not in gone]
-        return build_batch(Claim(parts).slices()), parts
+        return self.prepare(parts), parts
 
     def _apply_with_retry(
-        self, batch: Batch, parts: list[Part]
-    ) -> tuple[list[Any], list[Part], Batch]:
-        """Commit ``batch``; returns (rejected ops, the partitions still ours, the batch)."""
+        self, prepared: Prepared, parts: list[Part]
+    ) -> tuple[Applied, list[Part], Prepared]:
+        """Commit the batch; returns (what it did, the partitions still ours, the batch)."""
+        split = 1
 
-        def attempt() -> list[Any]:
-            nonlocal batch, parts
+        def attempt() -> Applied:
+            nonlocal prepared, parts
             while True:
                 lost = self._keeper.take_lost(parts)
                 if lost:
-                    batch, parts = self._drop(batch, parts, lost)
+                    prepared, parts = self._drop(prepared, parts, lost)
                 if not parts:
-                    return []
+                    return Applied()
                 epochs = {part.partition: part.epoch for part in parts}
                 try:
                     with pg_errors(self.settings):
-                        return self._applier_conn().apply(batch, epochs)
+                        return self._applier_conn().apply(prepared.batch, epochs, split)
                 except StaleEpoch as exc:
                     gone = self._after_stale(exc, parts)
                     if gone:
-                        batch, parts = self._drop(batch, parts, gone)
+                        prepared, parts = self._drop(prepared, parts, gone)
 
         def describe(exc: BaseException) -> tuple[int, str]:
             if isinstance(exc, ConnectionFailed):
                 return logging.WARNING, "PostgreSQL unavailable"
+            if isinstance(exc, StatementTimeout):
+                return (logging.WARNING,
+                        f"statement timeout; applying the batch in {split} transactions")
             return (logging.ERROR,
                     f"batch of partitions {sorted(part.partition for part in parts)} failed")
 
-        dead = retry(attempt, retry_on=_PG_RETRY, what=describe, log=log,
-                     on_retry=lambda exc: self._drop_pg())
-        return dead, parts, batch
+        def on_retry(exc: BaseException) -> None:
+            nonlocal split
+            if isinstance(exc, StatementTimeout):
+                # Not the data's fault: smaller transactions, after a backoff.
+                split = min(split * 4, max(1, prepared.batch.size))
+            else:
+                self._drop_pg()
+
+        applied = retry(attempt, retry_on=_PG_RETRY, what=describe, log=log, on_retry=on_retry)
+        return applied, parts, prepared
 
     def _after_stale(self, exc: StaleEpoch, parts: list[Part]) -> set[int]:
         """Still the owner in Redis? Then Redis lost its epoch counter (see rebase.lua):
@@ -275,22 +463,40 @@ class Drainer:
         return retry(lambda: Rebase.decode(self.client.evalsha(Rebase.name, *call)),
                      retry_on=_REDIS_RETRY, what="Redis unavailable", log=log)
 
-    def _ack_with_retry(self, batch: Batch, parts: list[Part],
-                        docs: dict[int, list[bytes]]) -> bool:
+    def _ack_with_retry(self, prepared: Prepared, applied: Applied, parts: list[Part],
+                        docs: dict[int, list[bytes]],
+                        holds: dict[int, tuple[list[tuple[Hold | None, HoldAction]], int]],
+                        drained: dict[int, int]) -> bool:
         """Ack every partition of the batch, one ack.lua call each, in one round trip."""
         keys = self.keys
+        batch = prepared.batch
+        failed = applied.failed
         tombs: dict[int, tuple[list[str], list[str]]] = {part.partition: ([], []) for part in parts}
         for p, info, key_str, tomb_id in batch.tombstones:
-            if p in tombs:
+            if p in tombs and info.table not in failed:
                 tombs[p][0].append(keys.obj(p, info.table, key_str))
                 tombs[p][1].append(tomb_id)
-        sizes = {part.partition: len(part.entries) for part in parts}
+        # Objects of models with a TTL get it now that their last write here is in
+        # PostgreSQL (not those whose write was refused: requeue needs them).
+        rejected = {id(op) for op, _ in applied.dead}
+        expires: dict[int, list[tuple[str, int, str]]] = {part.partition: [] for part in parts}
+        for mops in batch.models.values():
+            info = mops.info
+            if not info.ttl or info.table in failed:
+                continue
+            for op in mops.ops.values():
+                if op.mark is not None and id(op) not in rejected and op.partition in expires:
+                    expires[op.partition].append(
+                        (keys.obj(op.partition, info.table, str(op.key)), info.ttl, op.mark))
 
         def attempt() -> bool:
-            calls = [Ack.call(keys, part.partition, self.owner, part.epoch, TOMBSTONE_FIELD,
-                              sizes[part.partition] - len(docs[part.partition]),
-                              docs[part.partition], *tombs[part.partition])
-                     for part in parts]
+            calls = []
+            for part in parts:
+                p = part.partition
+                actions, delay = holds.get(p, ([], 0))
+                calls.append(Ack.call(keys, p, self.owner, part.epoch, TOMBSTONE_FIELD,
+                                      drained[p], docs[p], *tombs[p],
+                                      [a for _, a in actions], delay, expires[p]))
             return all(Ack.decode(r) for r in self.client.eval_many(Ack.name, calls))
 
         def forget_lost(exc: BaseException) -> None:
@@ -330,13 +536,20 @@ class Drainer:
                 if on_batch is not None:
                     on_batch(report)
 
+        def claim_next() -> Claim | None:
+            # Taking back our own partitions is only safe with none in hand.
+            return self.claim(recover=self._recover and pending is None)
+
+        def claim_failed(exc: BaseException) -> None:
+            finish()  # the batch in hand is acked (retrying) before a recovering claim
+            self._stop_if_asked(exc)
+
         with ThreadPoolExecutor(1, thread_name_prefix="kvfast-apply") as pool:
             try:
                 while not self.should_stop():
                     try:
-                        claim = retry(self.claim, retry_on=_REDIS_RETRY,
-                                      what="Redis unavailable", log=log,
-                                      on_retry=self._stop_if_asked)
+                        claim = retry(claim_next, retry_on=_REDIS_RETRY,
+                                      what="Redis unavailable", log=log, on_retry=claim_failed)
                     except _GiveUp:
                         break
                     if claim is None:
@@ -347,9 +560,10 @@ class Drainer:
                         continue
                     # Tracked from here: the lease must not run out while queued.
                     self._keeper.track(claim.parts)
-                    batch = build_batch(claim.slices())
+                    prepared = retry(functools.partial(self.prepare, claim.parts),
+                                     retry_on=_REDIS_RETRY, what="Redis unavailable", log=log)
                     finish()
-                    pending = pool.submit(self.process, claim, batch)
+                    pending = pool.submit(self.process, claim, prepared)
             finally:
                 finish()
 
@@ -362,7 +576,7 @@ class Drainer:
         total = 0
         idle = 0
         while idle < max_idle_polls:
-            claim = self.claim()
+            claim = self.claim(recover=self._recover)
             if claim is None:
                 queued, inflight, _ = self.client.backlog()
                 if queued == 0 and inflight == 0:

@@ -15,6 +15,8 @@ Cluster slot and every script touches one slot only)::
     {ns:p}:e                 string last epoch handed out for this partition (INCR)
     {ns:p}:d                 list   dead letters (JSON: entry, error, time)
     {ns:p}:s                 hash   counters: drained, dead (now in :d), purged
+    {ns:p}:h                 hash   held tables: "t:<table>" → why (JSON), "next" → ms
+    {ns:p}:h:<table>         list   a held table's entries, in queue order (kvfast.holds)
     ns:meta                  hash   partitions (fixed once data exists), layout
 
 Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table NUL key``).
@@ -24,10 +26,14 @@ would read another layout refuses to start instead of missing every object.
 
 from __future__ import annotations
 
-__all__ = ["LAYOUT_VERSION", "Keys", "escape_table"]
+__all__ = ["LAYOUT_VERSION", "WRITE_FIELD", "Keys", "escape_table"]
 
 #: bump when key names or the partition function change
 LAYOUT_VERSION = 2
+#: hash field of an object of a model with a TTL: the id of its last write.  ack.lua
+#: gives the object its TTL only while the field still holds the id of the write it
+#: acks (a newer write, not yet drained, keeps the object without a TTL).
+WRITE_FIELD = "__kvfast_write"
 
 
 class Keys:
@@ -44,10 +50,15 @@ class Keys:
         self.epochs = [f"{t}:e" for t in self.tags]
         self.dead = [f"{t}:d" for t in self.tags]
         self.counters = [f"{t}:s" for t in self.tags]
+        self.holds = [f"{t}:h" for t in self.tags]
         self.meta = f"{namespace}:meta"
 
     def obj(self, partition: int, table: str, key_str: str) -> str:
         return f"{self._obj_prefix[partition]}{escape_table(table)}:{key_str}"
+
+    def held(self, partition: int, table: str) -> str:
+        """The held list of ``table`` in ``partition`` (see kvfast.holds)."""
+        return f"{self.holds[partition]}:{escape_table(table)}"
 
     def obj_pattern(self, partition: int | None = None) -> str:
         """A SCAN pattern for object hashes (all partitions when None)."""

@@ -15,6 +15,7 @@ entries name it.  Nothing in the core knows any particular model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import types
 import typing
 import zlib
@@ -231,3 +232,23 @@ def get_model(table: str) -> ModelInfo | None:
 
 def registered_models() -> list[ModelInfo]:
     return list(_REGISTRY.values())
+
+
+def model_version(info: ModelInfo) -> str:
+    """A short fingerprint of a model's fields (names, column types, nullability, order).
+
+    Producers stamp it on every write entry (``mv``); a drainer whose model has
+    another version reads such an entry field by field instead of by position
+    (see ``kvfast.batch``).  It changes with any change of the field list, so a
+    rolling deploy needs no version number kept by hand.
+    """
+    cached = _VERSIONS.get(id(info))
+    if cached is not None and cached[0] is info:
+        return cached[1]
+    text = ";".join(f"{f.name}:{f.ftype.pg_type}:{int(f.nullable)}" for f in info.fields)
+    version = hashlib.sha1(f"{info.table}|{text}".encode()).hexdigest()[:12]
+    _VERSIONS[id(info)] = (info, version)
+    return version
+
+
+_VERSIONS: dict[int, tuple[ModelInfo, str]] = {}

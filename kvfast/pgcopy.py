@@ -13,24 +13,50 @@ PostgreSQL rejects (constraint, type, foreign key) is found by re-running the
 batch with savepoints and bisecting the failing group; it and the queue entries
 behind it come back as dead letters, everything else commits.
 An update whose row does not exist is a dead letter too: never silently dropped.
+
+Each model's statements run under a savepoint of their own: an error that is
+the *table's* (a dropped column or table, a revoked grant, a changed type:
+SQLSTATE classes 42 and 0A) rolls back only that model, which comes back in
+``Applied.failed`` so its entries are held (``kvfast.holds``) while the other
+models of the batch commit.  A statement timeout is neither the row's nor the
+table's fault: ``StatementTimeout`` tells the drainer to back off and apply the
+batch in smaller transactions (``split``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp
+from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp, ModelOps
 from kvfast.model import ModelInfo
 from kvfast.schema import FENCE_TABLE
 
-__all__ = ["ROW_ERRORS", "Applier", "StaleEpoch"]
+__all__ = ["ROW_ERRORS", "Applied", "Applier", "StaleEpoch", "StatementTimeout", "is_table_error"]
 
-#: Errors caused by the data of some row: isolate the row, commit the rest.
-ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+#: Errors caused by the data of some row: isolate the row, commit the rest.  Class
+#: 54 is a row too big for the server (an index row over 8191 bytes, say): the
+#: row's fault, however psycopg files it (an OperationalError).
+ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError,
+              psycopg.errors.ProgramLimitExceeded)
+#: SQLSTATE classes of an error that is the table's, not a row's: syntax or access
+#: rule violation (undefined table/column, insufficient privilege, datatype
+#: mismatch …) and feature not supported.
+_TABLE_ERROR_CLASSES = ("42", "0A")
+
+
+def is_table_error(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, psycopg.Error) and bool(sqlstate) and str(sqlstate)[:2] in (
+        _TABLE_ERROR_CLASSES)
+
+
+class StatementTimeout(Exception):
+    """PostgreSQL cancelled a statement (statement_timeout): retry in smaller pieces."""
 # When a batch fails, bisect groups of at most this many ops rather than the
 # whole batch: with ~1% poison rows a 2,000-op batch has ~20 bad rows and
 # bisecting 45-op chunks costs far fewer statements than bisecting 2,000 ops.
@@ -121,6 +147,27 @@ class _Stmts:
 DeadList = list[tuple[KeyOp, str]]
 
 
+@dataclass(slots=True)
+class Applied:
+    """What a batch did: the rejected ops, and the tables PostgreSQL refused whole."""
+
+    dead: DeadList = field(default_factory=list)
+    #: table → the error (SQLSTATE and message); its ops were rolled back
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _pieces(batch: Batch, n: int) -> list[Batch]:
+    """``batch`` cut into ``n`` batches by key (one op per key: order is unaffected)."""
+    out = [Batch() for _ in range(n)]
+    for table, mops in batch.models.items():
+        ops = list(mops.ops.items())
+        for i, piece in enumerate(out):
+            part = ops[i::n]
+            if part:
+                piece.models[table] = ModelOps(mops.info, dict(part))
+    return [piece for piece in out if piece.models]
+
+
 class Applier:
     """Applies batches on one PostgreSQL connection (not autocommit)."""
 
@@ -154,13 +201,28 @@ class Applier:
             stmts = self._stmts[info.table] = _Stmts(self.conn, info, len(self._stmts))
         return stmts
 
-    def apply(self, batch: Batch, epochs: dict[int, int]) -> DeadList:
-        """Apply ``batch`` in one transaction fenced by ``epochs`` (partition → epoch).
+    def apply(self, batch: Batch, epochs: dict[int, int], split: int = 1) -> Applied:
+        """Apply ``batch`` in one transaction fenced by ``epochs`` (partition → epoch),
+        or in ``split`` transactions by key after a statement timeout.
 
-        Returns the rejected ops.  Raises StaleEpoch (rolled back) when a newer
-        epoch already committed for any partition, and lets connection errors
-        propagate (rolled back) for the caller to retry.
+        Returns the rejected ops and the tables refused whole.  Raises StaleEpoch
+        (rolled back) when a newer epoch already committed for any partition,
+        StatementTimeout when PostgreSQL cancelled a statement, and lets
+        connection errors propagate (rolled back) for the caller to retry.
         """
+        if split > 1:
+            total = Applied()
+            for piece in _pieces(batch, split):
+                done = self.apply(piece, epochs)
+                total.dead += done.dead
+                total.failed.update(done.failed)
+            return total
+        try:
+            return self._apply_once(batch, epochs)
+        except psycopg.errors.QueryCanceled as exc:
+            raise StatementTimeout(_error_text(exc)) from exc
+
+    def _apply_once(self, batch: Batch, epochs: dict[int, int]) -> Applied:
         for mops in batch.models.values():
             if mops.info.table not in self._stmts:
                 # Staging tables are created in a transaction of their own: one
@@ -173,9 +235,9 @@ class Applier:
             self.conn.rollback()
         return self._apply(batch, epochs, careful=True)
 
-    def _apply(self, batch: Batch, epochs: dict[int, int], *, careful: bool) -> DeadList:
+    def _apply(self, batch: Batch, epochs: dict[int, int], *, careful: bool) -> Applied:
         conn = self.conn
-        dead: DeadList = []
+        done = Applied()
         try:
             # The fence goes first: it row-locks the partition's epoch, so a stale
             # drainer stops before doing any work, and two drainers of one
@@ -196,20 +258,15 @@ class Applier:
             # its statement instead.
             conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for mops in batch.models.values():
-                stmts = self._for(mops.info)
-                upserts = mops.of_kind(UPSERT)
-                if upserts:
-                    dead += self._run(stmts, upserts, self._upsert, careful)
-                updates = mops.of_kind(UPDATE)
-                if updates:
-                    groups: dict[tuple[str, ...], list[KeyOp]] = {}
-                    for op in updates:
-                        groups.setdefault(tuple(op.row), []).append(op)
-                    for group in groups.values():
-                        dead += self._run(stmts, group, self._update, careful)
-                deletes = mops.of_kind(DELETE)
-                if deletes:
-                    dead += self._run(stmts, deletes, self._delete, careful)
+                try:
+                    with conn.transaction():  # a SAVEPOINT: a broken table fails alone
+                        dead = self._model(mops, careful)
+                except psycopg.Error as exc:
+                    if not is_table_error(exc):
+                        raise
+                    done.failed[mops.info.table] = _error_text(exc)
+                    continue
+                done.dead += dead
             conn.commit()
         except BaseException:
             if not conn.closed and not conn.broken:
@@ -219,6 +276,24 @@ class Applier:
             # Commit and rollback both leave every stage empty.
             for stmts in self._stmts.values():
                 stmts.dirty = False
+        return done
+
+    def _model(self, mops: ModelOps, careful: bool) -> DeadList:
+        stmts = self._for(mops.info)
+        dead: DeadList = []
+        upserts = mops.of_kind(UPSERT)
+        if upserts:
+            dead += self._run(stmts, upserts, self._upsert, careful)
+        updates = mops.of_kind(UPDATE)
+        if updates:
+            groups: dict[tuple[str, ...], list[KeyOp]] = {}
+            for op in updates:
+                groups.setdefault(tuple(op.row), []).append(op)
+            for group in groups.values():
+                dead += self._run(stmts, group, self._update, careful)
+        deletes = mops.of_kind(DELETE)
+        if deletes:
+            dead += self._run(stmts, deletes, self._delete, careful)
         return dead
 
     # -- one group -------------------------------------------------------------

@@ -30,7 +30,8 @@ import orjson
 
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
-from kvfast.model import TOMBSTONE_FIELD
+from kvfast.keys import WRITE_FIELD
+from kvfast.model import TOMBSTONE_FIELD, model_version
 from kvfast.resp import EXEC as _EXEC
 from kvfast.resp import MULTI as _MULTI
 from kvfast.resp import Piece, Request, check_replies
@@ -48,6 +49,14 @@ __all__ = ["Producer", "WriteBuilder", "gc_paused"]
 #: HSET header: argument count, then the object key as a bulk string; the
 #: fields come from the model's encoder already in RESP (see encoders).
 _HSET = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b"
+_WRITE_FIELD = WRITE_FIELD.encode()
+
+
+def _bulk_pair(name: bytes, value: bytes) -> bytes:
+    """A field/value pair of an HSET, in RESP (appended to the encoder's fields)."""
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(value), value)
+
+
 # Records per MULTI/EXEC block: a block runs without interruption inside Redis,
 # so a 100k-record create_many is cut into blocks that each hold the server for
 # a few ms.  All blocks still travel in one round trip.
@@ -110,7 +119,8 @@ class WriteBuilder:
         self._obj_prefix = [keys.obj(p, info.table, "") for p in range(keys.partitions)]
         self._obj_prefix_b = [prefix.encode() for prefix in self._obj_prefix]
         self._partitions = keys.partitions
-        self._create_head = codec.entry_head(info.table, codec.OP_CREATE)
+        self.version = model_version(info)
+        self._create_head = codec.entry_head(info.table, codec.OP_CREATE, self.version)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -161,6 +171,8 @@ class WriteBuilder:
         sep = codec.FIELDS_SEP
         tail = codec.entry_tail(codec.now_us())
         dumps = orjson.dumps
+        id_prefix = secrets.token_hex(6).encode()
+        serial = 0
         commands: list[bytes] = []
         opens = True
         entries: dict[int, list[bytes]] = {}
@@ -189,10 +201,17 @@ class WriteBuilder:
             else:
                 seen.add(obj_key)
                 piece_keys.append(obj_key)
-            commands.append(_HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields))
             if ttl:
-                commands.append(_pack(("EXPIRE", obj_key, ttl)))
-            entry = head + wire_key + sep + dumps(wire) + tail
+                # No EXPIRE here: the object gets its TTL when this write has
+                # drained (ack.lua), if the write id is still the one it left.
+                write_id = b"%b%x" % (id_prefix, serial)
+                serial += 1
+                commands.append(_HSET % (4 + 2 * nfields, len(obj_key), obj_key,
+                                         fields + _bulk_pair(_WRITE_FIELD, write_id)))
+                entry = head + wire_key + sep + dumps(wire) + codec.mark(write_id) + tail
+            else:
+                commands.append(_HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields))
+                entry = head + wire_key + sep + dumps(wire) + tail
             queue = entries.get(p)
             if queue is None:
                 entries[p] = [entry]
@@ -243,7 +262,8 @@ class WriteBuilder:
         t_us = codec.now_us()
         by_name = info.by_name
         prepared: list[Call] = []
-        for key, fields in changes:
+        id_prefix = secrets.token_hex(6)
+        for i, (key, fields) in enumerate(changes):
             key = info.check_key(key)
             checked = info.check_changes(fields)
             wire_key, p, obj_key = self.locate(key)
@@ -258,9 +278,11 @@ class WriteBuilder:
                 else:
                     sets.append((name, ftype.to_hash(value)))
                     wire[name] = value if ftype.wire_is_value else ftype.to_wire(value)
-            entry = codec.encode_write(self.table, codec.OP_UPDATE, wire_key, wire, t_us)
+            write_id = f"{id_prefix}{i:x}" if self.ttl else None
+            entry = codec.encode_write(self.table, codec.OP_UPDATE, wire_key, wire, t_us,
+                                       self.version, write_id)
             prepared.append(Update.call(obj_key, self.keys.queues[p], TOMBSTONE_FIELD,
-                                        self.ttl, entry, sets, nulls))
+                                        write_id, entry, sets, nulls))
         return prepared
 
     def build_hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[Call]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from kvfast.keys import Keys
+from kvfast.holds import FIELD_PREFIX, Hold, parse_holds
+from kvfast.keys import WRITE_FIELD, Keys
 from kvfast.resp import REPLY_ERRORS, pack, reply_exception
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Call",
     "Claim",
     "EvalBatch",
+    "HoldAction",
     "Hydrate",
     "Part",
     "Rebase",
@@ -102,23 +104,28 @@ class EvalBatch:
 
 @dataclass(slots=True)
 class Part:
-    """One partition's share of a claim: its entries in queue order, under one epoch."""
+    """One partition's share of a claim: its entries in queue order, under one epoch,
+    and the partition's held tables (kvfast.holds), if any."""
 
     partition: int
     epoch: int
     retaken: bool
     entries: list[bytes]
+    holds: dict[str, Hold] = field(default_factory=dict)
+    #: Redis time (ms) the holds are due for a retry (None: no holds)
+    holds_next: int | None = None
 
 
 @dataclass(slots=True)
 class Claim:
     """What one claim.lua call handed out: one or more partitions, one batch.
 
-    KEYS, one group of four per candidate partition, in the order tried:
-    queue ``{ns:p}:q``, in-flight list ``:f``, in-flight meta ``:fm``, epoch ``:e``.
-    ARGV: owner, lease (ms), batch size.  Reply: nil, or
-    ``{n, g1, epoch1, retaken1, count1, …, entries of g1 …, entries of g2 …}``
-    with g the 0-based group index.
+    KEYS, one group of five per candidate partition, in the order tried: queue
+    ``{ns:p}:q``, in-flight list ``:f``, in-flight meta ``:fm``, epoch ``:e``,
+    holds ``:h``.  ARGV: owner, lease (ms), batch size, "1" to take back the
+    caller's own in-flight partitions first (its last claim's reply was lost).
+    Reply: nil, or ``{n, g1, epoch1, retaken1, count1, nhold1, …, entries of g1 …,
+    entries of g2 …, hold fields of g1 (2·nhold1 values) …}``, g the 0-based group.
     """
 
     name = "claim"
@@ -126,11 +133,12 @@ class Claim:
 
     @staticmethod
     def call(keys: Keys, order: Sequence[int], owner: str, lease_ms: int,
-             batch_size: int) -> Call:
+             batch_size: int, *, recover: bool = False) -> Call:
         key_list: list[Any] = []
         for p in order:
-            key_list += (keys.queues[p], keys.inflight[p], keys.inflight_meta[p], keys.epochs[p])
-        return key_list, [owner, lease_ms, batch_size]
+            key_list += (keys.queues[p], keys.inflight[p], keys.inflight_meta[p], keys.epochs[p],
+                         keys.holds[p])
+        return key_list, [owner, lease_ms, batch_size, "1" if recover else "0"]
 
     @classmethod
     def from_reply(cls, reply: Any, order: Sequence[int]) -> Claim | None:
@@ -138,12 +146,16 @@ class Claim:
         if not reply:
             return None
         nparts = int(reply[0])
+        heads = [[int(x) for x in reply[1 + 5 * i : 6 + 5 * i]] for i in range(nparts)]
         parts: list[Part] = []
-        at = 1 + 4 * nparts
-        for i in range(nparts):
-            group, epoch, retaken, count = (int(x) for x in reply[1 + 4 * i : 5 + 4 * i])
+        at = 1 + 5 * nparts
+        for group, epoch, retaken, count, _ in heads:
             parts.append(Part(order[group], epoch, bool(retaken), reply[at : at + count]))
             at += count
+        for part, (*_, nhold) in zip(parts, heads, strict=True):
+            if nhold:
+                part.holds, part.holds_next = parse_holds(reply[at : at + 2 * nhold])
+                at += 2 * nhold
         return cls(parts)
 
     @property
@@ -157,22 +169,45 @@ class Claim:
 # -- ack.lua, renew.lua, rebase.lua: the rest of a claim's life ---------------------
 
 
+@dataclass(slots=True)
+class HoldAction:
+    """What an ack does to one held list: trim its applied head, append what waits,
+    and keep (``doc``) or end (``doc`` empty, once the list is empty) the hold."""
+
+    table: str
+    trim: int
+    push: list[bytes]
+    doc: bytes
+
+
 class Ack:
-    """ack.lua: KEYS in-flight ``:f``, meta ``:fm``, dead ``:d``, counters ``:s``, then the
-    object hashes whose tombstones to clear; ARGV owner, epoch, tombstone field,
-    entries applied, n, n dead-letter documents, one tombstone id per object hash.
-    Reply 1 = acked, 0 = the batch is no longer the caller's."""
+    """ack.lua (see its header): KEYS in-flight ``:f``, meta ``:fm``, dead ``:d``,
+    counters ``:s``, holds ``:h``, the object hashes whose tombstones to clear, the
+    held lists touched, the objects to give their TTL.  Reply 1 = acked, 0 = the
+    batch is no longer the caller's."""
 
     name = "ack"
 
     @staticmethod
     def call(keys: Keys, partition: int, owner: str, epoch: int, tombstone_field: str,
              applied: int, dead_docs: Sequence[bytes], tomb_keys: Sequence[str],
-             tomb_ids: Sequence[str]) -> Call:
+             tomb_ids: Sequence[str], holds: Sequence[HoldAction] = (),
+             holds_retry_ms: int = 0,
+             expires: Sequence[tuple[str, int, str]] = ()) -> Call:
+        """``expires``: (object hash, ttl in s, the write id it must still carry)."""
         p = partition
+        hold_args: list[Any] = []
+        for h in holds:
+            hold_args += (FIELD_PREFIX + h.table, h.trim, h.doc, len(h.push), *h.push)
+        expire_args: list[Any] = []
+        for _, ttl, write_id in expires:
+            expire_args += (ttl, write_id)
         return (
-            [keys.inflight[p], keys.inflight_meta[p], keys.dead[p], keys.counters[p], *tomb_keys],
-            [owner, epoch, tombstone_field, applied, len(dead_docs), *dead_docs, *tomb_ids],
+            [keys.inflight[p], keys.inflight_meta[p], keys.dead[p], keys.counters[p],
+             keys.holds[p], *tomb_keys, *(keys.held(p, h.table) for h in holds),
+             *(key for key, _, _ in expires)],
+            [owner, epoch, tombstone_field, applied, len(dead_docs), len(tomb_keys), len(holds),
+             WRITE_FIELD, holds_retry_ms, *dead_docs, *tomb_ids, *hold_args, *expire_args],
         )
 
     @staticmethod
@@ -230,17 +265,19 @@ class Requeue:
 
 
 class Update:
-    """update.lua: KEYS object hash, queue ``:q``; ARGV tombstone field, ttl, the queue
-    entry, n, n field/value pairs to set, the fields set to NULL.
+    """update.lua: KEYS object hash, queue ``:q``; ARGV tombstone field, write-id field
+    ("" for a model without a TTL), this write's id, the queue entry, n, n field/value
+    pairs to set, the fields set to NULL.
     Reply 1 = applied, 0 = not in Redis (hydrate and retry), -1 = deleted."""
 
     name = "update"
 
     @staticmethod
-    def call(obj_key: str, queue: str, tombstone_field: str, ttl: int, entry: bytes,
-             sets: Sequence[tuple[str, Any]], nulls: Sequence[str]) -> Call:
+    def call(obj_key: str, queue: str, tombstone_field: str, write_id: str | None,
+             entry: bytes, sets: Sequence[tuple[str, Any]], nulls: Sequence[str]) -> Call:
         flat = [x for pair in sets for x in pair]
-        return [obj_key, queue], [tombstone_field, str(ttl), entry, len(sets), *flat, *nulls]
+        return [obj_key, queue], [tombstone_field, WRITE_FIELD if write_id else "",
+                                  write_id or "", entry, len(sets), *flat, *nulls]
 
     @staticmethod
     def decode(reply: Any) -> int:

@@ -15,7 +15,7 @@ import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fieldtypes"),
-    ("options", "settings", "keys", "retry", "codec", "memory"),
+    ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
     ("encoders", "decoders", "schema", "demo"),
     ("resp",),                                  # the Redis wire

@@ -577,34 +577,62 @@ def wait_until_gone(r: redis.Redis, key: str, limit_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_ttl_model_expires_from_redis_and_reads_through_postgresql(
+def _drain(settings: kvfast.Settings) -> int:
+    from kvfast.drainer import Drainer
+
+    with Drainer(settings) as drainer:
+        return drainer.drain_until_empty()
+
+
+def test_a_ttl_model_expires_only_once_its_writes_have_drained(
     pg: Conn, r: redis.Redis, settings: kvfast.Settings, client: kvfast.Client
 ) -> None:
+    """Until its writes are in PostgreSQL, Redis holds the only copy of an object:
+    neither its TTL nor a volatile-* eviction may take it (ack.lua gives the TTL)."""
     repo = repo_for(pg, client, Session)
     repo.create(Session(id=1, user="in redis"))
     key = obj_key(settings, Session, 1)
-    assert 0 < r.pttl(key) <= 1000
-    assert r.ttl(queue_key(settings, partition(settings, Session, 1))) == -1  # queues never expire
-    insert_row(pg, Session(id=1, user="in postgresql"))  # what the drain left
-    assert repo.get_by_id(1) == Session(id=1, user="in redis")
+    assert r.pttl(key) == -1  # queued: no TTL yet, however long the drain lags
+    assert r.ttl(queue_key(settings, partition(settings, Session, 1))) == -1
+    time.sleep(1.2)  # past the model's 1 s TTL: the undrained object is still there
+    repo.update(1, note="still here")
+    assert repo.get_by_id(1) == Session(id=1, user="in redis", note="still here")
+    assert _drain(settings) == 2
+    assert 0 < r.pttl(key) <= 1000  # drained: now it may expire
     wait_until_gone(r, key)
-    assert repo.get_by_id(1) == Session(id=1, user="in postgresql")
-    assert sum(queue_lengths(r, settings)) == 1  # the entry outlives the copy
+    assert repo.get_by_id(1) == Session(id=1, user="in redis", note="still here")  # from PG
 
 
-def test_update_and_read_through_load_set_the_ttl(
+def test_a_write_newer_than_the_drained_one_keeps_the_object_without_a_ttl(
+    pg: Conn, r: redis.Redis, settings: kvfast.Settings, client: kvfast.Client
+) -> None:
+    from kvfast.drainer import Drainer
+
+    repo = repo_for(pg, client, Session)
+    repo.create(Session(id=5, user="first"))
+    key = obj_key(settings, Session, 5)
+    with Drainer(settings) as drainer:
+        claim = drainer.claim()
+        assert claim is not None
+        repo.update(5, note="written while the create drains")
+        drainer.process(claim)  # acks the create: the newer update is not in PG yet
+        assert r.pttl(key) == -1
+        drainer.drain_until_empty()
+    assert 0 < r.pttl(key) <= 1000
+
+
+def test_read_through_load_sets_the_ttl_and_an_update_lifts_it_until_drained(
     pg: Conn, r: redis.Redis, settings: kvfast.Settings, client: kvfast.Client
 ) -> None:
     repo = repo_for(pg, client, Session)
     insert_row(pg, Session(id=2, user="pg"))
-    repo.update(2, note="loaded from PostgreSQL")
+    assert repo.get_by_id(2) == Session(id=2, user="pg")
+    repo.update(2, note="loaded from PostgreSQL")  # hydrated (drained data), then updated
     key = obj_key(settings, Session, 2)
-    assert 0 < r.pttl(key) <= 1000
+    assert r.pttl(key) == -1
     assert repo.get_by_id(2) == Session(id=2, user="pg", note="loaded from PostgreSQL")
-    repo.create(Session(id=3, user="x"))
-    r.persist(obj_key(settings, Session, 3))
-    repo.update(3, note="refreshed")
-    assert 0 < r.pttl(obj_key(settings, Session, 3)) <= 1000
+    assert _drain(settings) == 1
+    assert 0 < r.pttl(key) <= 1000
 
 
 def test_a_tombstone_of_a_ttl_model_does_not_expire(

@@ -15,9 +15,20 @@ import redis
 import kvfast
 from kvfast import deadletter, deadletters
 from kvfast.drivers import pg_errors, redis_errors
-from kvfast.keys import Keys
+from kvfast.holds import Hold
+from kvfast.keys import WRITE_FIELD, Keys
 from kvfast.resp import reply_exception
-from kvfast.scripts import Ack, Claim, Hydrate, Part, Rebase, Renew, Requeue, Update, source
+from kvfast.scripts import (
+    Ack,
+    Claim,
+    HoldAction,
+    Hydrate,
+    Rebase,
+    Renew,
+    Requeue,
+    Update,
+    source,
+)
 
 SECRET = "s3cr3t-Pw"
 SETTINGS = kvfast.Settings(redis_url=f"redis://:{SECRET}@127.0.0.1:1/0",
@@ -93,9 +104,16 @@ def test_other_error_replies_are_command_errors_naming_the_call() -> None:
 
 def test_claim_from_reply_maps_groups_back_to_partitions() -> None:
     order = [5, 6, 7, 0]
-    reply = [2, 1, 10, 0, 2, 3, 11, 1, 1, b"e1", b"e2", b"e3"]
+    hold = b'{"kind":"table","reason":"42703 boom","since":1.5,"tries":2}'
+    reply = [2, 1, 10, 0, 2, 0, 3, 11, 1, 1, 2, b"e1", b"e2", b"e3",
+             b"t:rides", hold, b"next", b"1234"]
     claim = Claim.from_reply(reply, order)
-    assert claim == Claim([Part(6, 10, False, [b"e1", b"e2"]), Part(0, 11, True, [b"e3"])])
+    assert claim is not None
+    assert [(p.partition, p.epoch, p.retaken, p.entries) for p in claim.parts] == [
+        (6, 10, False, [b"e1", b"e2"]), (0, 11, True, [b"e3"])]
+    assert claim.parts[0].holds == {} and claim.parts[0].holds_next is None
+    assert claim.parts[1].holds_next == 1234
+    assert claim.parts[1].holds == {"rides": Hold("rides", "table", "42703 boom", 1.5, 2)}
     assert claim.entries == [b"e1", b"e2", b"e3"]
     assert Claim.from_reply(None, order) is None
 
@@ -103,17 +121,25 @@ def test_claim_from_reply_maps_groups_back_to_partitions() -> None:
 def test_each_wrapper_builds_the_keys_and_argv_its_script_documents() -> None:
     keys = Keys("ns", 8)
     ks, args = Claim.call(keys, [3, 4], "me", 2000, 500)
-    assert ks == ["{ns:3}:q", "{ns:3}:f", "{ns:3}:fm", "{ns:3}:e",
-                  "{ns:4}:q", "{ns:4}:f", "{ns:4}:fm", "{ns:4}:e"] and args == ["me", 2000, 500]
-    ks, args = Ack.call(keys, 2, "me", 9, "_tomb", 5, [b"d1"], ["{ns:2}:o:t:1"], ["id1"])
-    assert ks == ["{ns:2}:f", "{ns:2}:fm", "{ns:2}:d", "{ns:2}:s", "{ns:2}:o:t:1"]
-    assert args == ["me", 9, "_tomb", 5, 1, b"d1", "id1"]
+    assert ks == ["{ns:3}:q", "{ns:3}:f", "{ns:3}:fm", "{ns:3}:e", "{ns:3}:h",
+                  "{ns:4}:q", "{ns:4}:f", "{ns:4}:fm", "{ns:4}:e", "{ns:4}:h"]
+    assert args == ["me", 2000, 500, "0"]
+    assert Claim.call(keys, [3], "me", 2000, 500, recover=True)[1] == ["me", 2000, 500, "1"]
+    ks, args = Ack.call(keys, 2, "me", 9, "_tomb", 5, [b"d1"], ["{ns:2}:o:t:1"], ["id1"],
+                        [HoldAction("rides", 3, [b"e9"], b"{}")], 500,
+                        [("{ns:2}:o:t:7", 60, "w1")])
+    assert ks == ["{ns:2}:f", "{ns:2}:fm", "{ns:2}:d", "{ns:2}:s", "{ns:2}:h", "{ns:2}:o:t:1",
+                  "{ns:2}:h:rides", "{ns:2}:o:t:7"]
+    assert args == ["me", 9, "_tomb", 5, 1, 1, 1, WRITE_FIELD, 500, b"d1", "id1",
+                    "t:rides", 3, b"{}", 1, b"e9", 60, "w1"]
     assert Renew.call(keys, 1, "me", 3, 2000) == (["{ns:1}:fm"], ["me", 3, 2000])
     assert Rebase.call(keys, 1, "me", 3, 40) == (["{ns:1}:fm", "{ns:1}:e"], ["me", 3, 40])
     assert Requeue.call(keys, 1, [(b"doc", b"entry")]) == (
         ["{ns:1}:d", "{ns:1}:q", "{ns:1}:s"], [b"doc", b"entry"])
-    assert Update.call("o", "q", "_tomb", 0, b"e", [("a", "1")], ["b"]) == (
-        ["o", "q"], ["_tomb", "0", b"e", 1, "a", "1", "b"])
+    assert Update.call("o", "q", "_tomb", None, b"e", [("a", "1")], ["b"]) == (
+        ["o", "q"], ["_tomb", "", "", b"e", 1, "a", "1", "b"])
+    assert Update.call("o", "q", "_tomb", "w7", b"e", [], ["b"]) == (
+        ["o", "q"], ["_tomb", WRITE_FIELD, "w7", b"e", 0, "b"])
     assert Hydrate.call("o", 60, [("a", "1")]) == (["o"], ["60", "a", "1"])
     for wrapper in (Claim, Ack, Renew, Rebase, Requeue, Update, Hydrate):
         assert f"\n-- {wrapper.name}.lua: ".encode() in b"\n" + source(wrapper.name)
