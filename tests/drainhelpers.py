@@ -4,8 +4,8 @@
   subprocess in its own session, output captured in a file, always reaped.
 * ``converged``: every PostgreSQL row equals its Redis object and the other way
   round, no tombstone left, nothing queued or in flight.
-* ``produce_mixed``: a mixed create / partial update / delete load on a shared
-  key space, run in N ``spawn`` processes (``producers``).
+* ``produce_mixed``: ``kvfast.loadgen``'s mixed create / partial update / delete
+  load on a shared key space, run in N ``spawn`` processes (``producers``).
 * ``hold_batch``: a child process that claims one batch (and optionally commits
   it) and then stops itself with SIGSTOP, for the crash and stale-drainer tests.
 
@@ -22,7 +22,6 @@ import datetime as dt
 import math
 import multiprocessing
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -36,11 +35,12 @@ from typing import Any
 import orjson
 import psycopg
 import redis
-from drainmodels import MODELS, DDriver, DRide
+from drainmodels import LOADS, MODELS, DRide
 from helpers import same_json
 from psycopg import sql
 
 import kvfast
+from kvfast import loadgen
 from kvfast.batch import build_batch
 from kvfast.client import connect_pg
 from kvfast.drainer import Drainer
@@ -119,9 +119,14 @@ def wait_idle(r: redis.Redis, settings: kvfast.Settings, timeout: float = 90.0) 
         time.sleep(0.1)
 
 
-def drained_total(r: redis.Redis, settings: kvfast.Settings) -> int:
-    return sum(int(r.hget(counters_key(settings, p), "drained") or 0)
+def counter_total(r: redis.Redis, settings: kvfast.Settings, name: str) -> int:
+    """The sum of every partition's counter ``name`` (drained, dead ...)."""
+    return sum(int(r.hget(counters_key(settings, p), name) or 0)
                for p in range(settings.partitions))
+
+
+def drained_total(r: redis.Redis, settings: kvfast.Settings) -> int:
+    return counter_total(r, settings, "drained")
 
 
 def dead_letters(r: redis.Redis, settings: kvfast.Settings) -> list[tuple[int, dict[str, Any]]]:
@@ -254,85 +259,12 @@ def converged(
     return counts
 
 
-# -- a mixed load ---------------------------------------------------------------------------
+# -- a mixed load (kvfast.loadgen) ------------------------------------------------------------
 
-_RIDERS = ("ann", "bob", "chloé", "дмитрий", "李", "🚕 rider", "")
-_STATUSES = (None, "new", "assigned", "started", "dünn ✓", "")
-
-
-def _ride_values(rng: random.Random) -> dict[str, Any]:
-    return {
-        "rider": rng.choice(_RIDERS),
-        "fare_cents": rng.randrange(0, 1_000_000),
-        "counter": rng.randrange(0, 1_000_000),
-        "status": rng.choice(_STATUSES),
-        "distance": rng.choice((None, Decimal(rng.randrange(10**12)).scaleb(-rng.randrange(7)))),
-        "updated_at": rng.choice((
-            None,
-            dt.datetime(2020, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=rng.randrange(10**15)),
-        )),
-    }
-
-
-def _driver_values(rng: random.Random) -> dict[str, Any]:
-    return {
-        "name": rng.choice(_RIDERS) + str(rng.randrange(100)),
-        "rating": rng.choice((0.0, -0.0, 4.75, 1 / 3, 1e-300, rng.random() * 5)),
-        "active": rng.random() < 0.5,
-        "vehicle": rng.choice((None, {}, {"plate": f"KA-{rng.randrange(9999)}",
-                                          "seats": rng.randrange(8), "ev": rng.random() < 0.5,
-                                          "make": {"name": "Tata", "kWh": 30.2}})),
-        "tags": rng.choice((None, [], ["airport", 1, 2.5, None, True, {"x": "ü"}])),
-    }
-
-
-def ride_keys(n: int) -> list[int]:
-    return list(range(1, n + 1))
-
-
-def driver_keys(n: int) -> list[str]:
-    return [f"drv-{i}-ü" for i in range(n)]
-
-
-def _changes(rng: random.Random, values: dict[str, Any]) -> dict[str, Any]:
-    names = rng.sample(sorted(values), rng.randrange(1, len(values) + 1))
-    return {n: values[n] for n in names}
-
-
-def _one_op(
-    rng: random.Random,
-    repos: dict[type, kvfast.Repository[Any]],
-    keys: dict[type, list[Any]],
-) -> int:
-    """One random write; returns the number of queue entries it added."""
-    model = DRide if rng.random() < 0.6 else DDriver
-    repo = repos[model]
-    info = repo.info
-    values = _ride_values if model is DRide else _driver_values
-    pool = keys[model]
-    x = rng.random()
-    if x < 0.30:
-        key = rng.choice(pool)
-        repo.create(model(**{info.key: key}, **values(rng)))
-        return 1
-    if x < 0.38:
-        chosen = rng.sample(pool, rng.randrange(2, 11))
-        return repo.create_many([model(**{info.key: k}, **values(rng)) for k in chosen])
-    if x < 0.80:
-        # Several changes, often to the same key, in one call: applied in order.
-        n = rng.choice((1, 1, 3))
-        items = [(rng.choice(pool), _changes(rng, values(rng))) for _ in range(n)]
-        if len(items) > 1 and rng.random() < 0.5:
-            items = [(items[0][0], ch) for _, ch in items]
-        try:
-            repo.update_many(items)
-        except kvfast.NotFound as exc:
-            return len(items) - len(exc.keys)
-        return len(items)
-    if x < 0.93:
-        repo.delete(rng.choice(pool))
-        return 1
-    return repo.delete_many(rng.sample(pool, rng.randrange(2, 6)))
+#: the drain tests' mix: single and batched creates, partial updates (often of one key
+#: several times in a call), deletes, on a key space the producers share
+MIX = loadgen.Mix(create=0.38, update=0.42, delete=0.20, sizes=(1, 1, 1, 1, 3, 5, 10),
+                  single=0.8, partial=True, repeat=0.5)
 
 
 def produce_mixed(
@@ -343,21 +275,19 @@ def produce_mixed(
     stop_file: str | None = None,
 ) -> int:
     """Run ``n_ops`` random writes (or until ``stop_file`` exists); return entries queued."""
-    rng = random.Random(seed)
-    keys: dict[type, list[Any]] = {
-        DRide: ride_keys(keys_per_model),
-        DDriver: driver_keys(keys_per_model),
-    }
-    entries = 0
+    gen = loadgen.LoadGenerator(LOADS, mix=MIX, seed=seed, keys=keys_per_model)
+    stop = loadgen.stop_file_exists(stop_file)
+    produced = loadgen.Produced()
     with kvfast.Client(settings) as client:
         repos: dict[type, kvfast.Repository[Any]] = {
             m: kvfast.Repository(m, client=client) for m in MODELS
         }
         for i in range(n_ops):
-            if stop_file is not None and i % 20 == 0 and os.path.exists(stop_file):
+            if stop is not None and i % 20 == 0 and stop():
                 break
-            entries += _one_op(rng, repos, keys)
-    return entries
+            op = gen.next_op()
+            loadgen.apply(op, repos[op.model], produced)
+    return produced.entries
 
 
 @contextlib.contextmanager
@@ -371,16 +301,12 @@ def producers(
     seed: int = 0,
 ) -> Iterator[list[concurrent.futures.Future[int]]]:
     """``n`` producer processes running ``produce_mixed``; the futures give entry counts."""
-    with concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=SPAWN) as pool:
-        futures = [
-            pool.submit(produce_mixed, settings, seed * 1000 + i, n_ops, keys_per_model, stop_file)
-            for i in range(n)
-        ]
+    args = [(settings, seed * 1000 + i, n_ops, keys_per_model, stop_file) for i in range(n)]
+    with loadgen.Spawned(produce_mixed, args, stop_file=stop_file) as spawned:
         try:
-            yield futures
+            yield spawned.futures
         finally:
-            if stop_file is not None:
-                Path(stop_file).touch()
+            spawned.stop()
 
 
 def produce_in_processes(settings: kvfast.Settings, n: int, n_ops: int, seed: int = 0) -> int:

@@ -26,24 +26,16 @@ from psycopg import sql
 
 import kvfast
 
-from .conftest import (
+from .checks import dead_docs, dead_entry, entry_of, final_check
+from .load import (
     LOAD_MODELS,
     POISON_ERRORS,
     SUPERVISOR_MODELS,
     Load,
     add_poison_constraints,
     create_load_tables,
-    dead_docs,
-    dead_entry,
-    entry_of,
-    final_check,
-    log_lines,
-    report,
-    stats_json,
-    stop_supervisor,
-    supervisor,
-    wait_drained,
 )
+from .supervise import log_lines, report, stats_json, stop_supervisor, supervisor, wait_drained
 
 #: the drain of the good rows with 1% poison may be at most this much slower
 MAX_SLOWDOWN = 10.0

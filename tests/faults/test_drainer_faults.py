@@ -23,12 +23,10 @@ from drainhelpers import busy_partitions, inflight_meta_key, wait_stopped
 
 import kvfast
 
-from .conftest import (
-    FaultServers,
-    Load,
-    create_load_tables,
-    fence_epochs,
-    final_check,
+from .checks import fence_epochs, final_check
+from .load import Load, create_load_tables
+from .servers import FaultServers
+from .supervise import (
     log_lines,
     report,
     stats_json,

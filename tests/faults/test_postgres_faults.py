@@ -21,12 +21,10 @@ import redis
 
 import kvfast
 
-from .conftest import (
-    FaultServers,
-    Load,
-    create_load_tables,
-    drained_counter,
-    final_check,
+from .checks import drained_counter, final_check
+from .load import Load, create_load_tables
+from .servers import FaultServers
+from .supervise import (
     log_lines,
     report,
     stats_json,

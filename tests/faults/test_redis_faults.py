@@ -51,18 +51,11 @@ from drainmodels import DRide
 import kvfast
 from kvfast.drainer import Drainer
 
-from .conftest import (
-    AOF_REDIS_PORT,
-    FaultServers,
-    Load,
-    RedisProcess,
-    create_load_tables,
-    dead_docs,
-    drained_counter,
+from .checks import dead_docs, drained_counter, entry_of, final_check
+from .load import Load, create_load_tables
+from .servers import AOF_REDIS_PORT, FaultServers, RedisProcess, fault_settings
+from .supervise import (
     drainer_deaths,
-    entry_of,
-    fault_settings,
-    final_check,
     log_lines,
     report,
     stats_json,
