@@ -101,14 +101,6 @@ def pg_connect(*, autocommit: bool = True) -> psycopg.Connection[Any]:
                            application_name="kvfast-bench", connect_timeout=10)
 
 
-def quantile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile of ``values`` (the supervisor's definition)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 # -- the benchmark databases ------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import _config
+import _data
 import _results
 import psycopg
 import pytest
@@ -122,6 +123,12 @@ def services() -> Iterator[None]:
     _config.flush_redis()
     yield
     _config.flush_redis()
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[list[bytes], bytes]:
+    """The HSET arguments and queue entry of one booking (once per module)."""
+    return _data.sample_booking_writes()
 
 
 def _git(*args: str) -> str:

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import _config
-import _data
 import _redis_refs
 import _results
 import pytest
@@ -51,11 +50,6 @@ DATA = _results.RESULTS.data
 def bookings() -> list[Booking]:
     now = dt.datetime.now(dt.UTC)
     return [make_booking(i, now) for i in range(1, N + 1)]
-
-
-@pytest.fixture(scope="module")
-def sample() -> tuple[list[bytes], bytes]:
-    return _data.sample_booking_writes()
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +126,8 @@ def test_reference_redis_benchmark(benchmark: Any, sample: tuple[list[bytes], by
 def test_reference_redispy_pipeline(benchmark: Any, bookings: list[Booking],
                                     r: redis.Redis) -> None:
     """Plain redis-py pipeline, HSET+RPUSH per booking, encoding included."""
-    meter = CpuMeter(r)
-    target = meter.wrap(_redis_refs.redispy_pipeline_from_objects)
-    benchmark.pedantic(target, setup=_flush(r, r, bookings, BATCH), rounds=ROUNDS,
-                       warmup_rounds=1, iterations=1)
-    rate = _rate(benchmark, N)
-    DATA["producer.redispy_records_per_s"] = rate
-    benchmark.extra_info.update(records_per_s=rate, **meter.summary())
+    _redispy_rounds(benchmark, r, _redis_refs.redispy_pipeline_from_objects, bookings,
+                    "producer.redispy_records_per_s")
 
 
 @pytest.mark.benchmark(group="1-producer")
@@ -146,12 +135,18 @@ def test_reference_redispy_preencoded(benchmark: Any, bookings: list[Booking],
                                       r: redis.Redis) -> None:
     """The same pipeline with every record encoded beforehand: redis-py's machinery only."""
     encoded = _redis_refs.redispy_encode(bookings)
+    _redispy_rounds(benchmark, r, _redis_refs.redispy_pipeline_preencoded, encoded,
+                    "producer.redispy_preencoded_records_per_s")
+
+
+def _redispy_rounds(benchmark: Any, r: redis.Redis, fn: Callable[..., None], payload: Any,
+                    name: str) -> None:
+    """ROUNDS timed rounds of ``fn(r, payload, BATCH)``; records/s kept as DATA[name]."""
     meter = CpuMeter(r)
-    target = meter.wrap(_redis_refs.redispy_pipeline_preencoded)
-    benchmark.pedantic(target, setup=_flush(r, r, encoded, BATCH), rounds=ROUNDS,
+    benchmark.pedantic(meter.wrap(fn), setup=_flush(r, r, payload, BATCH), rounds=ROUNDS,
                        warmup_rounds=1, iterations=1)
     rate = _rate(benchmark, N)
-    DATA["producer.redispy_preencoded_records_per_s"] = rate
+    DATA[name] = rate
     benchmark.extra_info.update(records_per_s=rate, **meter.summary())
 
 

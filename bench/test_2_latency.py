@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import _config
-import _data
 import _redis_refs
 import _results
 import hiredis
@@ -36,11 +35,6 @@ pytestmark = [pytest.mark.timeout(900)]
 N = _config.LATENCY_N
 WARMUP = 2000
 DATA = _results.RESULTS.data
-
-
-@pytest.fixture(scope="module")
-def sample() -> tuple[list[bytes], bytes]:
-    return _data.sample_booking_writes()
 
 
 @pytest.fixture(scope="module")

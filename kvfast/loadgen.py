@@ -56,6 +56,8 @@ __all__ = [
     "demo_loads",
     "make_booking",
     "produce",
+    "quantile",
+    "repositories",
     "run_producer",
     "stop_file_exists",
 ]
@@ -131,15 +133,18 @@ class Op:
 class Produced:
     """What a load wrote; ``add`` sums producers (``elapsed_s`` is the longest)."""
 
+    #: queue entries added, and calls made
     entries: int = 0
     ops: int = 0
+    #: single create() round trips, timed (run_producer's latency samples)
+    latencies_ms: list[float] = field(default_factory=list)
+    #: entries by kind of op
     creates: int = 0
     updates: int = 0
     deletes: int = 0
     #: update items whose key was in neither store (they queued nothing)
     not_found: int = 0
     elapsed_s: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
     #: every op applied, in order, when the load was asked to keep them
     journal: list[Op] | None = None
 
@@ -304,35 +309,44 @@ async def apply_async(op: Op, repo: AsyncRepository[Any], produced: Produced) ->
         return produced.count(op, len(op.payload) - len(exc.keys))
 
 
+def repositories(client: kvfast.Client, models: Sequence[type]) -> dict[type, Any]:
+    """A ``kvfast.Repository`` per model, sharing ``client``."""
+    return {m: kvfast.Repository(m, client=client) for m in models}
+
+
 def produce(
     gen: LoadGenerator,
     repos: Mapping[type, kvfast.Repository[Any]],
-    entries: int,
+    entries: int | None,
     *,
+    ops: int | None = None,
     deadline: float | None = None,
     stop: Callable[[], bool] | None = None,
     rate: float | None = None,
     write: Callable[[Op], int] | None = None,
     produced: Produced | None = None,
 ) -> Produced:
-    """Apply ops until ``entries`` queue entries, ``deadline`` (time.monotonic()) or ``stop()``.
+    """Apply ops until ``entries`` queue entries (None: no limit), ``ops`` calls,
+    ``deadline`` (a time.monotonic() value) or ``stop()``, which is asked every 20 calls.
 
     ``rate`` caps the entries a second; ``write`` replaces ``apply`` (to retry, say).
     """
     out = produced if produced is not None else Produced()
-    goal = out.entries + entries
+    first = out.entries
+    goal = None if entries is None else first + entries
     started = time.monotonic()
     write = write or (lambda op: apply(op, repos[op.model], out))
     calls = 0
-    while out.entries < goal:
-        if deadline is not None and time.monotonic() >= deadline:
+    while goal is None or out.entries < goal:
+        if (ops is not None and calls >= ops) or (
+                deadline is not None and time.monotonic() >= deadline):
             break
         if stop is not None and calls % 20 == 0 and stop():
             break
         calls += 1
-        write(gen.next_op(goal - out.entries))
+        write(gen.next_op(None if goal is None else goal - out.entries))
         if rate:
-            ahead = (out.entries - goal + entries) / rate - (time.monotonic() - started)
+            ahead = (out.entries - first) / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
     out.elapsed_s = max(out.elapsed_s, time.monotonic() - started)
@@ -372,6 +386,14 @@ class Spawned(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile of ``values`` (latencies; the supervisor's definition)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def stop_file_exists(path: str | None) -> Callable[[], bool] | None:
@@ -441,9 +463,7 @@ def run_producer(
     gen = LoadGenerator(loads, mix=mix.with_batch(batch), seed=index if seed is None else seed,
                         first=index * _ID_SPAN + 1)
     with kvfast.Client(settings) as client:
-        repos: dict[type, kvfast.Repository[Any]] = {
-            ml.model: kvfast.Repository(ml.model, client=client) for ml in loads
-        }
+        repos = repositories(client, [ml.model for ml in loads])
         out = Produced()
         booking = repos[Booking]
         for _ in range(latency_samples):

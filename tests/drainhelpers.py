@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -59,24 +59,20 @@ def tag(settings: kvfast.Settings, p: int) -> str:
     return f"{{{settings.namespace}:{p}}}"
 
 
-def queue_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:q"
+def _key(suffix: str) -> Callable[[kvfast.Settings, int], str]:
+    def name(settings: kvfast.Settings, p: int) -> str:
+        return f"{tag(settings, p)}:{suffix}"
+
+    name.__name__ = name.__qualname__ = f"key_{suffix}"
+    return name
 
 
-def inflight_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:f"
-
-
-def inflight_meta_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:fm"
-
-
-def dead_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:d"
-
-
-def counters_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:s"
+#: {ns:p}:q queue, :f in-flight entries, :fm in-flight meta, :d dead letters, :s counters
+queue_key = _key("q")
+inflight_key = _key("f")
+inflight_meta_key = _key("fm")
+dead_key = _key("d")
+counters_key = _key("s")
 
 
 def partition_of(settings: kvfast.Settings, model: type, key: Any) -> int:
@@ -276,17 +272,9 @@ def produce_mixed(
 ) -> int:
     """Run ``n_ops`` random writes (or until ``stop_file`` exists); return entries queued."""
     gen = loadgen.LoadGenerator(LOADS, mix=MIX, seed=seed, keys=keys_per_model)
-    stop = loadgen.stop_file_exists(stop_file)
-    produced = loadgen.Produced()
     with kvfast.Client(settings) as client:
-        repos: dict[type, kvfast.Repository[Any]] = {
-            m: kvfast.Repository(m, client=client) for m in MODELS
-        }
-        for i in range(n_ops):
-            if stop is not None and i % 20 == 0 and stop():
-                break
-            op = gen.next_op()
-            loadgen.apply(op, repos[op.model], produced)
+        produced = loadgen.produce(gen, loadgen.repositories(client, MODELS), None, ops=n_ops,
+                                   stop=loadgen.stop_file_exists(stop_file))
     return produced.entries
 
 

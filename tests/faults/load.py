@@ -184,7 +184,7 @@ def produce(
     poisoned: list[tuple[str, Any, str]] = []
     debt = 0.0
     with kvfast.Client(settings) as client:
-        repos = {m: kvfast.Repository(m, client=client) for m in LOAD_MODELS}
+        repos = loadgen.repositories(client, LOAD_MODELS)
 
         def write(op: loadgen.Op) -> int:
             nonlocal debt

@@ -1,4 +1,4 @@
-"""The supervisor of a fault scenario: started, waited for, stopped, its output read.
+"""The supervisor of a fault scenario: started beside a load, waited for, stopped.
 
 Every scenario drives a real ``python -m kvfast.supervisor`` subprocess of the
 load's models (``supervisor``); its output is kept in
@@ -8,12 +8,12 @@ load's models (``supervisor``); its output is kept in
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from drainhelpers import SupervisorProcess, is_idle, subprocess_env, supervisor_
 
 import kvfast
 
-from .load import SUPERVISOR_MODELS
+from .checks import drained_counter
+from .load import SUPERVISOR_MODELS, Load
 from .servers import SERVICES_DIR
 
 _KEPT: set[str] = set()
@@ -52,8 +53,25 @@ def supervisor(settings: kvfast.Settings, *flags: str, workers: int = 3,
     return KeptSupervisor(args, subprocess_env(env))
 
 
-def stats_json(path: Path) -> dict[str, Any]:
-    return dict(json.loads(path.read_text()))
+@contextlib.contextmanager
+def supervised_load(
+    settings: kvfast.Settings, stats_path: Path, producers: int, entries_each: int, *,
+    seed: int, workers: int = 3, flags: Sequence[str] = (), **load: Any,
+) -> Iterator[tuple[SupervisorProcess, Load]]:
+    """A supervisor (``--stats-json stats_path``) and a ``Load``, once its drainers run."""
+    with (
+        supervisor(settings, "--stats-json", str(stats_path), *flags, workers=workers) as sup,
+        Load(settings, producers, entries_each, seed=seed, **load) as running,
+    ):
+        sup.wait_drainers(workers)
+        yield sup, running
+
+
+def wait_drain_started(r: redis.Redis, settings: kvfast.Settings, sup: SupervisorProcess,
+                       entries: int) -> float:
+    """Wait until more than ``entries`` were drained (a fault is injected mid-drain)."""
+    return wait_for(lambda: drained_counter(r, settings) > entries, 120, "the drain to start",
+                    lambda: sup.output()[-3000:])
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str,
@@ -90,30 +108,13 @@ def stop_supervisor(sup: SupervisorProcess, timeout: float = 60.0) -> str:
     return out
 
 
-# -- its output ------------------------------------------------------------------------------
-
-
-def log_lines(out: str, needle: str) -> list[str]:
-    return [line for line in out.splitlines() if needle in line]
-
-
-_LOADING_DEATH = re.compile(r"KvfastError: Redis refused [^:]+: LOADING ")
-
-
-def drainer_deaths(out: str) -> tuple[int, int, int]:
-    """(drainer process deaths, LOADING tracebacks, lease-keeper threads that died).
-
-    A drainer (or its lease keeper thread) that meets a Redis still loading its
-    data set dies today (the bug test_redis_faults.test_redis_still_loading_is_
-    reported_as_unavailable shows): the Redis restart scenarios tolerate deaths
-    with a LOADING traceback, and only those.
-    """
-    return (len(log_lines(out, "exited with")), len(_LOADING_DEATH.findall(out)),
-            len(log_lines(out, "Exception in thread kvfast-lease")))
-
-
-def report(name: str, **figures: Any) -> None:
-    """Print a scenario's measured figures (shown with ``pytest -rP`` or ``-s``)."""
-    shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in figures.items())
-    print(f"FIGURES {name}: {shown}")
+@contextlib.contextmanager
+def injecting(fault: Callable[[], None], stop: threading.Event, name: str) -> Iterator[None]:
+    """Run ``fault`` in a daemon thread for the block; at its end set ``stop`` and join."""
+    thread = threading.Thread(target=fault, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)

@@ -21,9 +21,10 @@ from drainhelpers import queue_key
 import kvfast
 from kvfast.supervisor import Supervisor
 
+from .checks import log_lines
 from .load import Load, create_load_tables
 from .servers import FaultServers
-from .supervise import log_lines, stop_supervisor, supervisor, wait_drained
+from .supervise import stop_supervisor, supervisor, wait_drained
 
 
 def test_drainer_log_lines_name_their_drainer(
