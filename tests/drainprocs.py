@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import drainmodels  # noqa: F401 - a spawned held drainer must know the models it decodes
 import redis
 from drainkeys import counters_key, dead_key, inflight_key, inflight_meta_key
 
