@@ -14,7 +14,7 @@ from pathlib import Path
 import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fieldtypes"),
+    ("errors", "fieldtypes", "codegen"),
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
     ("encoders", "decoders", "schema", "demo"),
