@@ -26,7 +26,7 @@ would read another layout refuses to start instead of missing every object.
 
 from __future__ import annotations
 
-__all__ = ["LAYOUT_VERSION", "WRITE_FIELD", "Keys", "escape_table"]
+__all__ = ["LAYOUT_VERSION", "MAX_KEY_BYTES", "WRITE_FIELD", "Keys", "escape_table"]
 
 #: bump when key names or the partition function change
 LAYOUT_VERSION = 2
@@ -34,6 +34,11 @@ LAYOUT_VERSION = 2
 #: gives the object its TTL only while the field still holds the id of the write it
 #: acks (a newer write, not yet drained, keeps the object without a TTL).
 WRITE_FIELD = "__kvfast_write"
+#: the longest key (UTF-8 bytes) the producer accepts: PostgreSQL's btree refuses
+#: an index row over ~2704 bytes (a third of an 8 kB page), so a longer primary key
+#: would be accepted by Redis and refused at drain time (54000 program limit
+#: exceeded).  2,000 leaves room for the row header and a composite key's parts.
+MAX_KEY_BYTES = 2000
 
 
 class Keys:

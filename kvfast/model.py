@@ -24,6 +24,7 @@ from typing import Any, TypeVar, dataclass_transform
 
 from kvfast.errors import ModelError, ValidationError
 from kvfast.fieldtypes import FieldType, IntType, Reject, StrType, UUIDType, field_type_for
+from kvfast.keys import MAX_KEY_BYTES
 
 __all__ = ["FieldInfo", "ModelInfo", "get_model", "model", "model_info", "registered_models"]
 
@@ -74,9 +75,19 @@ class ModelInfo:
         if key is None:
             raise ValidationError(self.name, self.key, key, "the key may not be None")
         try:
-            return self.key_field.ftype.check(key)
+            checked = self.key_field.ftype.check(key)
         except Reject as exc:
             raise ValidationError(self.name, self.key, key, str(exc)) from None
+        if type(checked) is str and len(checked) * 4 > MAX_KEY_BYTES:
+            self.check_key_size(checked.encode("utf-8"), key)
+        return checked
+
+    def check_key_size(self, key_bytes: bytes, key: Any) -> None:
+        """ValidationError for a key PostgreSQL could not index (see keys.MAX_KEY_BYTES)."""
+        if len(key_bytes) > MAX_KEY_BYTES:
+            raise ValidationError(self.name, self.key, key, (
+                f"a key of {len(key_bytes)} bytes is longer than PostgreSQL can index "
+                f"(at most {MAX_KEY_BYTES} bytes in UTF-8)"))
 
     def partition_of(self, key_str: str, partitions: int) -> int:
         """Stable partition of a key: crc32 of ``table NUL key``, the same in every process.

@@ -30,7 +30,7 @@ import orjson
 
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
-from kvfast.keys import WRITE_FIELD
+from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD
 from kvfast.model import TOMBSTONE_FIELD, model_version
 from kvfast.resp import EXEC as _EXEC
 from kvfast.resp import MULTI as _MULTI
@@ -173,6 +173,7 @@ class WriteBuilder:
         dumps = orjson.dumps
         id_prefix = secrets.token_hex(6).encode()
         serial = 0
+        max_key = MAX_KEY_BYTES
         commands: list[bytes] = []
         opens = True
         entries: dict[int, list[bytes]] = {}
@@ -189,6 +190,8 @@ class WriteBuilder:
             else:
                 key_s = key if type(key) is str else str(key)  # UUID keys: their text
                 key_b = key_s.encode()
+                if len(key_b) > max_key:
+                    self.info.check_key_size(key_b, key)
                 wire_key = dumps(key_s)
             p = partition_of(key_b, partitions)
             obj_key = prefixes[p] + key_b
