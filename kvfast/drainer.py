@@ -33,13 +33,13 @@ from typing import Any
 import psycopg
 
 from kvfast import deadletters
-from kvfast.batch import Batch, build_batch
 from kvfast.claims import LeaseKeeper
 from kvfast.client import Client, connect_pg
-from kvfast.drivers import pg_errors, redis_errors
+from kvfast.drivers import pg_errors
 from kvfast.errors import ConnectionFailed, PostgresQueryError, SchemaMismatch
-from kvfast.holds import MODEL, TABLE, HeldTable, Hold, retry_delay_ms, table_of
-from kvfast.model import TOMBSTONE_FIELD, get_model, model_version
+from kvfast.holding import Prepared, holds_after, prepare
+from kvfast.holds import Hold
+from kvfast.model import TOMBSTONE_FIELD
 from kvfast.pgcopy import Applied, Applier, StaleEpoch, StatementTimeout
 from kvfast.retry import Backoff, retry
 from kvfast.scripts import Ack, Claim, HoldAction, Part, Rebase
@@ -57,9 +57,6 @@ _REDIS_RETRY = (ConnectionFailed,)
 #: (held): the batch is kept and retried, loudly.  A statement timeout: retried
 #: in smaller transactions.
 _PG_RETRY = (ConnectionFailed, PostgresQueryError, SchemaMismatch, StatementTimeout)
-#: a hold that waits for a drainer with another model is looked at again after this
-#: long even without one (a drainer that has the model takes it at once)
-_MODEL_HOLD_RETRY_MS = 1000
 
 
 class _GiveUp(Exception):
@@ -84,17 +81,6 @@ class BatchReport:
     held: int = 0
     #: tables held in this batch's partitions: table → why
     holds: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A claim decoded for applying: the batch, and its partitions' held tables."""
-
-    batch: Batch
-    #: partition → entries fed to the batch (the claim's, with the held ones tried)
-    fed: dict[int, int]
-    #: (partition, table) → the held table, for every table with a hold before the claim
-    tables: dict[tuple[int, str], HeldTable] = field(default_factory=dict)
 
 
 def new_owner_id() -> str:
@@ -199,80 +185,9 @@ class Drainer:
         self._offset = (parts[-1].partition + 1) % n
         return claim
 
-    # -- prepare: holds, then decode ------------------------------------------
-
     def prepare(self, parts: list[Part]) -> Prepared:
-        """Decode a claim's parts into a batch, with their held tables (kvfast.holds).
-
-        A held table's new entries go behind its held list.  When the hold is
-        due (or this drainer has the model or version it waits for), the head of
-        the held list is read and put in front of them, so they are tried, in
-        order; the claim's new entries join them only when that head was the
-        whole list.  Partitions without holds cost nothing here.
-        """
-        tables: dict[tuple[int, str], HeldTable] = {}
-        if not any(part.holds for part in parts):
-            return Prepared(build_batch((part.partition, part.entries) for part in parts),
-                            {part.partition: len(part.entries) for part in parts})
-        now_ms = time.time() * 1000
-        retried: list[HeldTable] = []
-        slices: list[tuple[int, list[bytes]]] = []
-        for part in parts:
-            if not part.holds:
-                slices.append((part.partition, part.entries))
-                continue
-            due = part.holds_next is None or part.holds_next <= now_ms
-            mine = {table: HeldTable(part.partition, table, hold)
-                    for table, hold in part.holds.items()}
-            other: list[bytes] = []
-            for raw in part.entries:
-                table = table_of(raw)
-                held = mine.get(table) if table is not None else None
-                if held is None:
-                    other.append(raw)
-                else:
-                    held.waiting.append(raw)
-            for held in mine.values():
-                tables[(part.partition, held.table)] = held
-                if due or self._can_release(held.hold):
-                    retried.append(held)
-            slices.append((part.partition, other))
-        if retried:
-            self._read_held(retried)
-        extra: dict[int, list[bytes]] = {}
-        for held in tables.values():
-            extra.setdefault(held.partition, []).extend(held.folded)
-        slices = [(p, entries + extra.get(p, [])) for p, entries in slices]
-        return Prepared(build_batch(slices), {p: len(entries) for p, entries in slices}, tables)
-
-    @staticmethod
-    def _can_release(hold: Hold | None) -> bool:
-        """Whether this drainer has what ``hold`` waits for (then it tries at once)."""
-        if hold is None or hold.kind == TABLE:
-            return False
-        info = get_model(hold.table)
-        if info is None:
-            return False
-        return hold.kind == MODEL or hold.version == model_version(info)
-
-    def _read_held(self, tables: list[HeldTable]) -> None:
-        """The head of each held list (one pipelined round trip) and its length."""
-        size = self.settings.batch_size
-        with redis_errors(self.settings):
-            pipe = self.client.redis.pipeline(transaction=False)
-            for held in tables:
-                key = self.keys.held(held.partition, held.table)
-                pipe.lrange(key, 0, size - 1)
-                pipe.llen(key)
-            replies = pipe.execute()
-        for held, chunk, length in zip(tables, replies[0::2], replies[1::2], strict=True):
-            held.chunk = list(chunk)
-            held.list_len = int(length)
-            if held.list_len <= len(held.chunk):
-                held.folded = held.chunk + held.waiting
-                held.waiting = []
-            else:
-                held.folded = list(held.chunk)
+        """The claim's parts decoded into a batch, held tables first (kvfast.holding)."""
+        return prepare(self.client, parts)
 
     # -- process ---------------------------------------------------------------
 
@@ -297,7 +212,8 @@ class Drainer:
         if not parts:
             return BatchReport([p.partition for p in claim.parts], total, 0, 0, False,
                                len(claim.parts), retaken)
-        holds, waiting, unapplied = self._holds_after(prepared, applied, parts)
+        after = holds_after(prepared, applied, parts)
+        holds, waiting, unapplied = after.actions, after.waiting, after.unapplied
         docs: dict[int, list[bytes]] = {part.partition: [] for part in parts}
         for raw, reason, p in batch.dead:
             if raw not in waiting:
@@ -327,65 +243,6 @@ class Drainer:
             holds=reasons,
         )
 
-    def _holds_after(
-        self, prepared: Prepared, applied: Applied, parts: list[Part]
-    ) -> tuple[dict[int, tuple[list[tuple[Hold | None, HoldAction]], int]], set[bytes],
-               dict[int, int]]:
-        """Per partition: the hold actions for ack.lua and the retry delay (ms); every
-        entry that waits in a held list after this batch; and per partition how many
-        entries fed to the batch were not applied because they wait.
-
-        A table PostgreSQL refused waits whole; a table the fold could not apply
-        waits from the first entry it could not; a held table whose entries all
-        applied, with nothing left in its list, is released.
-        """
-        batch = prepared.batch
-        ours = {part.partition for part in parts}
-        keys = set(prepared.tables) | set(batch.held)
-        keys |= {k for k in batch.entries_of if k[1] in applied.failed}
-        out: dict[int, tuple[list[tuple[Hold | None, HoldAction]], int]] = {}
-        waiting: set[bytes] = set()
-        unapplied: dict[int, int] = {}
-        for p, table in sorted(keys):
-            if p not in ours:
-                continue
-            held = prepared.tables.get((p, table)) or HeldTable(p, table, None)
-            held.folded = batch.entries_of.get((p, table), [])
-            newly = batch.held.get((p, table))
-            why: Hold | None = None
-            if table in applied.failed:
-                held.applied = 0
-                why = Hold.new(table, TABLE, applied.failed[table])
-            elif newly is not None:
-                held.applied = len(held.folded) - len(newly[1])
-                why = newly[0]
-            else:
-                held.applied = len(held.folded)
-            trim, push, hold = held.outcome(why)
-            waiting.update(held.folded[held.applied:])
-            waiting.update(held.waiting)
-            unapplied[p] = unapplied.get(p, 0) + len(held.folded) - held.applied
-            if not trim and not push and hold is held.hold:
-                continue  # nothing changed for this table
-            if hold is not None and held.hold is None:
-                log.warning("partition %d: %d entries of table %s wait: %s", p, len(push),
-                            table, hold.reason)
-            elif hold is None:
-                log.info("partition %d: table %s drains again (%d held entries applied)", p,
-                         table, trim)
-            if hold is None:
-                delay = 0
-            elif hold.kind == TABLE:
-                delay = retry_delay_ms(hold.tries)
-            elif held.applied:
-                delay = 0
-            else:
-                delay = _MODEL_HOLD_RETRY_MS
-            actions, old = out.get(p, ([], delay))
-            actions.append((hold, HoldAction(table, trim, push, hold.doc() if hold else b"")))
-            out[p] = (actions, min(old, delay))
-        return out, waiting, unapplied
-
     def _drop(self, prepared: Prepared, parts: list[Part],
               gone: set[int]) -> tuple[Prepared, list[Part]]:
         """The batch without the partitions in ``gone`` (taken over by another drainer)."""
@@ -401,30 +258,41 @@ class Drainer:
     ) -> tuple[Applied, list[Part], Prepared]:
         """Commit the batch; returns (what it did, the partitions still ours, the batch)."""
         split = 1
+        # After a statement timeout, what committed stays committed: the next
+        # attempt goes on with the ops left, in smaller transactions.
+        total = Applied()
+        remaining = prepared.batch
 
         def attempt() -> Applied:
-            nonlocal prepared, parts
+            nonlocal prepared, parts, total, remaining
             while True:
                 lost = self._keeper.take_lost(parts)
                 if lost:
                     prepared, parts = self._drop(prepared, parts, lost)
+                    total, remaining = Applied(), prepared.batch
                 if not parts:
                     return Applied()
                 epochs = {part.partition: part.epoch for part in parts}
                 try:
                     with pg_errors(self.settings):
-                        return self._applier_conn().apply(prepared.batch, epochs, split)
+                        total.add(self._applier_conn().apply(remaining, epochs, split))
+                    return total
                 except StaleEpoch as exc:
                     gone = self._after_stale(exc, parts)
                     if gone:
                         prepared, parts = self._drop(prepared, parts, gone)
+                        total, remaining = Applied(), prepared.batch
+                except StatementTimeout as exc:
+                    total.add(exc.done)
+                    remaining = exc.rest
+                    raise
 
         def describe(exc: BaseException) -> tuple[int, str]:
             if isinstance(exc, ConnectionFailed):
                 return logging.WARNING, "PostgreSQL unavailable"
             if isinstance(exc, StatementTimeout):
                 return (logging.WARNING,
-                        f"statement timeout; applying the batch in {split} transactions")
+                        f"statement timeout; applying the rest in {split} transactions")
             return (logging.ERROR,
                     f"batch of partitions {sorted(part.partition for part in parts)} failed")
 

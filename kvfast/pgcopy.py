@@ -56,7 +56,16 @@ def is_table_error(exc: BaseException) -> bool:
 
 
 class StatementTimeout(Exception):
-    """PostgreSQL cancelled a statement (statement_timeout): retry in smaller pieces."""
+    """PostgreSQL cancelled a statement (statement_timeout): retry in smaller pieces.
+
+    ``done`` is what the pieces committed before it did; ``rest`` the ops not
+    yet committed (the caller goes on from there, not from the start).
+    """
+
+    def __init__(self, text: str, done: Applied, rest: Batch) -> None:
+        super().__init__(text)
+        self.done = done
+        self.rest = rest
 # When a batch fails, bisect groups of at most this many ops rather than the
 # whole batch: with ~1% poison rows a 2,000-op batch has ~20 bad rows and
 # bisecting 45-op chunks costs far fewer statements than bisecting 2,000 ops.
@@ -155,6 +164,10 @@ class Applied:
     #: table → the error (SQLSTATE and message); its ops were rolled back
     failed: dict[str, str] = field(default_factory=dict)
 
+    def add(self, other: Applied) -> None:
+        self.dead += other.dead
+        self.failed.update(other.failed)
+
 
 def _pieces(batch: Batch, n: int) -> list[Batch]:
     """``batch`` cut into ``n`` batches by key (one op per key: order is unaffected)."""
@@ -166,6 +179,19 @@ def _pieces(batch: Batch, n: int) -> list[Batch]:
             if part:
                 piece.models[table] = ModelOps(mops.info, dict(part))
     return [piece for piece in out if piece.models]
+
+
+def _joined(pieces: list[Batch]) -> Batch:
+    """The ops of several pieces of one batch as one batch again."""
+    out = Batch()
+    for piece in pieces:
+        for table, mops in piece.models.items():
+            into = out.models.get(table)
+            if into is None:
+                out.models[table] = ModelOps(mops.info, dict(mops.ops))
+            else:
+                into.ops.update(mops.ops)
+    return out
 
 
 class Applier:
@@ -210,17 +236,15 @@ class Applier:
         StatementTimeout when PostgreSQL cancelled a statement, and lets
         connection errors propagate (rolled back) for the caller to retry.
         """
-        if split > 1:
-            total = Applied()
-            for piece in _pieces(batch, split):
-                done = self.apply(piece, epochs)
-                total.dead += done.dead
-                total.failed.update(done.failed)
-            return total
-        try:
-            return self._apply_once(batch, epochs)
-        except psycopg.errors.QueryCanceled as exc:
-            raise StatementTimeout(_error_text(exc)) from exc
+        pieces = _pieces(batch, split) if split > 1 else [batch]
+        total = Applied()
+        for i, piece in enumerate(pieces):
+            try:
+                done = self._apply_once(piece, epochs)
+            except psycopg.errors.QueryCanceled as exc:
+                raise StatementTimeout(_error_text(exc), total, _joined(pieces[i:])) from exc
+            total.add(done)
+        return total
 
     def _apply_once(self, batch: Batch, epochs: dict[int, int]) -> Applied:
         for mops in batch.models.values():

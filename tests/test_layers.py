@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("producer", "batch", "pgcopy"),            # write plans; drain batches
     ("core",),                                  # repository plans
     ("repository", "aio"),                      # the shells over the core
-    ("claims",),
+    ("claims", "holding"),                      # what a drainer holds: leases, held tables
     ("drainer",),
     ("stats",),                                 # the supervisor: reports, status, health
     ("worker", "metrics"),                      # the drainer child; Prometheus + /healthz

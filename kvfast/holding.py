@@ -1,0 +1,182 @@
+"""Held tables in a drainer: read them with a claim, fold them first, decide their fate.
+
+``prepare`` turns a claim into a batch: a partition's held tables (kvfast.holds)
+get their due entries in front of the claim's new ones; ``holds_after`` reads
+what the fold and PostgreSQL made of them into ack.lua's hold actions.  A
+partition without holds costs one check here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from kvfast.batch import Batch, build_batch
+from kvfast.client import Client
+from kvfast.drivers import redis_errors
+from kvfast.holds import MODEL, TABLE, HeldTable, Hold, retry_delay_ms, table_of
+from kvfast.model import get_model, model_version
+from kvfast.pgcopy import Applied
+from kvfast.scripts import HoldAction, Part
+
+__all__ = ["After", "Prepared", "holds_after", "prepare"]
+
+log = logging.getLogger("kvfast.drainer")
+
+#: a hold that waits for a drainer with another model is looked at again after this
+#: long even without one (a drainer that has the model takes it at once)
+_MODEL_HOLD_RETRY_MS = 1000
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A claim decoded for applying: the batch, and its partitions' held tables."""
+
+    batch: Batch
+    #: partition → entries fed to the batch (the claim's, with the held ones tried)
+    fed: dict[int, int]
+    #: (partition, table) → the held table, for every table with a hold before the claim
+    tables: dict[tuple[int, str], HeldTable] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class After:
+    """What a batch leaves held (see ``holds_after``)."""
+
+    #: partition → (what ack.lua does to each held list, with the hold that remains;
+    #: ms until the remaining holds are retried)
+    actions: dict[int, tuple[list[tuple[Hold | None, HoldAction]], int]]
+    #: every entry that waits in a held list after this batch
+    waiting: set[bytes]
+    #: partition → entries fed to the batch but not applied because they wait
+    unapplied: dict[int, int]
+
+
+def prepare(client: Client, parts: list[Part]) -> Prepared:
+    """Decode a claim's parts into a batch, with their held tables (kvfast.holds).
+
+    A held table's new entries go behind its held list.  When the hold is
+    due (or this drainer has the model or version it waits for), the head of
+    the held list is read and put in front of them, so they are tried, in
+    order; the claim's new entries join them only when that head was the
+    whole list.  Partitions without holds cost nothing here.
+    """
+    tables: dict[tuple[int, str], HeldTable] = {}
+    if not any(part.holds for part in parts):
+        return Prepared(build_batch((part.partition, part.entries) for part in parts),
+                        {part.partition: len(part.entries) for part in parts})
+    now_ms = time.time() * 1000
+    retried: list[HeldTable] = []
+    slices: list[tuple[int, list[bytes]]] = []
+    for part in parts:
+        if not part.holds:
+            slices.append((part.partition, part.entries))
+            continue
+        due = part.holds_next is None or part.holds_next <= now_ms
+        mine = {table: HeldTable(part.partition, table, hold)
+                for table, hold in part.holds.items()}
+        other: list[bytes] = []
+        for raw in part.entries:
+            table = table_of(raw)
+            held = mine.get(table) if table is not None else None
+            if held is None:
+                other.append(raw)
+            else:
+                held.waiting.append(raw)
+        for held in mine.values():
+            tables[(part.partition, held.table)] = held
+            if due or _can_release(held.hold):
+                retried.append(held)
+        slices.append((part.partition, other))
+    if retried:
+        _read_held(client, retried)
+    extra: dict[int, list[bytes]] = {}
+    for held in tables.values():
+        extra.setdefault(held.partition, []).extend(held.folded)
+    slices = [(p, entries + extra.get(p, [])) for p, entries in slices]
+    return Prepared(build_batch(slices), {p: len(entries) for p, entries in slices}, tables)
+
+def _can_release(hold: Hold | None) -> bool:
+    """Whether this drainer has what ``hold`` waits for (then it tries at once)."""
+    if hold is None or hold.kind == TABLE:
+        return False
+    info = get_model(hold.table)
+    if info is None:
+        return False
+    return hold.kind == MODEL or hold.version == model_version(info)
+
+def _read_held(client: Client, tables: list[HeldTable]) -> None:
+    """The head of each held list (one pipelined round trip) and its length."""
+    size = client.settings.batch_size
+    with redis_errors(client.settings):
+        pipe = client.redis.pipeline(transaction=False)
+        for held in tables:
+            key = client.keys.held(held.partition, held.table)
+            pipe.lrange(key, 0, size - 1)
+            pipe.llen(key)
+        replies = pipe.execute()
+    for held, chunk, length in zip(tables, replies[0::2], replies[1::2], strict=True):
+        held.chunk = list(chunk)
+        held.list_len = int(length)
+        if held.list_len <= len(held.chunk):
+            held.folded = held.chunk + held.waiting
+            held.waiting = []
+        else:
+            held.folded = list(held.chunk)
+
+
+def holds_after(prepared: Prepared, applied: Applied, parts: list[Part]) -> After:
+    """What the batch leaves held: per partition the hold actions for ack.lua and
+    the retry delay, the entries that wait, and how many fed entries did not apply.
+
+    A table PostgreSQL refused waits whole; a table the fold could not apply
+    waits from the first entry it could not; a held table whose entries all
+    applied, with nothing left in its list, is released.
+    """
+    batch = prepared.batch
+    ours = {part.partition for part in parts}
+    keys = set(prepared.tables) | set(batch.held)
+    keys |= {k for k in batch.entries_of if k[1] in applied.failed}
+    out: dict[int, tuple[list[tuple[Hold | None, HoldAction]], int]] = {}
+    waiting: set[bytes] = set()
+    unapplied: dict[int, int] = {}
+    for p, table in sorted(keys):
+        if p not in ours:
+            continue
+        held = prepared.tables.get((p, table)) or HeldTable(p, table, None)
+        held.folded = batch.entries_of.get((p, table), [])
+        newly = batch.held.get((p, table))
+        why: Hold | None = None
+        if table in applied.failed:
+            held.applied = 0
+            why = Hold.new(table, TABLE, applied.failed[table])
+        elif newly is not None:
+            held.applied = len(held.folded) - len(newly[1])
+            why = newly[0]
+        else:
+            held.applied = len(held.folded)
+        trim, push, hold = held.outcome(why)
+        waiting.update(held.folded[held.applied:])
+        waiting.update(held.waiting)
+        unapplied[p] = unapplied.get(p, 0) + len(held.folded) - held.applied
+        if not trim and not push and hold is held.hold:
+            continue  # nothing changed for this table
+        if hold is not None and held.hold is None:
+            log.warning("partition %d: %d entries of table %s wait: %s", p, len(push),
+                        table, hold.reason)
+        elif hold is None:
+            log.info("partition %d: table %s drains again (%d held entries applied)", p,
+                     table, trim)
+        if hold is None:
+            delay = 0
+        elif hold.kind == TABLE:
+            delay = retry_delay_ms(hold.tries)
+        elif held.applied:
+            delay = 0
+        else:
+            delay = _MODEL_HOLD_RETRY_MS
+        actions, old = out.get(p, ([], delay))
+        actions.append((hold, HoldAction(table, trim, push, hold.doc() if hold else b"")))
+        out[p] = (actions, min(old, delay))
+    return After(out, waiting, unapplied)
