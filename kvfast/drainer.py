@@ -39,7 +39,7 @@ from kvfast.drivers import pg_errors
 from kvfast.errors import ConnectionFailed, PostgresQueryError, SchemaMismatch
 from kvfast.holding import Prepared, holds_after, prepare
 from kvfast.holds import Hold
-from kvfast.model import TOMBSTONE_FIELD
+from kvfast.model import TOMBSTONE_FIELD, registered_models
 from kvfast.pgcopy import Applied, Applier, StaleEpoch, StatementTimeout
 from kvfast.retry import Backoff, retry
 from kvfast.scripts import Ack, Claim, HoldAction, Part, Rebase
@@ -146,6 +146,9 @@ class Drainer:
             self._pg.execute("SET enable_mergejoin = off")
             self._pg.commit()
             self._applier = Applier(self._pg, self.settings.namespace, self.owner)
+            # Before anything is applied: an older drainer must know this one's
+            # model versions before any of their values can be in PostgreSQL.
+            self._applier.register(registered_models())
         return self._applier
 
     def _drop_pg(self) -> None:

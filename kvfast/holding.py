@@ -150,7 +150,7 @@ def holds_after(prepared: Prepared, applied: Applied, parts: list[Part]) -> Afte
         why: Hold | None = None
         if table in applied.failed:
             held.applied = 0
-            why = Hold.new(table, TABLE, applied.failed[table])
+            why = Hold.new(table, *applied.failed[table])
         elif newly is not None:
             held.applied = len(held.folded) - len(newly[1])
             why = newly[0]

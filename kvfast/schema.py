@@ -17,11 +17,16 @@ from psycopg import sql
 from kvfast.errors import SchemaMismatch
 from kvfast.model import ModelInfo
 
-__all__ = ["FENCE_TABLE", "check_tables", "create_tables", "select_rows", "select_rows_sql"]
+__all__ = ["FENCE_TABLE", "MODELS_TABLE", "check_tables", "create_tables", "select_rows",
+           "select_rows_sql"]
 
 #: One row per (namespace, partition): the newest epoch that committed a batch,
 #: and the drainer (owner) that committed it.
 FENCE_TABLE = "kvfast_fence"
+#: One row per model version a drainer runs: its fields, and when a drainer running
+#: it was last seen.  An older drainer holds a table's creates while a newer
+#: version with more fields is live (kvfast.pgcopy: its upsert would leave them).
+MODELS_TABLE = "kvfast_models"
 
 # Column types that hold a model's values unchanged, beyond the exact one.  A
 # varchar(n) rejects a longer value (a dead letter, visible) but never alters
@@ -58,6 +63,13 @@ def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) ->
             sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS owner text").format(
                 sql.Identifier(FENCE_TABLE)
             )
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, table_name text "
+                "NOT NULL, version text NOT NULL, fields text[] NOT NULL, seen_at timestamptz "
+                "NOT NULL DEFAULT now(), PRIMARY KEY (namespace, table_name, version))"
+            ).format(sql.Identifier(MODELS_TABLE))
         )
         for info in infos:
             conn.execute(

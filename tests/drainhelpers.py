@@ -115,9 +115,11 @@ UTC = dt.UTC
 
 
 def busy_partitions(r: redis.Redis, settings: kvfast.Settings) -> dict[str, list[int]]:
-    """Partitions with queued entries, an in-flight list or in-flight metadata."""
-    out: dict[str, list[int]] = {"queued": [], "inflight": [], "inflight_meta": []}
+    """Partitions with queued entries, an in-flight list or metadata, or held tables."""
+    out: dict[str, list[int]] = {"queued": [], "inflight": [], "inflight_meta": [], "held": []}
     for p in range(settings.partitions):
+        if r.exists(queue_key(settings, p)[:-2] + ":h"):
+            out["held"].append(p)
         if r.llen(queue_key(settings, p)):
             out["queued"].append(p)
         if r.exists(inflight_key(settings, p)):
