@@ -24,19 +24,19 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from kvfast import deadletters
-from kvfast.batch import Batch, build_batch
+from kvfast import codec, deadletters
+from kvfast.batch import Batch, Hashes, build_batch
 from kvfast.claims import LeaseKeeper
 from kvfast.client import Client, connect_pg
-from kvfast.drivers import pg_errors
-from kvfast.errors import ConnectionFailed, PostgresQueryError, SchemaMismatch
+from kvfast.drivers import pg_errors, redis_errors
+from kvfast.errors import ConnectionFailed, DecodeError, PostgresQueryError, SchemaMismatch
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.pgcopy import Applier, StaleEpoch
 from kvfast.retry import Backoff, retry
@@ -175,7 +175,7 @@ class Drainer:
         """
         self._keeper.track(claim.parts)
         try:
-            return self._process(claim, batch or build_batch(claim.slices()))
+            return self._process(claim, batch or self._build(claim.slices()))
         finally:
             self._keeper.untrack(claim.parts)
 
@@ -210,6 +210,39 @@ class Drainer:
             [(now_us - t) / 1000 for t in lags],
         )
 
+    def _build(self, slices: Sequence[tuple[int, Sequence[bytes]]]) -> Batch:
+        """``build_batch``, with the current hash of every key a resync entry names
+        (``python -m kvfast.deadletter requeue`` pushes them; see ``kvfast.batch``).
+
+        The hashes are read after the claim, in one pipelined round trip, and
+        only when a cheap byte test finds a resync entry at all.
+        """
+        found = [(p, raw) for p, entries in slices for raw in entries
+                 if codec.RESYNC_MARK in raw]
+        if not found:
+            return build_batch(slices)
+        hashes = retry(lambda: self._read_hashes(found), retry_on=_REDIS_RETRY,
+                       what="Redis unavailable", log=log)
+        return build_batch(slices, hashes)
+
+    def _read_hashes(self, found: Iterable[tuple[int, bytes]]) -> Hashes:
+        wanted: dict[tuple[str, str], str] = {}
+        for p, raw in found:
+            try:
+                table, op, key, _, _, _ = codec.check(codec.parse(raw))
+            except DecodeError:
+                continue  # build_batch dead-letters it
+            if op == codec.OP_RESYNC:
+                wanted[(table, str(key))] = self.keys.obj(p, table, str(key))
+        if not wanted:
+            return {}
+        with redis_errors(self.settings):
+            pipe = self.client.redis.pipeline(transaction=False)
+            for obj_key in wanted.values():
+                pipe.hgetall(obj_key)
+            replies = pipe.execute()
+        return dict(zip(wanted, replies, strict=True))
+
     def _drop(self, batch: Batch, parts: list[Part], gone: set[int]) -> tuple[Batch, list[Part]]:
         """The batch without the partitions in ``gone`` (taken over by another drainer)."""
         for part in parts:
@@ -217,7 +250,7 @@ class Drainer:
                 log.warning("partition %d epoch %d is stale: its share of the batch is left "
                             "to its new owner", part.partition, part.epoch)
         parts = [part for part in parts if part.partition not in gone]
-        return build_batch(Claim(parts).slices()), parts
+        return self._build(Claim(parts).slices()), parts
 
     def _apply_with_retry(
         self, batch: Batch, parts: list[Part]
@@ -347,7 +380,7 @@ class Drainer:
                         continue
                     # Tracked from here: the lease must not run out while queued.
                     self._keeper.track(claim.parts)
-                    batch = build_batch(claim.slices())
+                    batch = self._build(claim.slices())
                     finish()
                     pending = pool.submit(self.process, claim, batch)
             finally:
