@@ -7,6 +7,7 @@ entries of a batch are folded per key, in queue order, into one final op:
     update            → update (the changed columns), or merged into a prior upsert/update
     delete            → delete (discarding what came before it)
     create after delete → upsert (an upsert writes every column: same result)
+    resync            → see ``_resync_op``: the key's current Redis hash, as an upsert
 
 Entries that do not decode, name an unknown field of a model they were written
 by, or update a key the same batch deleted, become dead letters with the reason;
@@ -26,7 +27,7 @@ folding per key never mixes partitions.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +36,13 @@ from kvfast.decoders import build_row_decoder, decode_value
 from kvfast.errors import DecodeError
 from kvfast.fieldtypes import Reject
 from kvfast.holds import MODEL, VERSION, Hold
-from kvfast.model import ModelInfo, get_model, model_version
+from kvfast.model import TOMBSTONE_FIELD, ModelInfo, get_model, model_version
 
-__all__ = ["DELETE", "UPDATE", "UPSERT", "Batch", "KeyOp", "ModelOps", "build_batch"]
+__all__ = ["DELETE", "UPDATE", "UPSERT", "Batch", "Hashes", "KeyOp", "ModelOps", "build_batch"]
+
+#: (table, key string) → the key's object hash read after the claim ({} when absent)
+Hashes = Mapping[tuple[str, str], Mapping[bytes, bytes]]
+_TOMB = TOMBSTONE_FIELD.encode()
 
 UPSERT = "upsert"
 UPDATE = "update"
@@ -129,12 +134,17 @@ def _row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
     return cached[1]
 
 
-def build_batch(parts: Iterable[tuple[int, Sequence[bytes]]]) -> Batch:
-    """Decode and fold ``(partition, entries)`` pairs, each in queue order."""
+def build_batch(parts: Iterable[tuple[int, Sequence[bytes]]],
+                hashes: Hashes | None = None) -> Batch:
+    """Decode and fold ``(partition, entries)`` pairs, each in queue order.
+
+    ``hashes``: the current object hash of every key a resync entry names, read
+    after the claim (``Drainer._resync_hashes``); needed only when there are any.
+    """
     batch = Batch()
     for partition, raw_entries in parts:
         batch.size += len(raw_entries)
-        _fold(batch, partition, raw_entries)
+        _fold(batch, partition, raw_entries, hashes)
     return batch
 
 
@@ -197,12 +207,14 @@ def _defaults(info: ModelInfo) -> dict[str, Any]:
     return cached[1]
 
 
-def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
+def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes], hashes: Hashes | None) -> None:
     models = batch.models
     dead = batch.dead
     write_times = batch.write_times
     held = batch.held
     entries_of = batch.entries_of
+    #: keys set from their current hash by a resync: later entries are already in it
+    settled: set[tuple[str, Any]] = set()
     for raw in raw_entries:
         table = None
         try:
@@ -239,6 +251,8 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
             else:
                 key = _decode_key(info, entry_key)
                 row = None
+                if op_kind == codec.OP_RESYNC:
+                    row = _resync_row(info, raw, hashes, str(entry_key))
         except _Held as exc:
             assert table is not None
             batch.hold(p, table, exc.hold, raw)
@@ -250,7 +264,15 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
             models[table] = mops
         write_times.append(t_us)
         op = mops.ops.get(key)
-        if op_kind == codec.OP_CREATE:
+        if settled and (table, key) in settled:
+            assert op is not None
+            op.entries.append(raw)
+            if op_kind == codec.OP_DELETE and mark_id is not None:
+                batch.tombstones.append((p, info, str(key), mark_id))
+        elif op_kind == codec.OP_RESYNC:
+            if _resync_op(mops, key, row, p, raw, op):
+                settled.add((table, key))
+        elif op_kind == codec.OP_CREATE:
             if op is None:
                 mops.ops[key] = KeyOp(UPSERT, key, row, p, [raw], mark_id)
             else:
@@ -279,3 +301,62 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes]) -> None:
             else:
                 op.kind, op.row, op.mark = DELETE, None, None
                 op.entries.append(raw)
+
+
+def _resync_row(info: ModelInfo, raw: bytes, hashes: Hashes | None, key_str: str) -> Any:
+    """What a resync entry applies: the key's current hash as a full row (values in
+    field order), ``DELETE`` (absent, and the entry it replaced was a delete), or
+    None (nothing to apply)."""
+    current = None if hashes is None else hashes.get((info.table, key_str))
+    if current is None:
+        raise DecodeError(f"{info.name} resync {key_str!r}: its Redis hash was not read")
+    if _TOMB in current:
+        return None
+    if not current:
+        gone = codec.parse(raw).get("g") is True
+        return DELETE if gone else None
+    out: list[Any] = []
+    for f in info.fields:
+        value = current.get(f.name.encode("utf-8"))
+        if value is None:
+            if not f.nullable:
+                raise DecodeError(f"{info.name} {key_str!r}: Redis hash has no {f.name!r}")
+            out.append(None)
+            continue
+        try:
+            out.append(f.ftype.to_copy(f.ftype.check(f.ftype.from_hash(value))))
+        except (Reject, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DecodeError(f"{info.name}.{f.name} in the Redis hash of {key_str!r}: "
+                              f"{exc}") from None
+    return out
+
+
+def _resync_op(mops: ModelOps, key: Any, row: Any, p: int, raw: bytes, op: KeyOp | None) -> bool:
+    """Fold one resync entry; True when it set the key from its current hash.
+
+    Why this never takes PostgreSQL back in time: the hash was read *after* the
+    claim, so it already holds every write to the key queued before the resync
+    entry and every write queued after it up to the read (the ones in this claim
+    and any behind it).  Applying it makes the row equal to a state Redis really
+    had, at least as new as anything the batch holds; the later entries of this
+    batch are therefore folded into it without changing it (``settled``), and the
+    entries behind the claim re-apply what the hash already holds.
+
+    A tombstone applies nothing: its delete entry is still queued or in flight and
+    drains in order.  An absent hash applies nothing either (deleted and drained,
+    or a TTL'd copy that expired after its drain: PostgreSQL holds the drained
+    state), except for the resync of a dead-lettered delete, whose tombstone the
+    ack cleared: there absence is the delete, and the row is deleted.
+    """
+    if row is None:  # nothing to apply: the entry counts as drained
+        if op is not None:
+            op.entries.append(raw)  # dead-lettered with the op if PostgreSQL rejects it
+        return False
+    kind = DELETE if row is DELETE else UPSERT
+    value = None if row is DELETE else row
+    if op is None:
+        mops.ops[key] = KeyOp(kind, key, value, p, [raw])
+    else:
+        op.kind, op.row = kind, value
+        op.entries.append(raw)
+    return kind == UPSERT

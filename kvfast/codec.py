@@ -2,8 +2,9 @@
 
 An entry is one orjson object, self-describing and versioned::
 
-    {"v": 1, "m": "<table>", "mv": "<model version>", "o": "c"|"u"|"d", "k": <key>,
-     "f": {field: wire value}, "i": "<mark id>", "t": <write time, unix µs>}
+    {"v": 1, "m": "<table>", "mv": "<model version>", "o": "c"|"u"|"d"|"r",
+     "k": <key>, "f": {field: wire value}, "i": "<mark id>", "g": true,
+     "t": <write time, unix µs>}
 
 ``c`` (create) carries every field, ``u`` (update) only the changed ones, ``d``
 (delete) no ``f`` but the id of the tombstone it left in Redis, so the drainer
@@ -12,7 +13,12 @@ a TTL carries in ``i`` the write id it left in the object's hash
 (``keys.WRITE_FIELD``): the ack gives the object its TTL only while that id is
 still there.  ``mv`` is the writing model's version (``model.model_version``): a
 drainer whose model differs reads the entry field by field (an older model's
-entry drains with defaults, a newer one's waits; see ``kvfast.holds``).  Wire values are JSON
+entry drains with defaults, a newer one's waits; see ``kvfast.holds``).  ``r``
+(resync, pushed by ``python -m kvfast.deadletter requeue`` in place of a
+dead-lettered entry) carries only the key: the drainer applies the key's
+*current* Redis hash (see ``kvfast.batch``); ``"g": true`` says the
+dead-lettered entry was a delete, so a key absent from Redis is deleted in
+PostgreSQL too.  Wire values are JSON
 (see ``fieldtypes``); ``t`` lets the drainer measure drain lag.  A reader that
 meets a ``v`` it does not know dead-letters the entry instead of guessing.
 """
@@ -32,11 +38,14 @@ __all__ = [
     "FORMAT_VERSION",
     "OP_CREATE",
     "OP_DELETE",
+    "OP_RESYNC",
     "OP_UPDATE",
+    "RESYNC_MARK",
     "Entry",
     "check",
     "decode",
     "encode_delete",
+    "encode_resync",
     "encode_write",
     "entry_head",
     "entry_tail",
@@ -49,7 +58,10 @@ FORMAT_VERSION = 1
 OP_CREATE = "c"
 OP_UPDATE = "u"
 OP_DELETE = "d"
-_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_DELETE))
+OP_RESYNC = "r"
+_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_DELETE, OP_RESYNC))
+#: bytes every resync entry holds (``encode_resync``): a cheap test before parsing a claim
+RESYNC_MARK = b'"o":"r"'
 
 
 def now_us() -> int:
@@ -90,6 +102,15 @@ def encode_delete(table: str, key: Any, tomb_id: str, t_us: int) -> bytes:
     return orjson.dumps(
         {"v": FORMAT_VERSION, "m": table, "o": OP_DELETE, "k": key, "i": tomb_id, "t": t_us}
     )
+
+
+def encode_resync(table: str, key: Any, t_us: int, *, gone: bool = False) -> bytes:
+    """A resync of ``key``: "apply its current Redis hash" (``gone``: the entry it
+    replaces was a delete, so a key absent from Redis is absent from PostgreSQL)."""
+    obj: dict[str, Any] = {"v": FORMAT_VERSION, "m": table, "o": OP_RESYNC, "k": key, "t": t_us}
+    if gone:
+        obj["g"] = True
+    return orjson.dumps(obj)
 
 
 @dataclass(slots=True)
@@ -145,6 +166,8 @@ def check(obj: Any) -> tuple[str, str, Any, dict[str, Any], int, str | None]:
         if type(tomb_id) is not str:
             raise DecodeError("delete entry without a tombstone id")
         return table, op, key, {}, t_us, tomb_id
+    if op == OP_RESYNC:
+        return table, op, key, {}, t_us, None
     fields = obj.get("f")
     if type(fields) is not dict or not fields:
         raise DecodeError("write entry without fields")

@@ -5,11 +5,20 @@ A dead letter is a JSON document in its partition's list ``{ns:p}:d``::
     {"entry": "<the queue entry>", "error": "<why>", "partition": p, "time": …, "drainer": …}
 
 (``entry_b64`` instead of ``entry`` when the bytes were not UTF-8; written and
-read by ``kvfast.deadletters``).  ``requeue``
-puts entries back at the *tail* of their partition's queue, in the order they
-failed, e.g. after fixing the table; an entry for a key written again since
-then will be applied after that newer write, so filter with ``--model`` or
-requeue soon.  ``purge`` deletes; it asks first unless ``--yes``.
+read by ``kvfast.deadletters``).
+
+``requeue`` (e.g. after fixing the table) does not push the old entry back: the
+key may have been written again since, and the old entry, drained after those
+newer writes, would take PostgreSQL back to an older state than Redis.  It
+pushes a *resync* of the key instead, at the tail of its partition's queue: the
+drainer that takes it applies the key's current Redis hash (the whole object;
+nothing for a key deleted since, whose delete drains on its own; a delete for a
+dead-lettered delete whose key is still absent).  PostgreSQL then holds a state
+Redis really had, never an older one, however often the key was written since.
+Dead letters whose bytes are not a queue entry this kvfast reads stay where
+they are (reported): pushed back they would only die again, or, if a newer
+kvfast wrote them, be applied out of order; inspect them with ``show`` and
+``purge`` them.  ``purge`` deletes; it asks first unless ``--yes``.
 """
 
 from __future__ import annotations
@@ -17,18 +26,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import orjson
 
+from kvfast import codec
 from kvfast.client import Client
 from kvfast.deadletters import DeadLetter, parse
 from kvfast.drivers import redis_errors
-from kvfast.errors import KvfastError
+from kvfast.errors import DecodeError, KvfastError
 from kvfast.scripts import Requeue
 from kvfast.settings import Settings
 
 # DeadLetter (the document's reader, next to its writer) lives in kvfast.deadletters.
-__all__ = ["DeadLetter", "count", "iter_dead", "main", "purge", "requeue"]
+__all__ = ["DeadLetter", "Requeued", "count", "iter_dead", "main", "purge", "requeue",
+           "resync_of"]
 
 
 def count(client: Client) -> dict[int, int]:
@@ -56,15 +68,68 @@ def iter_dead(
                 yield dl
 
 
-def requeue(client: Client, letters: Sequence[DeadLetter]) -> int:
-    """Move ``letters`` back to their queues (in order); returns how many moved."""
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What ``requeue`` did: resyncs pushed, of how many keys, dead letters left alone."""
+
+    resyncs: int
+    keys: int
+    #: not a queue entry kvfast reads: left in the dead-letter list
+    skipped: int
+    #: selected but gone meanwhile (another operator requeued or purged them)
+    vanished: int
+
+    def __str__(self) -> str:
+        text = f"requeued {self.resyncs} dead letters as resyncs of {self.keys} keys"
+        if self.skipped:
+            text += (f"; {self.skipped} left dead-lettered: not a queue entry this kvfast "
+                     "reads (see show, purge)")
+        if self.vanished:
+            text += f"; {self.vanished} gone meanwhile (requeued or purged by someone else)"
+        return text
+
+
+def resync_of(dl: DeadLetter, t_us: int) -> tuple[tuple[str, str], bytes] | None:
+    """((table, key string), the resync entry) replacing ``dl``, None if its bytes are
+    not a queue entry this kvfast reads."""
+    entry = dl.entry_bytes
+    if entry is None:
+        return None
+    try:
+        table, op, key, _, _, _ = codec.check(codec.parse(entry))
+    except DecodeError:
+        return None
+    # A resync of a dead-lettered delete (or a resync of one) keeps saying so.
+    gone = op == codec.OP_DELETE or (op == codec.OP_RESYNC and
+                                     codec.parse(entry).get("g") is True)
+    return (table, str(key)), codec.encode_resync(table, key, t_us, gone=gone)
+
+
+def requeue(client: Client, letters: Sequence[DeadLetter]) -> Requeued:
+    """Replace each of ``letters`` by a resync of its key at the tail of its queue.
+
+    Each document is removed and its resync pushed atomically (requeue.lua); one
+    resync per dead letter keeps drained + dead = produced.
+    """
+    t_us = codec.now_us()
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    keys_of: dict[int, list[tuple[str, str]]] = {}
+    skipped = 0
     for dl in letters:
-        entry = dl.entry
-        if entry is not None:  # garbage bytes would only be dead-lettered again
-            by_partition.setdefault(dl.partition, []).append((dl.raw, entry))
-    calls = [Requeue.call(client.keys, p, pairs) for p, pairs in by_partition.items()]
-    return sum(Requeue.decode(r) for r in client.eval_many(Requeue.name, calls))
+        resync = resync_of(dl, t_us)
+        if resync is None:
+            skipped += 1
+            continue
+        by_partition.setdefault(dl.partition, []).append((dl.raw, resync[1]))
+        keys_of.setdefault(dl.partition, []).append(resync[0])
+    parts = list(by_partition)
+    calls = [Requeue.call(client.keys, p, by_partition[p]) for p in parts]
+    moved = [Requeue.decode(r) for r in client.eval_many(Requeue.name, calls)]
+    # A partition whose documents all went meanwhile moved none of its keys; a
+    # partial one is counted by its keys all the same (the report is a summary).
+    keys = {k for p, n in zip(parts, moved, strict=True) if n for k in keys_of[p]}
+    total = sum(moved)
+    return Requeued(total, len(keys), skipped, len(letters) - skipped - total)
 
 
 def purge(client: Client, letters: Sequence[DeadLetter]) -> int:
@@ -100,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_arguments(p, ("redis_url", "namespace", "partitions"))
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("list", "one line per dead letter, and counts"),
-                       ("requeue", "put dead letters back on their queues"),
+                       ("requeue", "re-sync each dead letter's key from its current "
+                                   "Redis object (never the old entry: it could undo "
+                                   "newer writes)"),
                        ("purge", "delete dead letters")):
         s = sub.add_parser(name, help=text)
         s.add_argument("--model", help="only entries of this model (table name)")
@@ -156,7 +223,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         print(f"{len(letters)} dead letters" + (f" ({more} not shown)" if more > 0 else ""))
         return 0
     if args.command == "requeue":
-        print(f"requeued {requeue(client, letters)} of {len(letters)} dead letters")
+        print(requeue(client, letters))
         return 0
     if not letters:
         print("nothing to purge")

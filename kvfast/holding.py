@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kvfast.batch import Batch, build_batch
+from kvfast import codec
+from kvfast.batch import Batch, Hashes, build_batch
 from kvfast.client import Client
 from kvfast.drivers import redis_errors
+from kvfast.errors import DecodeError
 from kvfast.holds import MODEL, TABLE, HeldTable, Hold, retry_delay_ms, table_of
 from kvfast.model import get_model, model_version
 from kvfast.pgcopy import Applied
@@ -64,7 +67,8 @@ def prepare(client: Client, parts: list[Part]) -> Prepared:
     """
     tables: dict[tuple[int, str], HeldTable] = {}
     if not any(part.holds for part in parts):
-        return Prepared(build_batch((part.partition, part.entries) for part in parts),
+        plain = [(part.partition, part.entries) for part in parts]
+        return Prepared(build_batch(plain, resync_hashes(client, plain)),
                         {part.partition: len(part.entries) for part in parts})
     now_ms = time.time() * 1000
     retried: list[HeldTable] = []
@@ -95,7 +99,8 @@ def prepare(client: Client, parts: list[Part]) -> Prepared:
     for held in tables.values():
         extra.setdefault(held.partition, []).extend(held.folded)
     slices = [(p, entries + extra.get(p, [])) for p, entries in slices]
-    return Prepared(build_batch(slices), {p: len(entries) for p, entries in slices}, tables)
+    return Prepared(build_batch(slices, resync_hashes(client, slices)),
+                    {p: len(entries) for p, entries in slices}, tables)
 
 def _can_release(hold: Hold | None) -> bool:
     """Whether this drainer has what ``hold`` waits for (then it tries at once)."""
@@ -180,3 +185,28 @@ def holds_after(prepared: Prepared, applied: Applied, parts: list[Part]) -> Afte
         actions.append((hold, HoldAction(table, trim, push, hold.doc() if hold else b"")))
         out[p] = (actions, min(old, delay))
     return After(out, waiting, unapplied)
+
+
+def resync_hashes(client: Client, slices: Sequence[tuple[int, Sequence[bytes]]]) -> Hashes | None:
+    """The current hash of every key a resync entry names (``python -m kvfast.deadletter
+    requeue`` pushes them; see ``kvfast.batch``), read after the claim in one pipelined
+    round trip, and only when a cheap byte test finds a resync entry at all."""
+    wanted: dict[tuple[str, str], str] = {}
+    for p, entries in slices:
+        for raw in entries:
+            if codec.RESYNC_MARK not in raw:
+                continue
+            try:
+                table, op, key, _, _, _ = codec.check(codec.parse(raw))
+            except DecodeError:
+                continue  # build_batch dead-letters it
+            if op == codec.OP_RESYNC:
+                wanted[(table, str(key))] = client.keys.obj(p, table, str(key))
+    if not wanted:
+        return None
+    with redis_errors(client.settings):
+        pipe = client.redis.pipeline(transaction=False)
+        for obj_key in wanted.values():
+            pipe.hgetall(obj_key)
+        replies = pipe.execute()
+    return dict(zip(wanted, replies, strict=True))

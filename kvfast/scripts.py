@@ -246,7 +246,8 @@ class Rebase:
 
 class Requeue:
     """requeue.lua: KEYS dead ``:d``, queue ``:q``, counters ``:s``; ARGV pairs (dead-letter
-    document, the queue entry inside it).  Reply: the number of entries requeued."""
+    document, the entry pushed in its place: ``kvfast.deadletter`` pushes a resync of its
+    key).  Reply: the number of documents removed, i.e. entries pushed."""
 
     name = "requeue"
 

@@ -170,7 +170,9 @@ def test_an_unreadable_dead_letter_still_lists() -> None:
 
 def test_the_dead_letter_functions_report_an_absent_redis_as_unavailable() -> None:
     with kvfast.Client(SETTINGS) as client:
-        letter = deadletters.parse(0, 0, deadletters.document(b"{}", "x", 0, "me"))
+        # A real entry: requeue skips one that does not decode without touching Redis.
+        entry = b'{"v":1,"m":"t_rides","o":"c","k":1,"f":{"id":1},"t":1}'
+        letter = deadletters.parse(0, 0, deadletters.document(entry, "x", 0, "me"))
         for call in (lambda: deadletter.count(client),
                      lambda: list(deadletter.iter_dead(client)),
                      lambda: deadletter.requeue(client, [letter]),

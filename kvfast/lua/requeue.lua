@@ -5,10 +5,12 @@
 -- KEYS[3]  counters       {ns:p}:s      hash: drained, dead (dead counts what is
 --                                        in the dead-letter list, so a requeued
 --                                        entry moves from dead back to queued)
--- ARGV     pairs: dead-letter document, the queue entry inside it
+-- ARGV     pairs: dead-letter document, the entry to push in its place
+--          (kvfast.deadletter pushes a resync of the document's key, not the
+--          old entry, which could undo newer writes)
 --
 -- Each document is removed from the dead-letter list (first occurrence) and its
--- entry appended to the queue only if the document was still there, so two
+-- replacement appended to the queue only if the document was still there, so two
 -- operators requeueing at once cannot push an entry twice.  Returns the number
 -- of entries requeued.
 
