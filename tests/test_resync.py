@@ -133,15 +133,15 @@ def test_a_resync_between_entries_of_its_key_sets_the_current_state_once(
         assert claim is not None
         with kvfast.Repository(DRide, settings) as rides:
             rides.update(1, counter=4)
-        batch = drainer._build(claim.slices())
-        ops = batch.models["d_rides"].ops
+        prepared = drainer.prepare(claim.parts)
+        ops = prepared.batch.models["d_rides"].ops
         assert ops[1].kind == UPSERT and len(ops[1].entries) == 5
         values = dict(zip(kvfast.model_info(DRide).field_names, ops[1].row, strict=True))
         assert (values["counter"], values["status"]) == (4, "four")
         assert ops[2].kind == UPSERT and len(ops[2].entries) == 4
         assert dict(zip(kvfast.model_info(DRide).field_names, ops[2].row,
                         strict=True))["counter"] == 9
-        drainer.process(claim, batch)
+        drainer.process(claim, prepared)
         assert pg_objects(pg, DRide)[1].counter == 4
         drainer.drain_until_empty()
     finally:

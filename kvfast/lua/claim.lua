@@ -64,6 +64,9 @@ local function lease_out(g)
 end
 
 local function holds(g)
+  if redis.call('EXISTS', KEYS[g * G + 5]) == 0 then
+    return {}
+  end
   return redis.call('HGETALL', KEYS[g * G + 5])
 end
 
