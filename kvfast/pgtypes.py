@@ -287,10 +287,13 @@ class ArrayType(FieldType):
         self.element = element
         self.element_nullable = element_nullable
         self.pg_type = element.pg_type + "[]"
-        self.copy_type = element.copy_type + "[]"
-        # psycopg has no binary dumper for character(n) (bpchar) elements: stage
-        # them as text[], which the INSERT casts (text → character is implicit).
+        # A binary array names its element type, which PostgreSQL checks against the
+        # column's: varchar(n) elements go as varchar.  psycopg has no binary dumper
+        # for character(n) (bpchar) elements: those are staged as text[], which the
+        # INSERT casts (text → character is an implicit cast).
         padded = isinstance(element, StrType) and element.pad
+        bounded = isinstance(element, StrType) and element.length is not None and not padded
+        self.copy_type = "varchar[]" if bounded else element.copy_type + "[]"
         self._stage = "text[]" if padded else self.pg_type
 
     @property
