@@ -34,6 +34,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+from kvfast.containertypes import ArrayType, JsonType
 from kvfast.fieldtypes import (
     BoolType,
     BytesType,
@@ -48,9 +49,7 @@ from kvfast.fieldtypes import (
     UUIDType,
 )
 from kvfast.pgtypes import (
-    ArrayType,
     IntervalType,
-    JsonType,
     NumericType,
     PgEnumType,
     RealType,

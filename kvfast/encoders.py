@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from kvfast.containertypes import JsonType
 from kvfast.errors import ValidationError
 from kvfast.fieldtypes import (
     INT64_MAX,
@@ -41,7 +42,6 @@ from kvfast.fieldtypes import (
     StrType,
     UUIDType,
 )
-from kvfast.pgtypes import JsonType
 
 if TYPE_CHECKING:
     from kvfast.model import ModelInfo

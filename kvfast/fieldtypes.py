@@ -11,7 +11,8 @@ Every supported annotation maps to one ``FieldType`` that knows:
 One module per family: this one holds the integer, text, boolean, bytea, uuid and
 enum types and today's default float/numeric/timestamptz/date; ``pgtypes`` the
 column types a model must spell out (numeric(p,s), real, timestamp, time,
-interval, json/jsonb, arrays, PostgreSQL enums); ``columns`` maps annotations
+interval, PostgreSQL enums); ``containertypes`` json/jsonb and arrays;
+``columns`` maps annotations
 (``Annotated[str, kvfast.VarChar(36)]``) to them.
 
 ``None`` is never encoded here: a NULL is an absent hash field and a JSON null.

@@ -206,7 +206,7 @@ def _build(cls: type, table: str, key: str, ttl: int | None) -> ModelInfo:
                 "with typing.Annotated (kvfast.VarChar(n), kvfast.Integer, …)"
             )
         if column is not None:
-            _check_identifier("column name", column, where)
+            _check_identifier(f"column name of field {name!r}", column, where)
         fields.append(FieldInfo(name, ftype, nullable, i, column or name))
     by_column: dict[str, str] = {}
     for f in fields:
