@@ -321,3 +321,22 @@ def test_nullability_and_column_names_are_checked(pg: Conn, ddl: str, shown: str
     kvfast.create_tables(pg, [INFO])
     pg.execute(ddl)
     assert shown in check(pg)
+
+
+def test_an_unknown_label_of_a_plain_enum_field_is_a_decode_error(
+    r: redis.Redis, pg: Conn, settings: kvfast.Settings, client: kvfast.Client
+) -> None:
+    """A text column behind a Python Enum: an unknown value from either store."""
+    from helpers import create_tables, everything, insert_row
+    from models import Everything
+
+    create_tables(pg, Everything)
+    repo = kvfast.Repository(Everything, client=client)
+    repo.create(everything(1))
+    r.hset(obj_key(settings, Everything, 1), "n_enum", "purple")
+    with pytest.raises(kvfast.DecodeError, match=r"Everything.*n_enum.*purple"):
+        repo.get_by_id(1)
+    insert_row(pg, everything(2))
+    pg.execute("UPDATE t_everything SET n_enum = 'purple'")
+    with pytest.raises(kvfast.DecodeError, match=r"Everything\.n_enum = 'purple'"):
+        repo.get_by_id(2)
