@@ -6,21 +6,28 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import math
 import re
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Annotated, Any
 
+import numpy as np
 import psycopg
 import pytest
 import redis
 from coltypehelpers import Env, make_env, normalized
 from helpers import obj_key, snapshot
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from models import RideStatus, Typed
 from psycopg import sql
 
 import kvfast
+from kvfast.fieldtypes import Reject
+from kvfast.pgtypes import RealType
 
 Conn = psycopg.Connection[Any]
 INFO = kvfast.model_info(Typed)
@@ -340,3 +347,21 @@ def test_an_unknown_label_of_a_plain_enum_field_is_a_decode_error(
     pg.execute("UPDATE t_everything SET n_enum = 'purple'")
     with pytest.raises(kvfast.DecodeError, match=r"Everything\.n_enum = 'purple'"):
         repo.get_by_id(2)
+
+
+@hsettings(max_examples=3000, deadline=None, database=None)
+@given(x=st.floats() | st.floats(width=32) | st.sampled_from(
+    [3.4028235677973366e38, 3.4028234663852886e38, 1.401298464324817e-45, 7e-46, 0.1]))
+def test_real_rounds_like_numpy_float32_or_refuses(x: float) -> None:
+    """real keeps the shortest decimal of the nearest float32 (numpy's), else refuses."""
+    with np.errstate(over="ignore"):
+        f = np.float32(x)
+    try:
+        got = RealType().check(x)
+    except Reject:
+        assert math.isfinite(x) and (math.isinf(f) or (f == 0 and x != 0))
+        return
+    want = float(str(f)) if math.isfinite(x) else x
+    assert got == want or (math.isnan(got) and math.isnan(want))
+    assert math.copysign(1.0, got) == math.copysign(1.0, want)
+    assert RealType().check(got) == got or math.isnan(got)  # idempotent: both stores agree
