@@ -10,46 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import redis
-
-from kvfast.errors import ConnectionFailed, KvfastError
+from kvfast.retry import Backoff
+from kvfast.scripts import Claim, Part, Renew
 
 if TYPE_CHECKING:
     from kvfast.client import Client
 
-__all__ = ["REDIS_ERRORS", "Claim", "LeaseKeeper", "Part"]
+# Claim and Part (claim.lua's reply) live in kvfast.scripts; they stay importable here.
+__all__ = ["Claim", "LeaseKeeper", "Part"]
 
 log = logging.getLogger("kvfast.drainer")
-
-#: Redis errors a drainer retries (with backoff) rather than dies of
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionFailed, OSError)
-
-
-@dataclass(slots=True)
-class Part:
-    """One partition's share of a claim: its entries in queue order, under one epoch."""
-
-    partition: int
-    epoch: int
-    retaken: bool
-    entries: list[bytes]
-
-
-@dataclass(slots=True)
-class Claim:
-    """What one claim.lua call handed out: one or more partitions, one batch."""
-
-    parts: list[Part]
-
-    @property
-    def entries(self) -> list[bytes]:
-        return [e for part in self.parts for e in part.entries]
-
-    def slices(self) -> list[tuple[int, list[bytes]]]:
-        return [(part.partition, part.entries) for part in self.parts]
 
 
 class LeaseKeeper(threading.Thread):
@@ -92,23 +64,30 @@ class LeaseKeeper(threading.Thread):
 
     def run(self) -> None:
         interval = self.lease_ms / 3000
-        meta = self.client.keys.inflight_meta
-        while not self._closed.wait(interval):
+        keys = self.client.keys
+        # After a failed renewal, try again sooner than the interval (capped by it):
+        # the lease has at most two intervals left.
+        backoff = Backoff(cap=interval)
+        wait = interval
+        while not self._closed.wait(wait):
+            wait = interval
             with self._lock:
                 held = list(self._held.values())
             if not held:
                 continue
-            calls = [([meta[part.partition]], [self.owner, part.epoch, self.lease_ms])
+            calls = [Renew.call(keys, part.partition, self.owner, part.epoch, self.lease_ms)
                      for part in held]
             try:
-                replies = self.client.eval_many("renew", calls)
-            except (*REDIS_ERRORS, KvfastError) as exc:
-                # This thread must outlive any error: a dead keeper would let every
-                # later lease of this drainer expire under it.
+                replies = self.client.eval_many(Renew.name, calls)
+            except Exception as exc:
+                # This thread must outlive any error (translated or not): a dead
+                # keeper would let every later lease of this drainer expire under it.
+                wait = backoff.next_delay()
                 log.warning("lease renewal failed (will retry): %s", exc)
                 continue
-            for part, ok in zip(held, replies, strict=True):
-                if ok == 1:
+            backoff.reset()
+            for part, reply in zip(held, replies, strict=True):
+                if Renew.decode(reply):
                     continue
                 with self._lock:
                     if self._held.get(part.partition) is not part:

@@ -1,115 +1,30 @@
 """The connections one process holds: Redis (with the scripts) and, lazily, PostgreSQL.
 
 Several repositories can share one ``Client``.  Driver errors are translated
-here into the ``KvfastError`` tree, with passwords redacted from the messages.
+into the ``KvfastError`` tree by ``kvfast.drivers`` (passwords redacted); packed
+batches travel on a pooled redis-py socket and their replies are read by
+``kvfast.resp``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import hiredis
 import psycopg
 import redis
 
-from kvfast.errors import (
-    KvfastError,
-    LayoutMismatch,
-    PartitionMismatch,
-    PostgresUnavailable,
-    RedisUnavailable,
-    SchemaMismatch,
-)
+from kvfast import meta
+from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
+from kvfast.errors import KvfastError
 from kvfast.keys import LAYOUT_VERSION, Keys
-from kvfast.producer import Piece
-from kvfast.scripts import EvalBatch, unavailable_reply
+from kvfast.resp import DISCARD, Piece, read_replies, reply_exception, unavailable_reply
+from kvfast.scripts import Call, EvalBatch
 from kvfast.settings import Settings, redact
 
-__all__ = ["Client", "pg_errors", "redis_errors"]
-
-_REDIS_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-_RECV_SIZE = 1 << 16
-_DISCARD = hiredis.pack_command(("DISCARD",))
-
-
-def _scrub(text: str, secrets: tuple[str | None, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-@contextlib.contextmanager
-def redis_errors(settings: Settings) -> Iterator[None]:
-    """Translate redis-py connection errors into RedisUnavailable (cause kept)."""
-    try:
-        yield
-    except _REDIS_CONNECTION_ERRORS as exc:
-        message = _scrub(str(exc), (_password(settings.redis_url),))
-        raise RedisUnavailable(
-            f"Redis at {redact(settings.redis_url)} is unavailable: {message}"
-        ) from exc
-    except redis.RedisError as exc:  # an error reply (WRONGTYPE, NOPERM, OOM …)
-        message = _scrub(str(exc), (_password(settings.redis_url),))
-        raise KvfastError(f"Redis refused a command: {message}") from exc
-
-
-@contextlib.contextmanager
-def pg_errors(settings: Settings) -> Iterator[None]:
-    """Translate psycopg connection errors into PostgresUnavailable (cause kept)."""
-    try:
-        yield
-    except psycopg.OperationalError as exc:
-        message = _scrub(str(exc), (_password(settings.pg_dsn),))
-        raise PostgresUnavailable(
-            f"PostgreSQL at {redact(settings.pg_dsn)} is unavailable: {message}"
-        ) from exc
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
-        raise SchemaMismatch(
-            f"PostgreSQL: {_scrub(str(exc), (_password(settings.pg_dsn),))} (create the "
-            "tables with kvfast.create_tables() or the supervisor's --create-tables)"
-        ) from exc
-    except psycopg.Error as exc:
-        message = _scrub(str(exc), (_password(settings.pg_dsn),))
-        raise KvfastError(f"PostgreSQL refused a query: {message}") from exc
-
-
-def _password(url: str | None) -> str | None:
-    if not url:
-        return None
-    if "://" in url:
-        from urllib.parse import unquote, urlsplit
-
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            return None
-        return unquote(password) if password else None
-    try:
-        return psycopg.conninfo.conninfo_to_dict(url).get("password")  # type: ignore[return-value]
-    except psycopg.ProgrammingError:
-        return None
-
-
-def _read_replies(sock: socket.socket, nreplies: int) -> list[Any]:
-    reader = hiredis.Reader()
-    replies: list[Any] = []
-    gets = reader.gets
-    append = replies.append
-    while len(replies) < nreplies:
-        data = sock.recv(_RECV_SIZE)
-        if not data:
-            raise redis.ConnectionError("Redis closed the connection")
-        reader.feed(data)
-        reply = gets()
-        while reply is not False:
-            append(reply)
-            reply = gets()
-    return replies
+# pg_errors and redis_errors live in kvfast.drivers; they stay importable from here.
+__all__ = ["Client", "connect_pg", "pg_errors", "redis_errors"]
 
 
 def _execute_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
@@ -125,17 +40,9 @@ def _execute_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
 
 def connect_pg(settings: Settings, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     """A PostgreSQL connection in UTC (timestamptz values come back as UTC datetimes)."""
-    if not settings.pg_dsn:
-        raise PostgresUnavailable("no PostgreSQL DSN configured (KVFAST_PG_DSN / pg_dsn)")
+    kwargs = pg_connect_kwargs(settings, autocommit=autocommit)
     with pg_errors(settings):
-        conn = psycopg.connect(
-            settings.pg_dsn,
-            autocommit=autocommit,
-            options="-c timezone=UTC",
-            application_name="kvfast",
-            connect_timeout=10,
-        )
-    return conn
+        return psycopg.connect(**kwargs)
 
 
 class Client:
@@ -159,30 +66,17 @@ class Client:
     def check_partitions(self) -> None:
         """Record the partition count on first use; refuse a different one later.
 
-        Objects are found by ``crc32(key) % partitions``: reading with another
-        count would silently miss every object, so it is a start-up error.
+        See ``kvfast.meta`` (the judgement shared with the asyncio client).
         """
         if self._partitions_checked:
             return
-        want = self.settings.partitions
         with redis_errors(self.settings):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hsetnx(self.keys.meta, "partitions", want)
+            pipe.hsetnx(self.keys.meta, "partitions", self.settings.partitions)
             pipe.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
             pipe.hmget(self.keys.meta, ["partitions", "layout"])
             _, _, (have, layout) = pipe.execute()
-        if int(have) != want:
-            raise PartitionMismatch(
-                f"namespace {self.settings.namespace!r} in Redis was written with "
-                f"partitions={int(have)}, but this process uses partitions={want}; "
-                "set KVFAST_PARTITIONS to the recorded value"
-            )
-        if int(layout) != LAYOUT_VERSION:
-            raise LayoutMismatch(
-                f"namespace {self.settings.namespace!r} in Redis uses key layout "
-                f"{int(layout)}, this kvfast uses layout {LAYOUT_VERSION}: drain it with the "
-                "kvfast version that wrote it first"
-            )
+        meta.check(self.settings, have, layout)
         self._partitions_checked = True
 
     @property
@@ -198,10 +92,9 @@ class Client:
     def execute(self, payload: bytes, nreplies: int) -> list[Any]:
         """Send one packed buffer on a pooled connection; return every reply.
 
-        Error replies come back as values (hiredis.ReplyError), not raised.
-        Replies are parsed by a hiredis Reader fed straight from the socket:
-        redis-py's read_response() costs ~2 µs of Python per reply, more than
-        Redis spends executing most commands.
+        Error replies come back as values (hiredis.ReplyError), not raised,
+        except "cannot serve now" replies (RedisUnavailable).  Replies are
+        parsed by ``resp.read_replies``, a hiredis Reader fed from the socket.
         """
         return self.execute_pieces([Piece(payload, nreplies, 0, False)])[0]
 
@@ -247,12 +140,12 @@ class Client:
                             sent += piece.nreplies
                 except KvfastError:
                     if sent:
-                        sock.sendall(_DISCARD)
-                        _read_replies(sock, sent + 1)
+                        sock.sendall(DISCARD)
+                        read_replies(sock, sent + 1)
                     raise
                 if held:
                     sock.sendall(b"".join(held))
-                replies = _read_replies(sock, sent + held_replies)
+                replies = read_replies(sock, sent + held_replies)
             except KvfastError:
                 raise
             except BaseException:
@@ -262,11 +155,10 @@ class Client:
                 pool.release(conn)
         busy = unavailable_reply(replies)
         if busy is not None:
-            where = redact(self.settings.redis_url)
-            raise RedisUnavailable(f"Redis at {where} cannot serve: {busy}")
+            raise reply_exception(busy, "a batch", redact(self.settings.redis_url))
         return replies, records
 
-    def eval_many(self, script: str, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+    def eval_many(self, script: str, calls: Sequence[Call]) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip (SCRIPT LOAD on NOSCRIPT)."""
         if not calls:
             return []

@@ -4,7 +4,8 @@ A dead letter is a JSON document in its partition's list ``{ns:p}:d``::
 
     {"entry": "<the queue entry>", "error": "<why>", "partition": p, "time": …, "drainer": …}
 
-(``entry_b64`` instead of ``entry`` when the bytes were not UTF-8).  ``requeue``
+(``entry_b64`` instead of ``entry`` when the bytes were not UTF-8; written and
+read by ``kvfast.deadletters``).  ``requeue``
 puts entries back at the *tail* of their partition's queue, in the order they
 failed, e.g. after fixing the table; an entry for a key written again since
 then will be applied after that newer write, so filter with ``--model`` or
@@ -16,53 +17,29 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from kvfast.client import Client
+from kvfast.deadletters import DeadLetter, parse
+from kvfast.drivers import redis_errors
 from kvfast.errors import KvfastError
+from kvfast.scripts import Requeue
 from kvfast.settings import Settings
 
+# DeadLetter (the document's reader, next to its writer) lives in kvfast.deadletters.
 __all__ = ["DeadLetter", "count", "iter_dead", "main", "purge", "requeue"]
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    partition: int
-    index: int
-    raw: bytes
-    doc: dict[str, Any]
-
-    @property
-    def entry(self) -> bytes | None:
-        text = self.doc.get("entry")
-        return text.encode("utf-8") if isinstance(text, str) else None
-
-    @property
-    def model(self) -> str | None:
-        entry = self.entry
-        if entry is None:
-            return None
-        try:
-            value = orjson.loads(entry).get("m")
-        except (orjson.JSONDecodeError, AttributeError):
-            return None
-        return value if isinstance(value, str) else None
-
-    @property
-    def ident(self) -> str:
-        return f"{self.partition}:{self.index}"
 
 
 def count(client: Client) -> dict[int, int]:
     """Dead letters per partition (one pipelined LLEN per partition)."""
     keys = client.keys
-    pipe = client.redis.pipeline(transaction=False)
-    for p in range(keys.partitions):
-        pipe.llen(keys.dead[p])
-    return {p: int(n) for p, n in enumerate(pipe.execute()) if n}
+    with redis_errors(client.settings):
+        pipe = client.redis.pipeline(transaction=False)
+        for p in range(keys.partitions):
+            pipe.llen(keys.dead[p])
+        lengths = pipe.execute()
+    return {p: int(n) for p, n in enumerate(lengths) if n}
 
 
 def iter_dead(
@@ -71,31 +48,23 @@ def iter_dead(
     keys = client.keys
     parts = range(keys.partitions) if partition is None else [partition]
     for p in parts:
-        items: list[bytes] = client.redis.lrange(keys.dead[p], 0, -1)  # type: ignore[assignment]
+        with redis_errors(client.settings):
+            items: list[bytes] = client.redis.lrange(keys.dead[p], 0, -1)  # type: ignore[assignment]
         for i, raw in enumerate(items):
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                doc = {"error": "unreadable dead letter"}
-            dl = DeadLetter(p, i, raw, doc if isinstance(doc, dict) else {})
+            dl = parse(p, i, raw)
             if model is None or dl.model == model:
                 yield dl
 
 
 def requeue(client: Client, letters: Sequence[DeadLetter]) -> int:
     """Move ``letters`` back to their queues (in order); returns how many moved."""
-    keys = client.keys
-    moved = 0
-    by_partition: dict[int, list[Any]] = {}
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for dl in letters:
         entry = dl.entry
         if entry is not None:  # garbage bytes would only be dead-lettered again
-            by_partition.setdefault(dl.partition, []).extend((dl.raw, entry))
-    for p, args in by_partition.items():
-        moved += int(
-            client.evalsha("requeue", [keys.dead[p], keys.queues[p], keys.counters[p]], args)
-        )
-    return moved
+            by_partition.setdefault(dl.partition, []).append((dl.raw, entry))
+    calls = [Requeue.call(client.keys, p, pairs) for p, pairs in by_partition.items()]
+    return sum(Requeue.decode(r) for r in client.eval_many(Requeue.name, calls))
 
 
 def purge(client: Client, letters: Sequence[DeadLetter]) -> int:
@@ -105,15 +74,16 @@ def purge(client: Client, letters: Sequence[DeadLetter]) -> int:
     for dl in letters:
         by_partition.setdefault(dl.partition, []).append(dl.raw)
     removed = 0
-    for p, raws in by_partition.items():
-        pipe = client.redis.pipeline(transaction=False)
-        for raw in raws:
-            pipe.lrem(keys.dead[p], 1, raw)  # type: ignore[arg-type]
-        n = sum(int(x) for x in pipe.execute())
-        if n:
-            client.redis.hincrby(keys.counters[p], "dead", -n)
-            client.redis.hincrby(keys.counters[p], "purged", n)
-        removed += n
+    with redis_errors(client.settings):
+        for p, raws in by_partition.items():
+            pipe = client.redis.pipeline(transaction=False)
+            for raw in raws:
+                pipe.lrem(keys.dead[p], 1, raw)  # type: ignore[arg-type]
+            n = sum(int(x) for x in pipe.execute())
+            if n:
+                client.redis.hincrby(keys.counters[p], "dead", -n)
+                client.redis.hincrby(keys.counters[p], "purged", n)
+            removed += n
     return removed
 
 
@@ -126,9 +96,8 @@ def _line(dl: DeadLetter, width: int = 100) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kvfast.deadletter", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--redis-url", help="env KVFAST_REDIS_URL")
-    p.add_argument("--namespace", help="env KVFAST_NAMESPACE (default kvfast)")
-    p.add_argument("--partitions", type=int, help="env KVFAST_PARTITIONS (default 64)")
+    # The queue layout only: the tool needs no PostgreSQL.
+    Settings.add_arguments(p, ("redis_url", "namespace", "partitions"))
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("list", "one line per dead letter, and counts"),
                        ("requeue", "put dead letters back on their queues"),
@@ -149,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env(redis_url=args.redis_url, namespace=args.namespace,
-                                     partitions=args.partitions)
+        settings = Settings.from_args(args)
         with Client(settings) as client:
             client.check_partitions()
             return _run(client, args)
@@ -169,7 +137,8 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     if args.command == "show":
         try:
             p_text, i_text = args.ident.split(":", 1)
-            raw = client.redis.lindex(client.keys.dead[int(p_text)], int(i_text))
+            with redis_errors(client.settings):
+                raw = client.redis.lindex(client.keys.dead[int(p_text)], int(i_text))
         except (ValueError, IndexError):
             print(f"kvfast.deadletter: bad id {args.ident!r}: use PARTITION:INDEX", file=sys.stderr)
             return 2

@@ -19,7 +19,6 @@ with the reason; the rest of the batch commits.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import random
@@ -30,22 +29,35 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import psycopg
 
+from kvfast import deadletters
 from kvfast.batch import Batch, build_batch
-from kvfast.claims import REDIS_ERRORS, Claim, LeaseKeeper, Part
+from kvfast.claims import LeaseKeeper
 from kvfast.client import Client, connect_pg
-from kvfast.errors import ConnectionFailed
+from kvfast.drivers import pg_errors
+from kvfast.errors import ConnectionFailed, PostgresQueryError, SchemaMismatch
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.pgcopy import Applier, StaleEpoch
+from kvfast.retry import Backoff, retry
+from kvfast.scripts import Ack, Claim, Part, Rebase
 from kvfast.settings import Settings
 
+# Backoff lives in kvfast.retry; it stays importable from here.
 __all__ = ["Backoff", "BatchReport", "Drainer"]
 
 log = logging.getLogger("kvfast.drainer")
 
-_PG_RETRY_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, ConnectionFailed)
+#: what a drainer waits out rather than dies of: every server error is translated
+#: (kvfast.drivers) before it reaches these lists
+_REDIS_RETRY = (ConnectionFailed,)
+#: a refused query that is not a row's fault (those are dead-lettered): a schema
+#: problem, say.  The batch is kept and retried, loudly.
+_PG_RETRY = (ConnectionFailed, PostgresQueryError, SchemaMismatch)
+
+
+class _GiveUp(Exception):
+    """Raised by a retry's on_retry hook to stop retrying (stop asked, leases all lost)."""
 # Lag samples sent per batch: enough for p99 over a few seconds of batches.
 _LAG_SAMPLES = 64
 
@@ -62,23 +74,6 @@ class BatchReport:
     stale: int
     retaken: bool
     lag_ms: list[float] = field(default_factory=list)
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: 50 ms, 100 ms, … up to ``cap`` s."""
-
-    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * float(2**self.attempt))
-        self.attempt += 1
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def new_owner_id() -> str:
@@ -156,28 +151,19 @@ class Drainer:
     def claim(self) -> Claim | None:
         """Claim a batch (one expired partition, or up to batch_size entries gathered
         from the free partitions); None when every partition is idle or busy."""
-        keys = self.keys
-        n = keys.partitions
+        n = self.keys.partitions
         order = [(self._offset + i) % n for i in range(n)]
-        key_list: list[str] = []
-        for p in order:
-            key_list += (keys.queues[p], keys.inflight[p], keys.inflight_meta[p], keys.epochs[p])
-        args = [self.owner, self.settings.lease_ms, self.settings.batch_size]
-        reply = self.client.evalsha("claim", key_list, args)
-        if not reply:
+        call = Claim.call(self.keys, order, self.owner, self.settings.lease_ms,
+                          self.settings.batch_size)
+        claim = Claim.from_reply(self.client.evalsha(Claim.name, *call), order)
+        if claim is None:
             return None
-        nparts = int(reply[0])
-        parts: list[Part] = []
-        at = 1 + 4 * nparts
-        for i in range(nparts):
-            group, epoch, retaken, count = (int(x) for x in reply[1 + 4 * i : 5 + 4 * i])
-            parts.append(Part(order[group], epoch, bool(retaken), reply[at : at + count]))
-            at += count
+        parts = claim.parts
         # Round robin: the next claim starts after the last partition this one
         # took.  Starting one further each time instead let a full batch from the
         # first partitions of the order starve the last ones (drain-lag tail).
         self._offset = (parts[-1].partition + 1) % n
-        return Claim(parts)
+        return claim
 
     # -- process ---------------------------------------------------------------
 
@@ -203,9 +189,10 @@ class Drainer:
                                len(claim.parts), retaken)
         docs: dict[int, list[bytes]] = {part.partition: [] for part in parts}
         for raw, reason, p in batch.dead:
-            docs[p].append(self._dead_doc(raw, reason, p))
+            docs[p].append(deadletters.document(raw, reason, p, self.owner))
         for op, reason in dead:
-            docs[op.partition] += [self._dead_doc(raw, reason, op.partition) for raw in op.entries]
+            docs[op.partition] += [deadletters.document(raw, reason, op.partition, self.owner)
+                                   for raw in op.entries]
         now_us = time.time_ns() // 1000
         acked = self._ack_with_retry(batch, parts, docs)
         ndead = sum(len(d) for d in docs.values())
@@ -236,65 +223,57 @@ class Drainer:
         self, batch: Batch, parts: list[Part]
     ) -> tuple[list[Any], list[Part], Batch]:
         """Commit ``batch``; returns (rejected ops, the partitions still ours, the batch)."""
-        backoff = Backoff()
-        while True:
-            lost = self._keeper.take_lost(parts)
-            if lost:
-                batch, parts = self._drop(batch, parts, lost)
-            if not parts:
-                return [], parts, batch
-            try:
-                applier = self._applier_conn()
+
+        def attempt() -> list[Any]:
+            nonlocal batch, parts
+            while True:
+                lost = self._keeper.take_lost(parts)
+                if lost:
+                    batch, parts = self._drop(batch, parts, lost)
+                if not parts:
+                    return []
                 epochs = {part.partition: part.epoch for part in parts}
-                return applier.apply(batch, epochs), parts, batch
-            except StaleEpoch as exc:
-                # Still the owner in Redis? Then Redis lost its epoch counter (see
-                # rebase.lua): move past PostgreSQL's epoch and retry.  Otherwise
-                # another drainer owns that partition now: leave it to that one.
-                gone: set[int] = set()
-                for part in parts:
-                    if part.partition not in exc.stale:
-                        continue
-                    newest = exc.stale[part.partition][1]
-                    new_epoch = self._rebase(part, newest)
-                    if not new_epoch:
-                        gone.add(part.partition)
-                        continue
-                    log.warning("partition %d: epoch %d behind PostgreSQL's %d (Redis was "
-                                "reset?); continuing with epoch %d", part.partition, part.epoch,
-                                newest, new_epoch)
-                    part.epoch = new_epoch
-                if gone:
-                    batch, parts = self._drop(batch, parts, gone)
-            except _PG_RETRY_ERRORS as exc:
-                self._drop_pg()
-                delay = backoff.next_delay()
-                log.warning("PostgreSQL unavailable (%s); retrying in %.2fs", _first_line(exc),
-                            delay)
-                time.sleep(delay)
-            except psycopg.Error as exc:
-                # Not a row's fault (those are dead-lettered) nor the connection's:
-                # a schema problem, say.  Keep the batch, say so loudly, retry.
-                self._drop_pg()
-                delay = backoff.next_delay()
-                log.error("batch of partitions %s failed (%s); retrying in %.2fs",
-                          sorted(part.partition for part in parts), _first_line(exc), delay)
-                time.sleep(delay)
+                try:
+                    with pg_errors(self.settings):
+                        return self._applier_conn().apply(batch, epochs)
+                except StaleEpoch as exc:
+                    gone = self._after_stale(exc, parts)
+                    if gone:
+                        batch, parts = self._drop(batch, parts, gone)
+
+        def describe(exc: BaseException) -> tuple[int, str]:
+            if isinstance(exc, ConnectionFailed):
+                return logging.WARNING, "PostgreSQL unavailable"
+            return (logging.ERROR,
+                    f"batch of partitions {sorted(part.partition for part in parts)} failed")
+
+        dead = retry(attempt, retry_on=_PG_RETRY, what=describe, log=log,
+                     on_retry=lambda exc: self._drop_pg())
+        return dead, parts, batch
+
+    def _after_stale(self, exc: StaleEpoch, parts: list[Part]) -> set[int]:
+        """Still the owner in Redis? Then Redis lost its epoch counter (see rebase.lua):
+        move past PostgreSQL's epoch and retry.  Otherwise another drainer owns that
+        partition now: returned, to be left to that one."""
+        gone: set[int] = set()
+        for part in parts:
+            if part.partition not in exc.stale:
+                continue
+            newest = exc.stale[part.partition][1]
+            new_epoch = self._rebase(part, newest)
+            if not new_epoch:
+                gone.add(part.partition)
+                continue
+            log.warning("partition %d: epoch %d behind PostgreSQL's %d (Redis was "
+                        "reset?); continuing with epoch %d", part.partition, part.epoch,
+                        newest, new_epoch)
+            part.epoch = new_epoch
+        return gone
 
     def _rebase(self, part: Part, newest: int) -> int:
-        keys = self.keys
-        backoff = Backoff()
-        while True:
-            try:
-                return int(self.client.evalsha(
-                    "rebase",
-                    [keys.inflight_meta[part.partition], keys.epochs[part.partition]],
-                    [self.owner, part.epoch, newest],
-                ))
-            except REDIS_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("Redis unavailable (%s); retrying in %.2fs", _first_line(exc), delay)
-                time.sleep(delay)
+        call = Rebase.call(self.keys, part.partition, self.owner, part.epoch, newest)
+        return retry(lambda: Rebase.decode(self.client.evalsha(Rebase.name, *call)),
+                     retry_on=_REDIS_RETRY, what="Redis unavailable", log=log)
 
     def _ack_with_retry(self, batch: Batch, parts: list[Part],
                         docs: dict[int, list[bytes]]) -> bool:
@@ -306,41 +285,29 @@ class Drainer:
                 tombs[p][0].append(keys.obj(p, info.table, key_str))
                 tombs[p][1].append(tomb_id)
         sizes = {part.partition: len(part.entries) for part in parts}
-        backoff = Backoff()
-        while True:
-            calls: list[tuple[list[Any], list[Any]]] = []
-            for part in parts:
-                p = part.partition
-                dead_docs = docs[p]
-                tomb_keys, tomb_ids = tombs[p]
-                calls.append((
-                    [keys.inflight[p], keys.inflight_meta[p], keys.dead[p], keys.counters[p],
-                     *tomb_keys],
-                    [self.owner, part.epoch, TOMBSTONE_FIELD, sizes[p] - len(dead_docs),
-                     len(dead_docs), *dead_docs, *tomb_ids],
-                ))
-            try:
-                return all(self.client.eval_many("ack", calls))
-            except REDIS_ERRORS as exc:
-                # Committed but not acked: if the lease runs out meanwhile, the next
-                # owner re-applies the batch, which is harmless (upserts, fenced).
-                delay = backoff.next_delay()
-                log.warning("ack failed (%s); retrying in %.2fs", _first_line(exc), delay)
-                time.sleep(delay)
-                lost = self._keeper.take_lost(parts)
-                if lost:
-                    parts = [part for part in parts if part.partition not in lost]
-                    if not parts:
-                        return False
 
-    def _dead_doc(self, raw: bytes, reason: str, partition: int) -> bytes:
-        doc: dict[str, Any] = {"error": reason, "partition": partition,
-                               "time": time.time(), "drainer": self.owner}
+        def attempt() -> bool:
+            calls = [Ack.call(keys, part.partition, self.owner, part.epoch, TOMBSTONE_FIELD,
+                              sizes[part.partition] - len(docs[part.partition]),
+                              docs[part.partition], *tombs[part.partition])
+                     for part in parts]
+            return all(Ack.decode(r) for r in self.client.eval_many(Ack.name, calls))
+
+        def forget_lost(exc: BaseException) -> None:
+            # Committed but not acked: if the lease runs out meanwhile, the next
+            # owner re-applies the batch, which is harmless (upserts, fenced).
+            nonlocal parts
+            lost = self._keeper.take_lost(parts)
+            if lost:
+                parts = [part for part in parts if part.partition not in lost]
+                if not parts:
+                    raise _GiveUp from exc
+
         try:
-            doc["entry"] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            doc["entry_b64"] = base64.b64encode(raw).decode("ascii")
-        return orjson.dumps(doc)
+            return retry(attempt, retry_on=_REDIS_RETRY, what="ack failed", log=log,
+                         on_retry=forget_lost)
+        except _GiveUp:
+            return False
 
     # -- loop ------------------------------------------------------------------
 
@@ -353,7 +320,6 @@ class Drainer:
         claimed until its ack), so the order of writes to a key is unchanged.
         """
         interval = self.settings.drain_interval_ms / 1000
-        backoff = Backoff()
         pending: Future[BatchReport] | None = None
 
         def finish() -> None:
@@ -368,14 +334,11 @@ class Drainer:
             try:
                 while not self.should_stop():
                     try:
-                        claim = self.claim()
-                    except REDIS_ERRORS as exc:
-                        delay = backoff.next_delay()
-                        log.warning("Redis unavailable (%s); retrying in %.2fs",
-                                    _first_line(exc), delay)
-                        time.sleep(delay)
-                        continue
-                    backoff.reset()
+                        claim = retry(self.claim, retry_on=_REDIS_RETRY,
+                                      what="Redis unavailable", log=log,
+                                      on_retry=self._stop_if_asked)
+                    except _GiveUp:
+                        break
                     if claim is None:
                         if pending is not None:
                             finish()  # its partitions may have more: claim again at once
@@ -389,6 +352,10 @@ class Drainer:
                     pending = pool.submit(self.process, claim, batch)
             finally:
                 finish()
+
+    def _stop_if_asked(self, exc: BaseException) -> None:
+        if self.should_stop():
+            raise _GiveUp from exc
 
     def drain_until_empty(self, max_idle_polls: int = 2) -> int:
         """Drain in this process until nothing is queued or in flight (tests, tools)."""
@@ -405,8 +372,3 @@ class Drainer:
             idle = 0
             total += self.process(claim).entries
         return total
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

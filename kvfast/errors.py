@@ -9,13 +9,17 @@
     ├── ValidationError            a value the producer refuses before writing anything
     ├── NotFound                   update of a key that exists in neither store
     ├── DecodeError                a queue entry or hash that cannot be decoded
+    ├── RedisCommandError          Redis refused a command (WRONGTYPE, NOPERM, OOM, a script error)
+    ├── PostgresQueryError         PostgreSQL refused a query (not a connection problem)
     └── ConnectionFailed           a server could not be reached (the driver error is the cause)
-        ├── RedisUnavailable
+        ├── RedisUnavailable       also a reply saying "cannot serve now" (LOADING, READONLY …)
         └── PostgresUnavailable
 
-Driver exceptions are translated where they enter kvfast (``raise X(...) from exc``)
-so callers catch one tree and still see the original in ``__cause__``.  No message
-built here ever contains a password: URLs pass through ``settings.redact`` first.
+Driver exceptions are translated where they enter kvfast (``raise X(...) from exc``),
+by the one table in ``kvfast.drivers`` (error replies read off kvfast's own
+sockets by ``kvfast.resp.reply_exception``), so callers catch one tree and still
+see the original in ``__cause__``.  No message built here ever contains a
+password: URLs pass through ``settings.redact`` first.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ __all__ = [
     "ModelError",
     "NotFound",
     "PartitionMismatch",
+    "PostgresQueryError",
     "PostgresUnavailable",
+    "RedisCommandError",
     "RedisUnavailable",
     "SchemaMismatch",
     "ValidationError",
@@ -99,6 +105,14 @@ class NotFound(KvfastError, LookupError):
 
 class DecodeError(KvfastError, ValueError):
     """Bytes from Redis (a queue entry or an object hash) that do not decode."""
+
+
+class RedisCommandError(KvfastError):
+    """Redis refused a command: an error reply that retrying will not cure by itself."""
+
+
+class PostgresQueryError(KvfastError):
+    """PostgreSQL refused a query for a reason other than the connection."""
 
 
 class ConnectionFailed(KvfastError, ConnectionError):

@@ -23,47 +23,37 @@ from __future__ import annotations
 import contextlib
 import gc
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import hiredis
 import orjson
 
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
-from kvfast.errors import KvfastError
 from kvfast.model import TOMBSTONE_FIELD
-from kvfast.scripts import REPLY_ERRORS
+from kvfast.resp import EXEC as _EXEC
+from kvfast.resp import MULTI as _MULTI
+from kvfast.resp import Piece, Request, check_replies
+from kvfast.resp import pack as _pack
+from kvfast.scripts import Call, Hydrate, Update
 
 if TYPE_CHECKING:
     from kvfast.client import Client
     from kvfast.keys import Keys
     from kvfast.model import ModelInfo
 
-__all__ = ["Call", "Piece", "Producer", "Request", "WriteBuilder", "gc_paused"]
+# Piece, Request (kvfast.resp) and Call (kvfast.scripts) stay importable from here.
+__all__ = ["Producer", "WriteBuilder", "gc_paused"]
 
-# hiredis' stub types the argument as a 1-tuple; it takes any length.
-_pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
-_MULTI = _pack(("MULTI",))
 #: HSET header: argument count, then the object key as a bulk string; the
 #: fields come from the model's encoder already in RESP (see encoders).
 _HSET = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b"
-_EXEC = _pack(("EXEC",))
 # Records per MULTI/EXEC block: a block runs without interruption inside Redis,
 # so a 100k-record create_many is cut into blocks that each hold the server for
 # a few ms.  All blocks still travel in one round trip.
 _BLOCK = 5000
 # Records per piece of a block streamed while the rest is encoded (~60 KB).
 _PIECE = 250
-
-
-class Piece(NamedTuple):
-    """Part of a packed batch, produced while later records are still being encoded."""
-
-    payload: bytes
-    nreplies: int
-    records: int
-    ends_block: bool
 
 
 def _piece(commands: list[bytes], piece_keys: list[bytes], records: int, *,
@@ -104,18 +94,6 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-class Request(NamedTuple):
-    """A packed batch: the bytes to send, how many replies come back, records in it."""
-
-    payload: bytes
-    nreplies: int
-    records: int
-
-
-#: one script call: (KEYS, ARGV)
-Call = tuple[list[Any], list[Any]]
-
-
 class WriteBuilder:
     """Validates and packs the write batches of one model; no I/O (shared by sync and aio)."""
 
@@ -145,13 +123,8 @@ class WriteBuilder:
 
     @staticmethod
     def check_block_replies(replies: list[Any]) -> None:
-        for reply in replies:
-            if isinstance(reply, REPLY_ERRORS):
-                raise KvfastError(f"Redis refused a write batch: {reply}") from reply
-            if isinstance(reply, list):
-                for item in reply:
-                    if isinstance(item, REPLY_ERRORS):
-                        raise KvfastError(f"Redis refused a write: {item}") from item
+        """RedisCommandError (or RedisUnavailable) for the first error reply of a batch."""
+        check_replies(replies, "a write batch", "a write")
 
     # -- writes ----------------------------------------------------------------
 
@@ -268,15 +241,14 @@ class WriteBuilder:
         """Validate partial updates into update.lua calls (no I/O)."""
         info = self.info
         t_us = codec.now_us()
-        ttl = str(self.ttl)
         by_name = info.by_name
         prepared: list[Call] = []
         for key, fields in changes:
             key = info.check_key(key)
             checked = info.check_changes(fields)
             wire_key, p, obj_key = self.locate(key)
-            sets: list[Any] = []
-            nulls: list[Any] = []
+            sets: list[tuple[str, Any]] = []
+            nulls: list[str] = []
             wire: dict[str, Any] = {}
             for name, value in checked.items():
                 ftype = by_name[name].ftype
@@ -284,12 +256,11 @@ class WriteBuilder:
                     nulls.append(name)
                     wire[name] = None
                 else:
-                    sets.append(name)
-                    sets.append(ftype.to_hash(value))
+                    sets.append((name, ftype.to_hash(value)))
                     wire[name] = value if ftype.wire_is_value else ftype.to_wire(value)
             entry = codec.encode_write(self.table, codec.OP_UPDATE, wire_key, wire, t_us)
-            args = [TOMBSTONE_FIELD, ttl, entry, len(sets) // 2, *sets, *nulls]
-            prepared.append(([obj_key, self.keys.queues[p]], args))
+            prepared.append(Update.call(obj_key, self.keys.queues[p], TOMBSTONE_FIELD,
+                                        self.ttl, entry, sets, nulls))
         return prepared
 
     def build_hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[Call]:
@@ -297,12 +268,10 @@ class WriteBuilder:
         prepared: list[Call] = []
         for key, values in rows:
             _, _, obj_key = self.locate(key)
-            args: list[Any] = [str(self.ttl)]
-            for (name, ftype, _), value in zip(self._codecs, values, strict=True):
-                if value is not None:
-                    args.append(name)
-                    args.append(ftype.to_hash(value))
-            prepared.append(([obj_key], args))
+            pairs = [(name, ftype.to_hash(value))
+                     for (name, ftype, _), value in zip(self._codecs, values, strict=True)
+                     if value is not None]
+            prepared.append(Hydrate.call(obj_key, self.ttl, pairs))
         return prepared
 
 
@@ -328,9 +297,11 @@ class Producer(WriteBuilder):
 
     def update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[int]:
         """Apply partial updates; returns update.lua's status per change (1, 0, -1)."""
-        return [int(r) for r in self.client.eval_many("update", self.build_update(changes))]
+        replies = self.client.eval_many(Update.name, self.build_update(changes))
+        return [Update.decode(r) for r in replies]
 
     def hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[int]:
         """Load rows read from PostgreSQL into Redis where Redis has nothing."""
-        return [int(r) for r in self.client.eval_many("hydrate", self.build_hydrate(rows))]
+        replies = self.client.eval_many(Hydrate.name, self.build_hydrate(rows))
+        return [Hydrate.decode(r) for r in replies]
 

@@ -9,6 +9,9 @@ key deleted in Redis whose delete has not drained yet (its tombstone answers
 (DEL + HSET) and in PostgreSQL (INSERT … ON CONFLICT DO UPDATE of every column):
 the two stores never diverge.  ``update`` of a key that exists in neither store
 (or is deleted) raises ``NotFound``.
+
+The plans (validation, hydration, decoding) are ``kvfast.core``'s, shared with
+``kvfast.aio.AsyncRepository``; this class performs their I/O with blocking calls.
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-import redis
-
-from kvfast.client import Client, pg_errors, redis_errors
-from kvfast.errors import DecodeError, NotFound
-from kvfast.model import TOMBSTONE_FIELD, model_info
+from kvfast.client import Client
+from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, Step
+from kvfast.drivers import pg_errors, redis_errors
+from kvfast.model import model_info
 from kvfast.producer import Producer
 from kvfast.schema import select_rows
 from kvfast.settings import Settings
@@ -28,7 +30,7 @@ from kvfast.settings import Settings
 __all__ = ["Repository"]
 
 M = TypeVar("M")
-_TOMB = TOMBSTONE_FIELD.encode()
+T = TypeVar("T")
 
 
 class Repository(Generic[M]):
@@ -50,6 +52,8 @@ class Repository(Generic[M]):
         self._own_client = client is None
         self.client = client if client is not None else Client(settings)
         self.producer = Producer(self.client, self.info)
+        self.core: RepositoryCore[M] = RepositoryCore(self.info, self.producer,
+                                                      self.client.has_pg)
 
     def __repr__(self) -> str:
         return f"<Repository {self.info.name} {self.client.settings!r}>"
@@ -88,18 +92,7 @@ class Repository(Generic[M]):
         ``NotFound`` (the other updates of the batch are applied: each update is
         atomic on its own, the batch is not).
         """
-        items = list(changes.items() if isinstance(changes, Mapping) else changes)
-        status = self.producer.update(items)
-        missing = [i for i, s in enumerate(status) if s == 0]
-        if missing and self.client.has_pg:
-            loaded = self._hydrate([items[i][0] for i in missing])
-            retry = [i for i in missing if self.info.check_key(items[i][0]) in loaded]
-            for i, s in zip(retry, self.producer.update([items[i] for i in retry]), strict=True):
-                status[i] = s
-        not_found = [items[i][0] for i, s in enumerate(status) if s != 1]
-        if not_found:
-            raise NotFound(self.info.name, not_found)
-        return len(items)
+        return self._run(self.core.update_plan(changes))
 
     def delete(self, key: Any) -> None:
         """Delete the object (a no-op in PostgreSQL if it was never there)."""
@@ -117,55 +110,30 @@ class Repository(Generic[M]):
 
     def get_many(self, keys: Iterable[Any]) -> list[M | None]:
         """Objects for ``keys`` in order (None where absent), one Redis round trip."""
-        info = self.info
-        normalized = [info.check_key(k) for k in keys]
-        if not normalized:
-            return []
-        self.client.check_partitions()
-        with redis_errors(self.client.settings):
-            pipe = self.client.redis.pipeline(transaction=False)
-            for key in normalized:
-                pipe.hgetall(self.producer.locate(key)[2])
-            hashes = pipe.execute()
-        out: list[M | None] = []
-        misses: list[int] = []
-        for i, raw in enumerate(hashes):
-            if not raw:
-                out.append(None)
-                misses.append(i)
-            elif _TOMB in raw:
-                out.append(None)
-            else:
-                out.append(self._decode(normalized[i], raw))
-        if misses and self.client.has_pg:
-            rows = self._select([normalized[i] for i in misses])
-            for i in misses:
-                row = rows.get(normalized[i])
-                if row is not None:
-                    out[i] = info.from_pg_row(row)
-        return out
+        return self._run(self.core.get_plan(keys))
 
-    def _decode(self, key: Any, raw: Mapping[bytes, bytes]) -> M:
+    # -- the I/O of the plans ----------------------------------------------------
+
+    def _run(self, plan: Plan[T]) -> T:
         try:
-            return self.info.from_hash(raw)  # type: ignore[no-any-return]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise DecodeError(
-                f"{self.info.name} {key!r}: Redis hash does not decode: {exc}"
-            ) from exc
+            step = next(plan)
+            while True:
+                step = plan.send(self._perform(step))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _perform(self, step: Step) -> Any:
+        if isinstance(step, Eval):
+            return self.client.eval_many(step.script, step.calls)
+        if isinstance(step, ReadHashes):
+            self.client.check_partitions()
+            with redis_errors(self.client.settings):
+                pipe = self.client.redis.pipeline(transaction=False)
+                for obj_key in step.obj_keys:
+                    pipe.hgetall(obj_key)
+                return pipe.execute()
+        return self._select(step.keys)
 
     def _select(self, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         with pg_errors(self.client.settings):
             return select_rows(self.client.pg(), self.info, keys)
-
-    def _hydrate(self, keys: list[Any]) -> set[Any]:
-        """Load the PostgreSQL rows of ``keys`` into Redis (where Redis has nothing)."""
-        normalized = [self.info.check_key(k) for k in keys]
-        rows = self._select(normalized)
-        if not rows:
-            return set()
-        decoded = [(key, self.info.values_from_pg(row)) for key, row in rows.items()]
-        try:
-            self.producer.hydrate(decoded)
-        except redis.ResponseError as exc:  # pragma: no cover - surfaced as KvfastError
-            raise DecodeError(str(exc)) from exc
-        return set(rows)

@@ -48,7 +48,7 @@ def retry(
     call: Callable[[], T],
     *,
     retry_on: tuple[type[BaseException], ...],
-    what: str,
+    what: str | Callable[[BaseException], tuple[int, str]],
     log: logging.Logger,
     backoff: Backoff | None = None,
     on_retry: Callable[[BaseException], None] | None = None,
@@ -57,7 +57,8 @@ def retry(
     """``call()`` until it returns, waiting by ``backoff`` after each ``retry_on`` error.
 
     Each failure is logged as a warning: ``what`` (e.g. "PostgreSQL
-    unavailable", "ack failed"), the error's first line and the delay.
+    unavailable", "ack failed"), the error's first line and the delay; a
+    callable ``what(exc)`` returns (log level, text) when they depend on the error.
     ``on_retry(exc)`` runs before the wait (drop a broken connection, check a
     lease, or raise to give up).  Any other exception propagates.
     """
@@ -69,7 +70,8 @@ def retry(
             if on_retry is not None:
                 on_retry(exc)
             delay = backoff.next_delay()
-            log.warning("%s (%s); retrying in %.2fs", what, first_line(exc), delay)
+            level, text = (logging.WARNING, what) if isinstance(what, str) else what(exc)
+            log.log(level, "%s (%s); retrying in %.2fs", text, first_line(exc), delay)
             sleep(delay)
 
 

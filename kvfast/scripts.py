@@ -1,49 +1,47 @@
-"""The Lua scripts in ``kvfast/lua/``: read once, called by SHA.
+"""The Lua scripts in ``kvfast/lua/``: read once, called by SHA, one typed wrapper each.
 
 Scripts are files with a header documenting KEYS and ARGV, never strings built
-from user data.  Calls are packed here as EVALSHA (one buffer for many calls)
-and sent by the sync or asyncio client; ``EvalBatch`` loads the script and
-resends the calls a NOSCRIPT reply refused (a restarted Redis forgets scripts).
+from user data.  Each script has one wrapper class below, next to a copy of its
+calling convention: ``call(...)`` builds the (KEYS, ARGV) of one call from typed
+arguments and ``decode(reply)`` reads its reply, so changing a script's
+signature is an edit of the ``.lua`` file and its wrapper.  Calls are packed
+here as EVALSHA (one buffer for many calls) and sent by the sync or asyncio
+client; ``EvalBatch`` loads the script and resends the calls a NOSCRIPT reply
+refused (a restarted Redis forgets scripts).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-import hiredis
-import redis
-
-from kvfast.errors import KvfastError
+from kvfast.keys import Keys
+from kvfast.resp import REPLY_ERRORS, pack, reply_exception
 
 __all__ = [
-    "REPLY_ERRORS",
     "SCRIPT_NAMES",
-    "UNAVAILABLE_PREFIXES",
+    "Ack",
+    "Call",
+    "Claim",
     "EvalBatch",
-    "pack",
+    "Hydrate",
+    "Part",
+    "Rebase",
+    "Renew",
+    "Requeue",
+    "Update",
+    "pack_eval",
     "source",
-    "unavailable_reply",
 ]
 
-#: an error reply, as hiredis.Reader (raw path) or redis-py returns it
-REPLY_ERRORS = (hiredis.ReplyError, redis.ResponseError)
-#: error replies that mean "this server cannot serve now", not "this command is wrong":
-#: retried like a lost connection (a restarted Redis answers LOADING while it
-#: reads its AOF; a failover answers READONLY / MASTERDOWN / TRYAGAIN).
-UNAVAILABLE_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "CLUSTERDOWN")
-
-
-def unavailable_reply(replies: list[Any]) -> Any:
-    """The first reply saying the server cannot serve now (see above), else None."""
-    for reply in replies:
-        if isinstance(reply, REPLY_ERRORS) and str(reply).startswith(UNAVAILABLE_PREFIXES):
-            return reply
-    return None
-
 SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue")
+
+#: one script call: (KEYS, ARGV)
+Call = tuple[list[Any], list[Any]]
 
 
 @cache
@@ -56,10 +54,9 @@ def sha(name: str) -> str:
     return hashlib.sha1(source(name)).hexdigest()
 
 
-def pack(name: str, keys: list[Any], args: list[Any]) -> bytes:
+def pack_eval(name: str, keys: list[Any], args: list[Any]) -> bytes:
     """One EVALSHA in RESP form, for a hand-built pipeline."""
-    command = ("EVALSHA", sha(name), len(keys), *keys, *args)
-    return hiredis.pack_command(command)  # type: ignore[no-any-return]
+    return pack(("EVALSHA", sha(name), len(keys), *keys, *args))
 
 
 class EvalBatch:
@@ -68,9 +65,11 @@ class EvalBatch:
     ``payload()`` packs the calls still pending; ``take(replies)`` keeps the
     results and returns True when a NOSCRIPT asks for SCRIPT LOAD and a resend
     (a Redis restart empties its script cache; the failed calls did nothing).
+    An error reply raises ``RedisUnavailable`` (LOADING, READONLY …) or
+    ``RedisCommandError``.
     """
 
-    def __init__(self, name: str, calls: list[tuple[list[Any], list[Any]]]) -> None:
+    def __init__(self, name: str, calls: Sequence[Call]) -> None:
         self.name = name
         self.calls = calls
         self.results: list[Any] = [None] * len(calls)
@@ -78,7 +77,7 @@ class EvalBatch:
         self._retried = False
 
     def payload(self) -> bytes:
-        return b"".join(pack(self.name, *self.calls[i]) for i in self.pending)
+        return b"".join(pack_eval(self.name, *self.calls[i]) for i in self.pending)
 
     def take(self, replies: list[Any]) -> bool:
         retry = []
@@ -87,7 +86,7 @@ class EvalBatch:
                 if str(reply).startswith("NOSCRIPT") and not self._retried:
                     retry.append(i)
                     continue
-                raise KvfastError(f"Redis refused {self.name}.lua: {reply}") from reply
+                raise reply_exception(reply, f"{self.name}.lua") from reply
             self.results[i] = reply
         self.pending = retry
         self._retried = True
@@ -95,4 +94,169 @@ class EvalBatch:
 
     @property
     def load_command(self) -> bytes:
-        return hiredis.pack_command(("SCRIPT", "LOAD", source(self.name)))  # type: ignore[arg-type,no-any-return]
+        return pack(("SCRIPT", "LOAD", source(self.name)))
+
+
+# -- claim.lua ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Part:
+    """One partition's share of a claim: its entries in queue order, under one epoch."""
+
+    partition: int
+    epoch: int
+    retaken: bool
+    entries: list[bytes]
+
+
+@dataclass(slots=True)
+class Claim:
+    """What one claim.lua call handed out: one or more partitions, one batch.
+
+    KEYS, one group of four per candidate partition, in the order tried:
+    queue ``{ns:p}:q``, in-flight list ``:f``, in-flight meta ``:fm``, epoch ``:e``.
+    ARGV: owner, lease (ms), batch size.  Reply: nil, or
+    ``{n, g1, epoch1, retaken1, count1, …, entries of g1 …, entries of g2 …}``
+    with g the 0-based group index.
+    """
+
+    name = "claim"
+    parts: list[Part]
+
+    @staticmethod
+    def call(keys: Keys, order: Sequence[int], owner: str, lease_ms: int,
+             batch_size: int) -> Call:
+        key_list: list[Any] = []
+        for p in order:
+            key_list += (keys.queues[p], keys.inflight[p], keys.inflight_meta[p], keys.epochs[p])
+        return key_list, [owner, lease_ms, batch_size]
+
+    @classmethod
+    def from_reply(cls, reply: Any, order: Sequence[int]) -> Claim | None:
+        """The claim in ``reply`` (``order`` is the partitions passed to ``call``)."""
+        if not reply:
+            return None
+        nparts = int(reply[0])
+        parts: list[Part] = []
+        at = 1 + 4 * nparts
+        for i in range(nparts):
+            group, epoch, retaken, count = (int(x) for x in reply[1 + 4 * i : 5 + 4 * i])
+            parts.append(Part(order[group], epoch, bool(retaken), reply[at : at + count]))
+            at += count
+        return cls(parts)
+
+    @property
+    def entries(self) -> list[bytes]:
+        return [e for part in self.parts for e in part.entries]
+
+    def slices(self) -> list[tuple[int, list[bytes]]]:
+        return [(part.partition, part.entries) for part in self.parts]
+
+
+# -- ack.lua, renew.lua, rebase.lua: the rest of a claim's life ---------------------
+
+
+class Ack:
+    """ack.lua: KEYS in-flight ``:f``, meta ``:fm``, dead ``:d``, counters ``:s``, then the
+    object hashes whose tombstones to clear; ARGV owner, epoch, tombstone field,
+    entries applied, n, n dead-letter documents, one tombstone id per object hash.
+    Reply 1 = acked, 0 = the batch is no longer the caller's."""
+
+    name = "ack"
+
+    @staticmethod
+    def call(keys: Keys, partition: int, owner: str, epoch: int, tombstone_field: str,
+             applied: int, dead_docs: Sequence[bytes], tomb_keys: Sequence[str],
+             tomb_ids: Sequence[str]) -> Call:
+        p = partition
+        return (
+            [keys.inflight[p], keys.inflight_meta[p], keys.dead[p], keys.counters[p], *tomb_keys],
+            [owner, epoch, tombstone_field, applied, len(dead_docs), *dead_docs, *tomb_ids],
+        )
+
+    @staticmethod
+    def decode(reply: Any) -> bool:
+        return int(reply) == 1
+
+
+class Renew:
+    """renew.lua: KEYS meta ``:fm``; ARGV owner, epoch, lease (ms).  Reply 1 = renewed."""
+
+    name = "renew"
+
+    @staticmethod
+    def call(keys: Keys, partition: int, owner: str, epoch: int, lease_ms: int) -> Call:
+        return [keys.inflight_meta[partition]], [owner, epoch, lease_ms]
+
+    @staticmethod
+    def decode(reply: Any) -> bool:
+        return int(reply) == 1
+
+
+class Rebase:
+    """rebase.lua: KEYS meta ``:fm``, epoch counter ``:e``; ARGV owner, the batch's epoch,
+    PostgreSQL's newest epoch.  Reply: the new epoch, 0 when no longer the caller's."""
+
+    name = "rebase"
+
+    @staticmethod
+    def call(keys: Keys, partition: int, owner: str, epoch: int, newest: int) -> Call:
+        return ([keys.inflight_meta[partition], keys.epochs[partition]], [owner, epoch, newest])
+
+    @staticmethod
+    def decode(reply: Any) -> int:
+        return int(reply)
+
+
+class Requeue:
+    """requeue.lua: KEYS dead ``:d``, queue ``:q``, counters ``:s``; ARGV pairs (dead-letter
+    document, the queue entry inside it).  Reply: the number of entries requeued."""
+
+    name = "requeue"
+
+    @staticmethod
+    def call(keys: Keys, partition: int, pairs: Sequence[tuple[bytes, bytes]]) -> Call:
+        p = partition
+        return ([keys.dead[p], keys.queues[p], keys.counters[p]],
+                [x for pair in pairs for x in pair])
+
+    @staticmethod
+    def decode(reply: Any) -> int:
+        return int(reply)
+
+
+# -- update.lua, hydrate.lua: the producer's partial writes --------------------------
+
+
+class Update:
+    """update.lua: KEYS object hash, queue ``:q``; ARGV tombstone field, ttl, the queue
+    entry, n, n field/value pairs to set, the fields set to NULL.
+    Reply 1 = applied, 0 = not in Redis (hydrate and retry), -1 = deleted."""
+
+    name = "update"
+
+    @staticmethod
+    def call(obj_key: str, queue: str, tombstone_field: str, ttl: int, entry: bytes,
+             sets: Sequence[tuple[str, Any]], nulls: Sequence[str]) -> Call:
+        flat = [x for pair in sets for x in pair]
+        return [obj_key, queue], [tombstone_field, str(ttl), entry, len(sets), *flat, *nulls]
+
+    @staticmethod
+    def decode(reply: Any) -> int:
+        return int(reply)
+
+
+class Hydrate:
+    """hydrate.lua: KEYS object hash; ARGV ttl, field/value pairs (the row's non-NULL
+    columns).  Reply 1 = written, 0 = Redis already had the key."""
+
+    name = "hydrate"
+
+    @staticmethod
+    def call(obj_key: str, ttl: int, pairs: Sequence[tuple[str, Any]]) -> Call:
+        return [obj_key], [str(ttl), *(x for pair in pairs for x in pair)]
+
+    @staticmethod
+    def decode(reply: Any) -> int:
+        return int(reply)

@@ -1,28 +1,33 @@
-"""One frozen ``Settings`` object, built in code or from ``KVFAST_*`` variables.
+"""Frozen settings, built in code, from ``KVFAST_*`` variables or from flags.
 
-Command-line flags (the supervisor) are applied on top of ``from_env()`` with
-``dataclasses.replace``; a bad value is a ``ConfigError`` that names the variable
-or flag and the value, never a password.
+``Settings`` is what every part of kvfast needs (where the servers are, how the
+queues are laid out and drained); ``SupervisorOptions`` holds what only
+``python -m kvfast.supervisor`` uses.  Each field declares its variable, flag,
+help text and expected form once, as ``opt()`` metadata (``kvfast.options``):
+``from_env()``, ``from_args()``, the command-line options and the README's
+settings table (``settings_table()``, checked by a test) all come from there.
+A bad value is a ``ConfigError`` that names the variable or flag and the value,
+never a password.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from kvfast.errors import ConfigError
+from kvfast.options import Declared, markdown_table, opt, redact
 
-__all__ = ["Settings", "redact"]
+__all__ = ["Settings", "SupervisorOptions", "redact", "settings_table"]
 
 # The number of partitions bounds drain parallelism (one batch in flight per
 # partition) and costs one empty list per partition; 64 keeps 8 drainers busy.
 DEFAULT_PARTITIONS = 64
 # 2,000-row batches: COPY + upsert pays ~0.5 ms fixed cost per transaction
-# (DESIGN.md: 1,000-row transactions reach 250k rows/s, 5,000-row ones 390k).
+# (1,000-row transactions reach 250k rows/s, 5,000-row ones 390k).
 DEFAULT_BATCH_SIZE = 2000
 DEFAULT_DRAIN_INTERVAL_MS = 100
 # A lease short enough that a dead drainer's batch is re-applied within seconds,
@@ -30,152 +35,60 @@ DEFAULT_DRAIN_INTERVAL_MS = 100
 DEFAULT_LEASE_MS = 5000
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def redact(url: str | None) -> str:
-    """``url`` with any password replaced by ``***`` (URL and key=value DSN forms)."""
-    if not url:
-        return ""
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return "<unparsable url>"
-        # libpq and redis-py also take the password as a query parameter.
-        query = re.sub(r"(?i)((?:^|&)(?:ssl)?password=)[^&]*", r"\1***", parts.query)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user = parts.username or ""
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            try:
-                port = parts.port
-            except ValueError:
-                port = None
-            netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return re.sub(r"(?i)((?:ssl)?password\s*=\s*)('([^'\\]|\\.)*'|\S+)", r"\1***", url)
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    """Where the servers are and how kvfast uses them.
-
-    ``redis_url`` accepts ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs,
-    with ``user:password@`` where needed; ``pg_dsn`` is any libpq DSN or URL, or
-    ``None`` for a Redis-only repository (no read fallback, no drain).
-    """
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    pg_dsn: str | None = None
-    partitions: int = DEFAULT_PARTITIONS
-    batch_size: int = DEFAULT_BATCH_SIZE
-    drain_interval_ms: int = DEFAULT_DRAIN_INTERVAL_MS
-    workers: int = field(default_factory=_cpu_count)
-    lease_ms: int = DEFAULT_LEASE_MS
-    namespace: str = "kvfast"
-
-    def __post_init__(self) -> None:
-        _check_url(self.redis_url, "redis_url", ("redis", "rediss", "unix"))
-        if self.pg_dsn is not None:
-            _check_dsn(self.pg_dsn)
-        _check_range("partitions", self.partitions, 1, 16384)
-        _check_range("batch_size", self.batch_size, 1, 1_000_000)
-        _check_range("drain_interval_ms", self.drain_interval_ms, 1, 3_600_000)
-        _check_range("workers", self.workers, 1, 1024)
-        _check_range("lease_ms", self.lease_ms, 100, 3_600_000)
-        if not _NAMESPACE_RE.match(self.namespace):
-            raise ConfigError(
-                f"namespace={self.namespace!r}: use 1-64 letters, digits, '_', '.' or '-'"
-            )
-
-    def __repr__(self) -> str:
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("redis_url", "pg_dsn") and value is not None:
-                value = redact(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
-
-    __str__ = __repr__
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``KVFAST_*`` variables; keyword ``overrides`` win.
-
-        A variable that is set but malformed raises ``ConfigError`` naming it.
-        """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, var, parse in _ENV:
-            if overrides.get(name) is not None:
-                continue  # a flag wins: its variable is not even parsed
-            raw = env.get(var)
-            if raw is None or raw == "":
-                continue
-            try:
-                values[name] = parse(raw)
-            except ValueError:
-                shown = redact(raw) if name in ("redis_url", "pg_dsn") else raw
-                raise ConfigError(f"{var}={shown!r}: expected {_EXPECTED[name]}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**values)
-        except ConfigError as exc:
-            # Name the variable the bad value came from, not just the field.
-            for name, var, _ in _ENV:
-                if str(exc).startswith(f"{name}=") and overrides.get(name) is None and var in env:
-                    raise ConfigError(f"{var}: {exc}") from None
-            raise
-
-
-def _positive_int(raw: str) -> int:
+def _integer(raw: str) -> int:
     return int(raw.strip(), 10)
 
 
-_ENV: list[tuple[str, str, Callable[[str], Any]]] = [
-    ("redis_url", "KVFAST_REDIS_URL", str),
-    ("pg_dsn", "KVFAST_PG_DSN", str),
-    ("partitions", "KVFAST_PARTITIONS", _positive_int),
-    ("batch_size", "KVFAST_BATCH_SIZE", _positive_int),
-    ("drain_interval_ms", "KVFAST_DRAIN_INTERVAL_MS", _positive_int),
-    ("workers", "KVFAST_WORKERS", _positive_int),
-    ("lease_ms", "KVFAST_LEASE_MS", _positive_int),
-    ("namespace", "KVFAST_NAMESPACE", str),
-]
-_EXPECTED = {
-    "redis_url": "a redis://, rediss:// or unix:// URL",
-    "pg_dsn": "a PostgreSQL DSN",
-    "partitions": "an integer",
-    "batch_size": "an integer",
-    "drain_interval_ms": "an integer (milliseconds)",
-    "workers": "an integer",
-    "lease_ms": "an integer (milliseconds)",
-    "namespace": "a name",
-}
+def _number(raw: str) -> float:
+    return float(raw.strip())
 
 
-def _check_range(name: str, value: int, low: int, high: int) -> None:
-    if type(value) is not int or not low <= value <= high:
-        raise ConfigError(f"{name}={value!r}: expected an integer from {low} to {high}")
+def _in_range(low: float, high: float, kind: str = "an integer") -> dict[str, Any]:
+    """``opt()`` arguments of a number between ``low`` and ``high``."""
+    expected = f"{kind} from {low:g} to {high:g}"
+    integral = kind.startswith("an integer")
+
+    def check(name: str, value: Any) -> None:
+        ok_type = type(value) is int or (not integral and type(value) is float)
+        if not ok_type or not low <= value <= high:
+            raise ConfigError(f"{name}={value!r}: expected {expected}")
+
+    return {"expected": expected, "parse": _integer if integral else _number, "check": check}
 
 
-def _check_dsn(dsn: str) -> None:
+def _url(*schemes: str) -> dict[str, Any]:
+    expected = "a URL starting with " + " or ".join(f"{s}://" for s in schemes)
+
+    def check(name: str, value: Any) -> None:
+        _check_url(value, name, schemes)
+
+    return {"expected": expected, "check": check, "secret": True}
+
+
+def _check_namespace(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not _NAMESPACE_RE.match(value):
+        raise ConfigError(f"{name}={value!r}: use 1-64 letters, digits, '_', '.' or '-'")
+
+
+def _check_dsn(name: str, dsn: Any) -> None:
     """Parse the DSN as libpq will, so a typo fails at start-up, not at first drain."""
     from psycopg import ProgrammingError, conninfo
 
+    if dsn is None:
+        return
     if "://" in dsn:
-        _check_url(dsn, "pg_dsn", ("postgresql", "postgres"))
+        _check_url(dsn, name, ("postgresql", "postgres"))
     try:
         conninfo.conninfo_to_dict(dsn)
     except ProgrammingError:
-        raise ConfigError(f"pg_dsn={redact(dsn)!r}: not a valid PostgreSQL DSN") from None
+        raise ConfigError(f"{name}={redact(dsn)!r}: not a valid PostgreSQL DSN") from None
 
 
 def _check_url(url: str, name: str, schemes: tuple[str, ...]) -> None:
@@ -185,3 +98,98 @@ def _check_url(url: str, name: str, schemes: tuple[str, ...]) -> None:
             f"{name}={redact(url)!r}: expected a URL starting with "
             + " or ".join(f"{s}://" for s in schemes)
         )
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Settings(Declared):
+    """Where the servers are and how kvfast uses them.
+
+    ``redis_url`` accepts ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs,
+    with ``user:password@`` where needed; ``pg_dsn`` is any libpq DSN or URL, or
+    ``None`` for a Redis-only repository (no read fallback, no drain).
+    """
+
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=opt(
+        "redis://, rediss:// (TLS) or unix:// URL, with user:password@ if needed",
+        env="KVFAST_REDIS_URL", flag="--redis-url", metavar="URL",
+        **_url("redis", "rediss", "unix")))
+    pg_dsn: str | None = field(default=None, metadata=opt(
+        "PostgreSQL DSN or URL; without it reads do not fall back and nothing drains",
+        env="KVFAST_PG_DSN", flag="--pg-dsn", metavar="DSN", expected="a PostgreSQL DSN",
+        check=_check_dsn, secret=True))
+    partitions: int = field(default=DEFAULT_PARTITIONS, metadata=opt(
+        "queue partitions; recorded in Redis, a different value later is an error",
+        env="KVFAST_PARTITIONS", flag="--partitions", metavar="N", **_in_range(1, 16384)))
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=opt(
+        "max entries per batch (one PostgreSQL transaction)",
+        env="KVFAST_BATCH_SIZE", flag="--batch-size", metavar="N", **_in_range(1, 1_000_000)))
+    drain_interval_ms: int = field(default=DEFAULT_DRAIN_INTERVAL_MS, metadata=opt(
+        "drainer sleep when nothing is queued",
+        env="KVFAST_DRAIN_INTERVAL_MS", flag="--drain-interval-ms", metavar="MS",
+        **_in_range(1, 3_600_000, "an integer (milliseconds)")))
+    workers: int = field(default_factory=_cpu_count, metadata=opt(
+        "drainer processes",
+        env="KVFAST_WORKERS", flag="--workers", metavar="N", default_text="CPU count",
+        **_in_range(1, 1024)))
+    lease_ms: int = field(default=DEFAULT_LEASE_MS, metadata=opt(
+        "lease of an in-flight batch (renewed every lease/3 while its drainer works)",
+        env="KVFAST_LEASE_MS", flag="--lease-ms", metavar="MS",
+        **_in_range(100, 3_600_000, "an integer (milliseconds)")))
+    namespace: str = field(default="kvfast", metadata=opt(
+        "prefix of every Redis key",
+        env="KVFAST_NAMESPACE", flag="--namespace", metavar="NAME",
+        expected="1-64 letters, digits, '_', '.' or '-'", check=_check_namespace))
+
+
+def _modules(raw: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in raw.split(",") if m.strip())
+
+
+def _check_modules(name: str, value: Any) -> None:
+    if not value or not all(isinstance(m, str) and m for m in value):
+        raise ConfigError(f"{name}={value!r}: expected one or more module names")
+
+
+def _check_level(name: str, value: Any) -> None:
+    if not isinstance(value, str) or value.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"{name}={value!r}: use DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class SupervisorOptions(Declared):
+    """What only ``python -m kvfast.supervisor`` uses, declared like ``Settings``."""
+
+    models: tuple[str, ...] = field(default=("kvfast.demo",), metadata=opt(
+        "modules to import for their models (repeatable, or comma-separated)",
+        env="KVFAST_MODELS", flag="--models", metavar="MODULE", repeat=True,
+        expected="comma-separated module names", parse=_modules, check=_check_modules))
+    create_tables: bool = field(default=False, metadata=opt(
+        "create missing tables from the models at start; without it a missing or "
+        "mismatched table stops start-up (exit 2)", flag="--create-tables"))
+    drain_until_empty: bool = field(default=False, metadata=opt(
+        "exit 0 once nothing is queued and nothing is in flight", flag="--drain-until-empty"))
+    status_interval: float = field(default=5.0, metadata=opt(
+        "seconds between status lines (stderr; plain log lines off a terminal)",
+        env="KVFAST_STATUS_INTERVAL", flag="--status-interval", metavar="S",
+        **_in_range(0.01, 86_400, "a number of seconds")))
+    metrics_port: int = field(default=0, metadata=opt(
+        "serve Prometheus /metrics and /healthz on 127.0.0.1:PORT",
+        env="KVFAST_METRICS_PORT", flag="--metrics-port", metavar="PORT",
+        default_text="0 = off", **_in_range(0, 65535)))
+    stats_json: str | None = field(default=None, metadata=opt(
+        "write the run's totals and drain-lag quantiles to PATH at exit",
+        flag="--stats-json", metavar="PATH", default_text="off"))
+    log_level: str = field(default="INFO", metadata=opt(
+        "DEBUG, INFO, WARNING or ERROR",
+        env="KVFAST_LOG_LEVEL", flag="--log-level", metavar="LEVEL",
+        expected="DEBUG, INFO, WARNING or ERROR", check=_check_level))
+
+    @property
+    def level(self) -> int:
+        """``log_level`` as a ``logging`` level number."""
+        return int(getattr(logging, self.log_level.upper()))
+
+
+def settings_table() -> str:
+    """The README's settings table, from the fields' metadata."""
+    return markdown_table(Settings, SupervisorOptions)

@@ -118,6 +118,17 @@ def test_unknown_models_module_is_a_config_error(
     assert "no_such_module_xyz" in out
 
 
+def test_a_models_module_with_a_syntax_error_names_its_file_and_line(
+    r: redis.Redis, pg: psycopg.Connection[Any], settings: kvfast.Settings, tmp_path: Any
+) -> None:
+    (tmp_path / "broken_models.py").write_text("import drainmodels  # noqa: F401\n\ndef (:\n")
+    code, out = run_supervisor(settings, "--drain-until-empty", models=["broken_models"],
+                               pythonpath=[str(tmp_path)], timeout=60)
+    assert code == RET_CONFIG, out
+    assert "broken_models.py" in out and "line 3" in out
+    assert "Traceback" not in out
+
+
 @pytest.mark.parametrize(
     ("var", "value"),
     [
@@ -127,6 +138,9 @@ def test_unknown_models_module_is_a_config_error(
         ("KVFAST_LEASE_MS", "-5"),
         ("KVFAST_DRAIN_INTERVAL_MS", "soon"),
         ("KVFAST_NAMESPACE", "bad name!"),
+        ("KVFAST_LOG_LEVEL", "LOUD"),
+        ("KVFAST_METRICS_PORT", "http"),
+        ("KVFAST_STATUS_INTERVAL", "often"),
     ],
 )
 def test_bad_env_value_is_a_config_error_naming_the_variable(

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- ack.lua: finish an in-flight batch after its PostgreSQL transaction committed.
 --
 -- KEYS[1]  in-flight list   {ns:p}:f
@@ -17,6 +18,10 @@
 -- expired and another drainer took it: that drainer will ack it instead).
 -- A tombstone is removed only if it is still the one this batch's delete left;
 -- a newer create of the same key has already replaced it.
+--
+-- allow-oom: this script moves or frees memory (draining is what frees a full
+-- Redis), so it must run when Redis is at maxmemory; Redis refuses a script
+-- without the flag as soon as used_memory > maxmemory (OOM command not allowed).
 
 local meta = redis.call('HMGET', KEYS[2], 'owner', 'epoch')
 if meta[1] ~= ARGV[1] or meta[2] ~= ARGV[2] then

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- claim.lua: hand a drainer a batch, taken from one or more partitions, recorded
 -- as in flight.
 --
@@ -27,6 +28,10 @@
 -- copied to the in-flight list in the same atomic step as they leave the queue,
 -- so a crash between pop and commit loses nothing.  Time is Redis's (TIME), so
 -- drainers on hosts with skewed clocks agree on leases.
+--
+-- allow-oom: this script moves or frees memory (draining is what frees a full
+-- Redis), so it must run when Redis is at maxmemory; Redis refuses a script
+-- without the flag as soon as used_memory > maxmemory (OOM command not allowed).
 
 local owner = ARGV[1]
 local lease = tonumber(ARGV[2])

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- rebase.lua: give the caller's in-flight batch an epoch newer than PostgreSQL's.
 --
 -- KEYS[1]  in-flight meta   {ns:p}:fm
@@ -14,6 +15,10 @@
 -- as stale.  A drainer that still owns its batch (owner and epoch match here)
 -- is not stale: it moves the counter past PostgreSQL's epoch and retries.  A
 -- drainer whose batch was taken over fails the ownership check and gives up.
+--
+-- allow-oom: this script moves or frees memory (draining is what frees a full
+-- Redis), so it must run when Redis is at maxmemory; Redis refuses a script
+-- without the flag as soon as used_memory > maxmemory (OOM command not allowed).
 
 local meta = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
 if meta[1] ~= ARGV[1] or meta[2] ~= ARGV[2] then

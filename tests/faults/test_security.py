@@ -53,14 +53,8 @@ import kvfast
 from kvfast.scripts import SCRIPT_NAMES, source
 from kvfast.settings import redact
 
-from .conftest import (
-    PASSWORD_REDIS_PORT,
-    TLS_REDIS_PORT,
-    FaultServers,
-    RedisProcess,
-    fault_settings,
-    wait_for,
-)
+from .servers import PASSWORD_REDIS_PORT, TLS_REDIS_PORT, FaultServers, RedisProcess, fault_settings
+from .supervise import wait_for
 
 REDIS_PASSWORD = "R3d!s-s3cret/pw%"  # URL-special characters: percent-encoded in URLs
 ACL_USER = "kvfast_app"
@@ -225,7 +219,7 @@ def test_data_path_with_a_redis_password_and_a_scram_postgres_role(
             wrong = dataclasses.replace(settings, redis_url=redis_url.replace("R3d", "XXX"))
             no_pw = dataclasses.replace(
                 settings, redis_url=f"redis://127.0.0.1:{PASSWORD_REDIS_PORT}/0")
-            bad_pg = dataclasses.replace(settings, pg_dsn=dsn.replace("42", "43"))
+            bad_pg = dataclasses.replace(settings, pg_dsn=dsn.replace("pw 42", "pw 43"))
             for broken, error in ((wrong, kvfast.RedisUnavailable),
                                   (no_pw, kvfast.RedisUnavailable)):
                 with kvfast.Repository(DRide, broken) as rides, pytest.raises(error) as info:
@@ -359,7 +353,7 @@ def test_no_secret_in_logs_status_lines_errors_or_reprs(
             ("wrong Redis password", {"KVFAST_REDIS_URL": redis_url.replace("R3d", "r3D"),
                                       "KVFAST_PG_DSN": dsn}),
             ("wrong PostgreSQL password", {"KVFAST_REDIS_URL": redis_url,
-                                           "KVFAST_PG_DSN": dsn.replace("42", "24")}),
+                                           "KVFAST_PG_DSN": dsn.replace("pw 42", "pw 24")}),
         ):
             with start_supervisor(settings, connection=False, env=env, models=MODELS) as sup:
                 wait_for(lambda s=sup: "retrying" in s.output(), 30, f"{name}: a warning",
@@ -381,7 +375,7 @@ def test_no_secret_in_logs_status_lines_errors_or_reprs(
             texts.append(repr(client))
             texts.append(repr(kvfast.Repository(DRide, client=client)))
         broken = dataclasses.replace(settings, redis_url=redis_url.replace("R3d", "r3D"),
-                                     pg_dsn=dsn.replace("42", "24"))
+                                     pg_dsn=dsn.replace("pw 42", "pw 24"))
         with kvfast.Repository(DRide, broken) as rides:
             with pytest.raises(kvfast.RedisUnavailable) as redis_info:
                 rides.create(ride(1))

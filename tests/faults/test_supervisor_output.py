@@ -6,6 +6,7 @@ had the problem and how fast the drain goes once it is over.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
@@ -19,17 +20,14 @@ import redis
 from drainhelpers import queue_key
 
 import kvfast
+from kvfast.settings import SupervisorOptions
+from kvfast.stats import Report
 from kvfast.supervisor import Supervisor
 
-from .conftest import (
-    FaultServers,
-    Load,
-    create_load_tables,
-    log_lines,
-    stop_supervisor,
-    supervisor,
-    wait_drained,
-)
+from .checks import log_lines
+from .load import Load, create_load_tables
+from .servers import FaultServers
+from .supervise import stop_supervisor, supervisor, wait_drained
 
 
 def test_drainer_log_lines_name_their_drainer(
@@ -38,7 +36,7 @@ def test_drainer_log_lines_name_their_drainer(
     """A drainer's warnings say which drainer (``drainer-N``) logged them.
 
     The forked drainer reconfigures logging (``basicConfig(force=True)`` in
-    supervisor._drainer_main): without ``force`` the root logger it inherited from
+    worker.drainer_main): without ``force`` the root logger it inherited from
     the supervisor kept its handler and every drainer line read ``supervisor``.
     """
     create_load_tables(fpg)
@@ -78,7 +76,7 @@ def test_status_line_rate_covers_the_whole_interval_with_drain_until_empty(
     by the time since then, with ``--drain-until-empty`` too.
 
     The supervisor's loop is driven in-process with its drainers replaced by a
-    steady 1,000 rows/s that arrive as one 1,000-row batch a second (``_collect``
+    steady 1,000 rows/s that arrive as one 1,000-row batch a second (``pool.receive``
     patched); a queued entry keeps ``--drain-until-empty`` going for ~4 s.
 
     Fails today: with ``--drain-until-empty`` the loop calls ``snapshot()`` every
@@ -87,16 +85,17 @@ def test_status_line_rate_covers_the_whole_interval_with_drain_until_empty(
     reports the last 0.1 s only, 0 rows/s or 10,000 rows/s here (and 0 ms lag
     between batches).  Seen for real as "drained 0 rows/s ... total 81,000".
     """
-    sup = Supervisor(fsettings, workers=1, drain_until_empty=True, status_interval=1.0,
-                     log_level=logging.INFO)
+    sup = Supervisor(dataclasses.replace(fsettings, workers=1),
+                     SupervisorOptions(drain_until_empty=True, status_interval=1.0))
     ticks = itertools.count()
+    batch = Report(drainer=0, entries=1000, applied=1000, dead=0, retaken=False, stale=0,
+                   lag_ms=[40.0] * 10)
 
-    def collect() -> None:  # one 1,000-row batch a second (the loop ticks every 0.1 s)
-        if next(ticks) % 10 == 5:
-            sup._count((0, 1000, 1000, 0, False, False, [40.0] * 10))
+    def receive() -> list[Report]:  # one 1,000-row batch a second (the loop ticks every 0.1 s)
+        return [batch] if next(ticks) % 10 == 5 else []
 
-    sup._spawn = lambda w: None  # type: ignore[method-assign]
-    sup._collect = collect  # type: ignore[method-assign]
+    sup.pool.spawn = lambda w: None  # type: ignore[method-assign]
+    sup.pool.receive = receive  # type: ignore[method-assign]
     queue = queue_key(fsettings, 0)
     fr.rpush(queue, b"keeps --drain-until-empty busy")
     timer = threading.Timer(4.5, fr.delete, (queue,))

@@ -1,0 +1,118 @@
+"""The supervisor's parts in-process: the report record, lag quantiles, the status
+window, health and metrics over HTTP, and the restart backoff."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import prometheus_client as prom
+import pytest
+
+from kvfast.drainer import BatchReport
+from kvfast.metrics import Metrics, serve_http
+from kvfast.pool import RESTART_BACKOFF
+from kvfast.stats import Health, LagRing, Report, Snapshot, Stats
+
+
+def sorted_quantile(values: Sequence[float], q: float) -> float:
+    """The supervisor's quantile before numpy: the sample at int(q*n) of the sorted list."""
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else 0.0
+
+
+def test_a_report_is_a_typed_record_built_from_a_batch_report() -> None:
+    rep = BatchReport(partitions=[1, 2], entries=10, applied=9, dead=1, acked=True, stale=0,
+                      retaken=True, lag_ms=[1.0, 2.0])
+    report = Report.of(3, rep)
+    assert (report.drainer, report.entries, report.applied, report.dead) == (3, 10, 9, 1)
+    assert report.retaken is True and report.stale == 0 and list(report.lag_ms) == [1.0, 2.0]
+    assert pickle.loads(pickle.dumps(report)) == report  # it travels down a pipe
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 100, 999, 1000, 1001, 5003])
+def test_lag_ring_quantiles_equal_the_sorted_ones(n: int) -> None:
+    rng = random.Random(n)
+    values = [rng.expovariate(1 / 100) for _ in range(n)]
+    ring = LagRing(capacity=1000)
+    for i in range(0, n, 64):  # reports of up to 64 samples, wrapping around the ring
+        ring.extend(values[i:i + 64])
+    kept = values[-1000:]
+    assert len(ring) == len(kept)
+    for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+        assert ring.quantiles([q]) == [sorted_quantile(kept, q)]
+        assert ring.quantiles([q], newest=37) == [sorted_quantile(kept[-37:], q)]
+
+
+def test_lag_ring_takes_a_report_bigger_than_itself() -> None:
+    ring = LagRing(capacity=4)
+    ring.extend([9.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    assert len(ring) == 4 and ring.quantiles([0.0, 1.0]) == [2.0, 5.0]
+
+
+def test_the_status_window_covers_only_its_own_reports() -> None:
+    stats = Stats()
+    stats.count(Report(0, 10, 10, 0, False, 0, [500.0] * 10))
+    _, p50, _ = stats.window(restart=True)
+    assert p50 == 500.0
+    stats.count(Report(1, 5, 4, 1, True, 1, [20.0, 30.0]))
+    rate, p50, p99 = stats.window(restart=False)
+    assert (p50, p99) == (30.0, 30.0) and rate > 0
+    assert stats.window(restart=True)[1:] == (30.0, 30.0)  # not restarted by the peek above
+    assert stats.window(restart=True)[1:] == (0.0, 0.0)  # nothing since
+    totals = stats.report()
+    assert (totals["rows"], totals["dead_lettered"], totals["batches"]) == (14, 1, 2)
+    assert (totals["retaken"], totals["stale"], totals["lag_samples"]) == (1, 1, 12)
+    assert totals["lag_p50_ms"] == 500.0
+
+
+def test_the_status_line_keeps_its_text() -> None:
+    snap = Snapshot(rows_per_s=12345.6, queued=7, inflight=2, dead=3, lag_p50_ms=101.2,
+                    lag_p99_ms=240.9, workers=2, rows_total=81000)
+    assert snap.status_line(3) == (
+        "drained 12,346 rows/s | queued 7 | in flight 2 | lag p50 101 ms p99 241 ms | "
+        "dead letters 3 | drainers 2/3 | total 81,000")
+
+
+def test_restart_delays_double_up_to_five_seconds() -> None:
+    assert [RESTART_BACKOFF.step(n) for n in range(8)] == [
+        0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_and_health_over_http() -> None:
+    metrics = Metrics()
+    metrics.count(Report(0, 5, 5, 2, False, 0, [1.0]))
+    metrics.update(Snapshot(rows_per_s=1.0, queued=11, inflight=1, dead=2, lag_p50_ms=3.0,
+                            lag_p99_ms=4.0, workers=2, rows_total=5))
+    health = Health(alive=2, expected=2, stopping=False)
+    server = serve_http(0, metrics.registry, lambda: health)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        code, body = _get(base + "/metrics")
+        assert code == 200
+        for name in ("kvfast_rows_drained_total 5.0", "kvfast_dead_lettered_total 2.0",
+                     "kvfast_queue_depth 11.0", "kvfast_inflight_batches 1.0",
+                     "kvfast_dead_letters 2.0", 'kvfast_drain_lag_ms{quantile="0.99"} 4.0',
+                     "kvfast_drainers_alive 2.0"):
+            assert name in body, name
+        assert _get(base + "/healthz") == (200, "ok: 2/2 drainers\n")
+        health = Health(alive=1, expected=2, stopping=False)
+        assert _get(base + "/healthz") == (503, "degraded: 1/2 drainers\n")
+        health = Health(alive=2, expected=2, stopping=True)
+        assert _get(base + "/healthz")[0] == 503
+        assert _get(base + "/nothing")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert isinstance(metrics.registry, prom.CollectorRegistry)
