@@ -63,7 +63,7 @@ def build_row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
         ns[f"slow{i}"] = _slow(info, fi)
         v = f"v{i}"
         lines.append(f"        {v} = f[n{i}]")
-        fast = _fast_test(fi.ftype, v)
+        fast = _fast_test(fi.ftype, v, i, ns)
         if fast is None:
             lines.append(f"        {v} = slow{i}({v})")
         elif isinstance(fi.ftype, DateTimeType):
@@ -95,14 +95,18 @@ def _slow(info: ModelInfo, f: FieldInfo) -> Callable[[Any], Any]:
     return slow
 
 
-def _fast_test(ftype: Any, v: str) -> str | None:
+def _fast_test(ftype: Any, v: str, i: int, ns: dict[str, Any]) -> str | None:
     """A Python expression true when ``v`` needs the slow path (None: always slow)."""
     if isinstance(ftype, IntType):
-        return f"type({v}) is not int or not LO <= {v} <= HI"
+        ns[f"lo{i}"], ns[f"hi{i}"] = ftype.lo, ftype.hi
+        return f"type({v}) is not int or not lo{i} <= {v} <= hi{i}"
     if isinstance(ftype, StrType):
-        return f"type({v}) is not str or '\\x00' in {v}"
+        ns[f"len{i}"] = ftype.length
+        extra = "" if ftype.length is None else f" or len({v}) > len{i}"
+        extra += f" or {v}[-1:] == ' '" if ftype.pad else ""
+        return f"type({v}) is not str or '\\x00' in {v}{extra}"
     if isinstance(ftype, BoolType):
         return f"type({v}) is not bool"
-    if isinstance(ftype, DateTimeType):
+    if type(ftype) is DateTimeType:
         return "True"
     return None

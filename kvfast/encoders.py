@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kvfast.codegen import build_function
+from kvfast.containertypes import JsonType
 from kvfast.errors import ValidationError
 from kvfast.fieldtypes import (
     INT64_MAX,
@@ -41,7 +42,6 @@ from kvfast.fieldtypes import (
     EnumType,
     FloatType,
     IntType,
-    JsonType,
     StrType,
     UUIDType,
 )
@@ -135,16 +135,21 @@ def _field_code(ftype: Any, i: int, v: str, ns: dict[str, Any]) -> list[str]:
     """Lines that check ``v`` (fast path inline) and set ``h{i}`` (the hash value,
     bytes) and ``w{i}`` (the queue entry's JSON value)."""
     if isinstance(ftype, IntType):
-        return [f"if type({v}) is not int or not LO <= {v} <= HI:",
+        ns[f"lo{i}"], ns[f"hi{i}"] = ftype.lo, ftype.hi
+        return [f"if type({v}) is not int or not lo{i} <= {v} <= hi{i}:",
                 f"    {v} = chk{i}({v})",
                 f"h{i} = b'%d' % {v}",
                 f"w{i} = {v}"]
     if isinstance(ftype, StrType):
-        return [f"if type({v}) is not str or '\\x00' in {v} or not {v}.isascii():",
+        # varchar(n)/character(n): a longer value, or trailing spaces to strip, go to chk.
+        ns[f"len{i}"] = ftype.length
+        extra = "" if ftype.length is None else f" or len({v}) > len{i}"
+        extra += f" or {v}[-1:] == ' '" if ftype.pad else ""
+        return [f"if type({v}) is not str or '\\x00' in {v} or not {v}.isascii(){extra}:",
                 f"    {v} = chk{i}({v})",
                 f"h{i} = {v}.encode()",
                 f"w{i} = {v}"]
-    if isinstance(ftype, DateTimeType):
+    if type(ftype) is DateTimeType:
         # isoformat() costs ~1.8 µs here and records of a batch often share one
         # datetime object (created_at = updated_at = now): remember the last one.
         # The cache holds a reference, so `is` cannot match a recycled object.
@@ -161,7 +166,7 @@ def _field_code(ftype: Any, i: int, v: str, ns: dict[str, Any]) -> list[str]:
                 f"    w{i} = {v}.isoformat()",
                 f"    h{i} = w{i}.encode()",
                 f"    dtc[0] = ({v}, w{i}, h{i})"]
-    if isinstance(ftype, FloatType):
+    if type(ftype) is FloatType:
         ns[f"tw{i}"] = ftype.to_wire
         # v - v is 0.0 for every finite float and NaN for NaN and ±Infinity.
         # repr: the text hiredis.pack_command wrote (float() reads it back exactly).
@@ -189,4 +194,8 @@ def _field_code(ftype: Any, i: int, v: str, ns: dict[str, Any]) -> list[str]:
         return [f"{v} = chk{i}({v})",
                 f"w{i} = th{i}({v})",
                 f"h{i} = w{i}.encode()"]
-    raise TypeError(f"no encoder for {ftype!r}")  # pragma: no cover - field_type_for guards
+    # Every other type (real, time, interval, arrays, enum types…): its methods.
+    ns[f"tw{i}"], ns[f"hb{i}"] = ftype.to_wire, ftype.hash_bytes
+    return [f"{v} = chk{i}({v})",
+            f"w{i} = tw{i}({v})",
+            f"h{i} = hb{i}({v})"]

@@ -8,6 +8,13 @@ Every supported annotation maps to one ``FieldType`` that knows:
 * ``to_wire`` / ``from_wire``   the JSON value inside a queue entry (orjson);
 * ``from_pg``   the value psycopg returns, normalized to what was written.
 
+One module per family: this one holds the integer, text, boolean, bytea, uuid and
+enum types and today's default float/numeric/timestamptz/date; ``pgtypes`` the
+column types a model must spell out (numeric(p,s), real, timestamp, time,
+interval, PostgreSQL enums); ``containertypes`` json/jsonb and arrays;
+``columns`` maps annotations
+(``Annotated[str, kvfast.VarChar(36)]``) to them.
+
 ``None`` is never encoded here: a NULL is an absent hash field and a JSON null.
 Datetimes are normalized to UTC on the way in, because PostgreSQL's timestamptz
 keeps the instant, not the offset; both read paths then return the same value.
@@ -23,9 +30,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
-__all__ = ["FieldType", "Reject", "field_type_for"]
+__all__ = ["FieldType", "Reject"]
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -69,23 +74,45 @@ class FieldType:
         """The checked value as psycopg's COPY dumper for ``copy_type`` takes it."""
         return value
 
+    def hash_bytes(self, value: Any) -> bytes:
+        """``to_hash`` as bytes (the generated encoders write RESP directly)."""
+        h = self.to_hash(value)
+        if type(h) is bytes:
+            return h
+        return b"%d" % h if type(h) is int else str(h).encode("utf-8")
+
+    @property
+    def stage_type(self) -> str:
+        """The column type of the drainer's staging table (usually ``pg_type``)."""
+        return self.pg_type
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.pg_type})"
 
 
+#: PostgreSQL integer types: (column type, COPY type, bits)
+INT_TYPES = {"smallint": ("int2", 16), "integer": ("int4", 32), "bigint": ("int8", 64)}
+
+
 class IntType(FieldType):
-    pg_type = "bigint"
-    copy_type = "int8"
+    """smallint, integer or bigint: an int inside the column's two's-complement range."""
+
     python_type = int
     wire_is_value = True
+
+    def __init__(self, pg_type: str = "bigint") -> None:
+        self.pg_type = pg_type
+        self.copy_type, bits = INT_TYPES[pg_type]
+        self.lo, self.hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        self._range = f"out of range for {pg_type} (-2**{bits - 1} .. 2**{bits - 1}-1)"
 
     def check(self, value: Any) -> Any:
         if type(value) is not int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise Reject(f"expected int, got {type(value).__name__}")
             value = int(value)
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise Reject("out of range for bigint (-2**63 .. 2**63-1)")
+        if not self.lo <= value <= self.hi:
+            raise Reject(self._range)
         return value
 
     def to_hash(self, value: Any) -> int:
@@ -96,10 +123,30 @@ class IntType(FieldType):
 
 
 class StrType(FieldType):
-    pg_type = "text"
+    """text, varchar(n) or character(n); lengths count characters, as PostgreSQL does.
+
+    character(n) padding rule: trailing spaces are not part of the value.  PostgreSQL
+    pads a character(n) to n with spaces, ignores them in comparisons and drops them
+    on a cast to text; kvfast strips them on write (so Redis holds the text without
+    them) and on every read from PostgreSQL, so both stores return ``"ab"`` for a
+    ``character(4)`` written as ``"ab"`` or ``"ab  "``.  varchar(n) never pads; a
+    value longer than n is refused, even when the excess is spaces (PostgreSQL would
+    cut those silently, and Redis would keep them).
+    """
+
     copy_type = "text"
     python_type = str
     wire_is_value = True
+
+    def __init__(self, length: int | None = None, *, pad: bool = False) -> None:
+        self.length = length
+        self.pad = pad
+        if pad:
+            self.pg_type = f"character({length})"
+        elif length is not None:
+            self.pg_type = f"character varying({length})"
+        else:
+            self.pg_type = "text"
 
     def check(self, value: Any) -> Any:
         if type(value) is not str:
@@ -109,6 +156,10 @@ class StrType(FieldType):
             # member would become "Shade.DARK" instead of "dark").
             value = str.__str__(value)
         _check_text(value)
+        if self.pad:
+            value = value.rstrip(" ")
+        if self.length is not None and len(value) > self.length:
+            raise Reject(f"{len(value)} characters, longer than {self.pg_type} allows")
         return value
 
     def to_hash(self, value: Any) -> str:
@@ -116,6 +167,9 @@ class StrType(FieldType):
 
     def from_hash(self, raw: bytes) -> str:
         return raw.decode("utf-8")
+
+    def from_pg(self, value: Any) -> Any:
+        return value.rstrip(" ") if self.pad else value
 
 
 def _check_text(value: str) -> None:
@@ -363,87 +417,3 @@ class UUIDType(FieldType):
     def from_wire(self, raw: Any) -> Any:
         return uuid.UUID(raw)
 
-
-class JsonType(FieldType):
-    """dict or list, stored as jsonb; only values that come back unchanged pass."""
-
-    pg_type = "jsonb"
-    copy_type = "jsonb"
-    wire_is_value = True
-
-    def __init__(self, container: type) -> None:
-        self.python_type = container
-
-    def check(self, value: Any) -> Any:
-        if type(value) is not self.python_type:
-            raise Reject(f"expected {self.python_type.__name__}, got {type(value).__name__}")
-        _check_json(value, 0)
-        return value
-
-    def to_hash(self, value: Any) -> bytes:
-        return orjson.dumps(value)
-
-    def from_hash(self, raw: bytes) -> Any:
-        return orjson.loads(raw)
-
-
-_JSON_MAX_DEPTH = 200
-
-
-def _check_json(value: Any, depth: int) -> None:
-    """Refuse what jsonb would change or reject, so the value round-trips exactly."""
-    if depth > _JSON_MAX_DEPTH:
-        raise Reject(f"JSON nested deeper than {_JSON_MAX_DEPTH}")
-    kind = type(value)
-    if kind is str:
-        _check_text(value)
-    elif kind is dict:
-        for k, v in value.items():
-            if type(k) is not str:
-                raise Reject(f"JSON object key {k!r} is not a str")
-            _check_text(k)
-            _check_json(v, depth + 1)
-    elif kind is list:
-        for v in value:
-            _check_json(v, depth + 1)
-    elif kind is int:
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise Reject("JSON integer outside 64 bits")
-    elif kind is float:
-        if not math.isfinite(value):
-            raise Reject("JSON cannot hold NaN or Infinity")
-        # jsonb prints numbers as plain decimals: 1e300 would come back as an int.
-        if "e+" in repr(value):
-            raise Reject(f"JSON float {value!r} does not round-trip through jsonb")
-    elif value is None or kind is bool:
-        pass
-    else:
-        raise Reject(f"JSON cannot hold a {kind.__name__}")
-
-
-_SIMPLE: dict[Any, FieldType] = {
-    int: IntType(),
-    str: StrType(),
-    float: FloatType(),
-    bool: BoolType(),
-    dt.datetime: DateTimeType(),
-    dt.date: DateType(),
-    Decimal: DecimalType(),
-    bytes: BytesType(),
-    uuid.UUID: UUIDType(),
-}
-
-
-def field_type_for(annotation: Any) -> FieldType | None:
-    """The FieldType of a (non-optional) annotation, or None when unsupported."""
-    if annotation in _SIMPLE:
-        return _SIMPLE[annotation]
-    origin = getattr(annotation, "__origin__", None)
-    container = origin if origin is not None else annotation
-    if container in (dict, list):
-        return JsonType(container)
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        if all(isinstance(m.value, str) for m in annotation):
-            return EnumType(annotation)
-        return None
-    return None

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import types
 import typing
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, dataclass_transform
 
-from kvfast.errors import ModelError, ValidationError
-from kvfast.fieldtypes import FieldType, IntType, Reject, StrType, UUIDType, field_type_for
+from kvfast.columns import SpecError, resolve
+from kvfast.errors import DecodeError, ModelError, ValidationError
+from kvfast.fieldtypes import FieldType, IntType, Reject, StrType, UUIDType
 from kvfast.keys import MAX_KEY_BYTES
 
 __all__ = ["FieldInfo", "ModelInfo", "get_model", "model", "model_info", "registered_models"]
@@ -44,6 +44,12 @@ class FieldInfo:
     ftype: FieldType
     nullable: bool
     index: int
+    #: the PostgreSQL column (the field name unless ``kvfast.Column`` says otherwise)
+    column: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.column:
+            object.__setattr__(self, "column", self.name)
 
 
 class ModelInfo:
@@ -60,6 +66,7 @@ class ModelInfo:
         self.fields = tuple(fields)
         self.by_name = {f.name: f for f in fields}
         self.key_field = self.by_name[key]
+        self.key_column = self.key_field.column
         self.field_names = tuple(f.name for f in fields)
         self.table_bytes = table.encode("utf-8")
         self._crc_prefix = self.table_bytes + b"\x00"
@@ -129,35 +136,48 @@ class ModelInfo:
     # -- building instances ----------------------------------------------------
 
     def from_hash(self, raw: Mapping[bytes, bytes]) -> Any:
-        """An instance from an HGETALL reply (absent field = None)."""
+        """An instance from an HGETALL reply (absent field = None).
+
+        A stored value the field cannot hold (an enum label the Enum lacks) is a
+        DecodeError naming model, field and value."""
         kwargs: dict[str, Any] = {}
         for f in self.fields:
             value = raw.get(f.name.encode("utf-8"))
-            kwargs[f.name] = None if value is None else f.ftype.from_hash(value)
+            if value is None:
+                kwargs[f.name] = None
+                continue
+            try:
+                kwargs[f.name] = f.ftype.from_hash(value)
+            except (Reject, ValueError, TypeError, KeyError) as exc:
+                raise self._bad_stored(f, value, "Redis", exc) from None
         return self.cls(**kwargs)
 
     def values_from_pg(self, row: tuple[Any, ...]) -> list[Any]:
-        """A ``SELECT <all columns in field order>`` row as the values written."""
-        return [
-            None if value is None else f.ftype.from_pg(value)
-            for f, value in zip(self.fields, row, strict=True)
-        ]
+        """A ``SELECT <all columns in field order>`` row as the values written.
+
+        DecodeError for a NULL in a field that is not Optional, or a value the
+        field cannot hold (an enum label the Enum lacks)."""
+        out: list[Any] = []
+        for f, value in zip(self.fields, row, strict=True):
+            if value is None:
+                if not f.nullable:
+                    raise self._bad_stored(f, value, "PostgreSQL", "NULL in a field that "
+                                           "is not Optional")
+                out.append(None)
+                continue
+            try:
+                out.append(f.ftype.from_pg(value))
+            except (Reject, ValueError, TypeError, KeyError) as exc:
+                raise self._bad_stored(f, value, "PostgreSQL", exc) from None
+        return out
+
+    def _bad_stored(self, f: FieldInfo, value: Any, store: str, why: object) -> DecodeError:
+        return DecodeError(f"{self.name}.{f.name} = {value!r} (read from {store}): {why}")
 
     def from_pg_row(self, row: tuple[Any, ...]) -> Any:
         """An instance from a ``SELECT <all columns in field order>`` row."""
         # By keyword: a model may be a kw_only dataclass.
         return self.cls(**dict(zip(self.field_names, self.values_from_pg(row), strict=True)))
-
-
-def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        nullable = len(args) < len(typing.get_args(annotation))
-        if len(args) == 1:
-            return args[0], nullable
-        return annotation, nullable
-    return annotation, False
 
 
 def _check_identifier(what: str, name: str, where: str) -> None:
@@ -177,7 +197,7 @@ def _build(cls: type, table: str, key: str, ttl: int | None) -> ModelInfo:
     if ttl is not None and (type(ttl) is not int or ttl <= 0):
         raise ModelError(f"{where}: ttl must be a positive int (seconds) or None, got {ttl!r}")
     try:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
     except Exception as exc:  # NameError for an unresolvable forward reference, etc.
         raise ModelError(f"{where}: cannot resolve the field annotations: {exc}") from exc
     fields: list[FieldInfo] = []
@@ -186,21 +206,36 @@ def _build(cls: type, table: str, key: str, ttl: int | None) -> ModelInfo:
         _check_identifier("field name", name, where)
         if name == TOMBSTONE_FIELD:
             raise ModelError(f"{where}: the field name {name!r} is reserved by kvfast")
-        inner, nullable = _unwrap_optional(hints[name])
-        ftype = field_type_for(inner)
+        try:
+            ftype, nullable, column = resolve(hints[name])
+        except SpecError as exc:
+            raise ModelError(f"{where}: field {name!r}: {exc}") from None
         if ftype is None:
             raise ModelError(
                 f"{where}: field {name!r} has unsupported type {hints[name]!r}; use int, str, "
-                "float, bool, datetime, date, Decimal, bytes, dict, list, UUID, a str Enum, "
-                "or one of these | None"
+                "float, bool, datetime, date, time, timedelta, Decimal, bytes, dict, list, "
+                "UUID, a str Enum, or one of these | None; other column types are declared "
+                "with typing.Annotated (kvfast.VarChar(n), kvfast.Integer, …)"
             )
-        fields.append(FieldInfo(name, ftype, nullable, i))
+        if column is not None:
+            _check_identifier(f"column name of field {name!r}", column, where)
+        fields.append(FieldInfo(name, ftype, nullable, i, column or name))
+    by_column: dict[str, str] = {}
+    for f in fields:
+        if f.column in by_column:
+            raise ModelError(
+                f"{where}: fields {by_column[f.column]!r} and {f.name!r} both map to column "
+                f"{f.column!r}"
+            )
+        by_column[f.column] = f.name
     by_name = {f.name: f for f in fields}
     if key not in by_name:
         raise ModelError(f"{where}: key {key!r} is not a field")
     key_field = by_name[key]
     if key_field.nullable or not isinstance(key_field.ftype, (IntType, StrType, UUIDType)):
-        raise ModelError(f"{where}: key field {key!r} must be int, str or UUID (not Optional)")
+        raise ModelError(
+            f"{where}: key field {key!r} must be an int, str or UUID column (not Optional)"
+        )
     return ModelInfo(cls, table, key, ttl, fields)
 
 

@@ -37,7 +37,7 @@ from psycopg import sql
 from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp, ModelOps
 from kvfast.holds import TABLE, VERSION
 from kvfast.model import ModelInfo, model_version
-from kvfast.schema import FENCE_TABLE, MODELS_TABLE
+from kvfast.schema import FENCE_TABLE, MODELS_TABLE, type_sql
 
 __all__ = ["ROW_ERRORS", "Applied", "Applier", "StaleEpoch", "StatementTimeout", "is_table_error"]
 
@@ -101,25 +101,27 @@ class _Stmts:
         self.info = info
         self.stage = sql.Identifier(f"_kvfast_stage_{n}")
         table = sql.Identifier(info.table)
-        key = sql.Identifier(info.key)
+        key = sql.Identifier(info.key_column)
         names = [f.name for f in info.fields]
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in names)
+        #: field name → its column's identifier (a field may map to another column name)
+        self.col = {f.name: sql.Identifier(f.column) for f in info.fields}
+        cols = sql.SQL(", ").join(self.col[c] for c in names)
         # The model's own column types, not the target's: a drainer that keeps
         # running while someone widens a varchar must not keep the old width.
         conn.execute(
             sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
                 self.stage,
                 sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.ftype.pg_type))
+                    sql.SQL("{} {}").format(self.col[f.name], type_sql(f.ftype, stage=True))
                     for f in info.fields
                 ),
             )
         )
-        non_key = [c for c in names if c != info.key]
+        non_key = [self.col[c] for c in names if c != info.key]
         conflict: sql.Composable
         if non_key:
             conflict = sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in non_key
+                sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in non_key
             )
         else:
             conflict = sql.SQL("DO NOTHING")
@@ -136,15 +138,18 @@ class _Stmts:
         self.dirty = False
         self.table = table
         self.key = key
+        #: RETURNING gives a character(n) key padded: compare it as the model's value
+        self.key_from_pg = info.key_field.ftype.from_pg
         self._copy: dict[tuple[str, ...], sql.Composed] = {}
         self._update: dict[tuple[str, ...], sql.Composed] = {}
         self.all_columns = tuple(names)
 
     def copy(self, columns: tuple[str, ...]) -> sql.Composed:
+        """COPY into the stage, ``columns`` given as field names."""
         stmt = self._copy.get(columns)
         if stmt is None:
             stmt = self._copy[columns] = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                self.stage, sql.SQL(", ").join(self.col[c] for c in columns)
             )
         return stmt
 
@@ -152,7 +157,7 @@ class _Stmts:
         stmt = self._update.get(columns)
         if stmt is None:
             sets = sql.SQL(", ").join(
-                sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in columns
+                sql.SQL("{0} = s.{0}").format(self.col[c]) for c in columns
             )
             stmt = self._update[columns] = sql.SQL(
                 "UPDATE {} t SET {} FROM {} s WHERE t.{} = s.{} RETURNING t.{}"
@@ -437,7 +442,8 @@ class Applier:
         changed = tuple(ops[0].row)
         columns = (stmts.info.key, *changed)
         self._copy(stmts, columns, [[op.key, *op.row.values()] for op in ops])
-        found = {r[0] for r in self.conn.execute(stmts.update(changed)).fetchall()}
+        key_from_pg = stmts.key_from_pg
+        found = {key_from_pg(r[0]) for r in self.conn.execute(stmts.update(changed)).fetchall()}
         return [(op, "update of a row that is not in PostgreSQL") for op in ops
                 if op.key not in found]
 

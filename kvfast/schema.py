@@ -15,10 +15,12 @@ import psycopg
 from psycopg import sql
 
 from kvfast.errors import SchemaMismatch
-from kvfast.model import ModelInfo
+from kvfast.fieldtypes import FieldType, StrType
+from kvfast.model import FieldInfo, ModelInfo
+from kvfast.pgtypes import PgEnumType
 
 __all__ = ["FENCE_TABLE", "MODELS_TABLE", "check_tables", "create_tables", "select_rows",
-           "select_rows_sql"]
+           "select_rows_sql", "type_sql"]
 
 #: One row per (namespace, partition): the newest epoch that committed a batch,
 #: and the drainer (owner) that committed it.
@@ -28,13 +30,25 @@ FENCE_TABLE = "kvfast_fence"
 #: version with more fields is live (kvfast.pgcopy: its upsert would leave them).
 MODELS_TABLE = "kvfast_models"
 
-# Column types that hold a model's values unchanged, beyond the exact one.  A
-# varchar(n) rejects a longer value (a dead letter, visible) but never alters
-# one; character(n) pads and numeric(p,s) rounds, so PostgreSQL would silently
-# hold something other than Redis: those are mismatches.
+# A column type accepted for a model type beyond the exact one (format_type text):
+# an unbounded varchar holds every text unchanged.  Anything else that differs
+# (varchar(n) for text, numeric(p,s) for numeric, integer for bigint…) would
+# reject or alter values the producer accepts, so the model must declare it.
 _COMPATIBLE = {
-    "text": ("text", "character varying"),
+    "text": ("character varying",),
 }
+
+
+def type_sql(ftype: FieldType, stage: bool = False) -> sql.Composable:
+    """The column type as SQL: enum type names are identifiers (quoted), the rest
+    are kvfast's own type texts."""
+    if isinstance(ftype, PgEnumType):
+        return sql.Identifier(*_enum_name_parts(ftype.pg_type))
+    return sql.SQL(ftype.stage_type if stage else ftype.pg_type)
+
+
+def _enum_name_parts(name: str) -> list[str]:
+    return name.split(".", 1) if "." in name else [name]
 
 
 def _column_def(info: ModelInfo) -> sql.Composed:
@@ -42,10 +56,23 @@ def _column_def(info: ModelInfo) -> sql.Composed:
     for f in info.fields:
         null = sql.SQL("") if f.nullable else sql.SQL(" NOT NULL")
         cols.append(
-            sql.SQL("{} {}{}").format(sql.Identifier(f.name), sql.SQL(f.ftype.pg_type), null)
+            sql.SQL("{} {}{}").format(sql.Identifier(f.column), type_sql(f.ftype), null)
         )
-    cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.Identifier(info.key)))
+    cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.Identifier(info.key_column)))
     return sql.SQL(", ").join(cols)
+
+
+def _create_enum_types(conn: psycopg.Connection[Any], infos: list[ModelInfo]) -> None:
+    for info in infos:
+        for f in info.fields:
+            ftype = f.ftype
+            if not isinstance(ftype, PgEnumType):
+                continue
+            ident = sql.Identifier(*_enum_name_parts(ftype.pg_type))
+            row = conn.execute("SELECT to_regtype(%s)", (ident.as_string(conn),)).fetchone()
+            if row is None or row[0] is None:
+                conn.execute(sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
+                    ident, sql.SQL(", ").join(sql.Literal(x) for x in ftype.labels)))
 
 
 def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> None:
@@ -71,6 +98,7 @@ def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) ->
                 "NOT NULL DEFAULT now(), PRIMARY KEY (namespace, table_name, version))"
             ).format(sql.Identifier(MODELS_TABLE))
         )
+        _create_enum_types(conn, infos)
         for info in infos:
             conn.execute(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
@@ -88,9 +116,9 @@ def _describe(conn: psycopg.Connection[Any], table: str) -> tuple[dict[str, Any]
         return None
     oid = row[0]
     columns = {
-        name: (ctype, notnull, hasdef)
-        for name, ctype, notnull, hasdef in conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod), attnotnull, atthasdef "
+        name: (ctype, notnull, hasdef, typid)
+        for name, ctype, notnull, hasdef, typid in conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull, atthasdef, atttypid "
             "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
             (oid,),
         ).fetchall()
@@ -107,10 +135,40 @@ def _describe(conn: psycopg.Connection[Any], table: str) -> tuple[dict[str, Any]
 
 
 def _type_matches(model_type: str, column_type: str) -> bool:
-    if column_type == model_type:
-        return True
-    base = column_type.split("(", 1)[0].strip()
-    return base in _COMPATIBLE.get(model_type, ())
+    return column_type == model_type or column_type in _COMPATIBLE.get(model_type, ())
+
+
+def _enum_problems(
+    conn: psycopg.Connection[Any], where: str, model: str, ftype: PgEnumType, ctype: str,
+    typid: int,
+) -> list[str]:
+    """The column must be of the declared enum type and have every label of the model."""
+    ident = sql.Identifier(*_enum_name_parts(ftype.pg_type)).as_string(conn)
+    row = conn.execute("SELECT to_regtype(%s)::oid", (ident,)).fetchone()
+    declared = None if row is None else row[0]
+    if declared is None:
+        return [f"{where}: enum type {ftype.pg_type} of model {model} does not exist "
+                f"(column is {ctype})"]
+    if declared != typid:
+        return [f"{where}: column is {ctype}, model {model} needs enum type {ftype.pg_type}"]
+    labels = [r[0] for r in conn.execute(
+        "SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder", (typid,)
+    ).fetchall()]
+    if not labels and conn.execute(
+        "SELECT typtype FROM pg_type WHERE oid = %s", (typid,)
+    ).fetchone() != ("e",):
+        return [f"{where}: type {ctype} is not an enum type"]
+    missing = [x for x in ftype.labels if x not in labels]
+    if missing:
+        return [f"{where}: enum type {ctype} lacks the labels {missing} of the model "
+                f"(it has {labels})"]
+    return []
+
+
+def _hint(f: FieldInfo, ctype: str) -> str:
+    if isinstance(f.ftype, StrType) and ctype.startswith(("character", "text")):
+        return " (declare the column type, e.g. Annotated[str, kvfast.VarChar(n)])"
+    return " (declare the column type with typing.Annotated, see kvfast.columns)"
 
 
 def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> None:
@@ -125,42 +183,66 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
             )
             continue
         columns, pk = described
+        model_columns = {f.column for f in info.fields}
         for f in info.fields:
-            col = columns.get(f.name)
+            col = columns.get(f.column)
+            where = f"{info.table}.{f.column}"
+            if f.column != f.name:
+                where += f" (field {f.name})"
             if col is None:
-                problems.append(f"{info.table}.{f.name}: column missing (model {info.name})")
+                problems.append(f"{where}: column missing (model {info.name})")
                 continue
-            ctype, notnull, _ = col
-            if not _type_matches(f.ftype.pg_type, ctype):
+            ctype, notnull, _, typid = col
+            if isinstance(f.ftype, PgEnumType):
+                problems += _enum_problems(conn, where, info.name, f.ftype, ctype, typid)
+            elif not _type_matches(f.ftype.pg_type, ctype):
                 problems.append(
-                    f"{info.table}.{f.name}: column is {ctype}, model {info.name} needs "
-                    f"{f.ftype.pg_type}"
+                    f"{where}: column is {ctype}, model {info.name} needs "
+                    f"{f.ftype.pg_type}{_hint(f, ctype)}"
                 )
             if f.nullable and notnull and f.name != info.key:
                 problems.append(
-                    f"{info.table}.{f.name}: column is NOT NULL but the model field is Optional"
+                    f"{where}: column is NOT NULL but the model field is Optional"
                 )
-        for name, (_ctype, notnull, hasdef) in columns.items():
-            if name not in info.by_name and notnull and not hasdef:
+            if not f.nullable and not notnull and f.name != info.key:
+                problems.append(
+                    f"{where}: column is nullable but model {info.name}'s field is not "
+                    "Optional: a NULL would not load (make the field `T | None`, or the "
+                    "column NOT NULL)"
+                )
+        for name, (_ctype, notnull, hasdef, _typid) in columns.items():
+            if name not in model_columns and notnull and not hasdef:
                 problems.append(
                     f"{info.table}.{name}: extra NOT NULL column without a default "
                     f"(model {info.name} never writes it)"
                 )
-        if pk != [info.key]:
+        if pk != [info.key_column]:
             problems.append(
                 f"{info.table}: primary key is {pk or 'missing'}, model {info.name} needs "
-                f"[{info.key!r}]"
+                f"[{info.key_column!r}]"
             )
     if problems:
         raise SchemaMismatch("tables do not match their models:\n  " + "\n  ".join(problems))
 
 
 def select_rows_sql(info: ModelInfo) -> sql.Composed:
-    """``SELECT <every column in field order> FROM t WHERE key = ANY(%s)``."""
-    return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
-        sql.SQL(", ").join(sql.Identifier(f.name) for f in info.fields),
+    """``SELECT <every column in field order> FROM t WHERE key = ANY(%s)``.
+
+    A character(n) column is read ``::text``, which drops its padding (the rule in
+    ``StrType``): a key read back equals the key asked for.  The keys are cast to
+    the key column's type so that its index serves the lookup."""
+
+    def column(f: FieldInfo) -> sql.Composable:
+        ident = sql.Identifier(f.column)
+        if isinstance(f.ftype, StrType) and f.ftype.pad:
+            return sql.SQL("{}::text").format(ident)
+        return ident
+
+    return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::{}[])").format(
+        sql.SQL(", ").join(column(f) for f in info.fields),
         sql.Identifier(info.table),
-        sql.Identifier(info.key),
+        sql.Identifier(info.key_column),
+        type_sql(info.key_field.ftype),
     )
 
 

@@ -126,3 +126,71 @@ class ColonB:
 
 
 ALL_MODELS = (Everything, Session, Token, Account, Odd, Colon, ColonB)
+
+
+# -- declared column types (issue 10): appended, the classes above are unchanged ------------
+
+from typing import Annotated  # noqa: E402
+
+
+class RideStatus(enum.Enum):
+    NEW = "new"
+    ASSIGNED = "assigned"
+    DONE = "dünn ✓"
+
+
+@kvfast.model(table="t_typed", key="id")
+class Typed:
+    """One field per declared column type (issue 10), an Optional twin of some."""
+
+    id: Annotated[str, kvfast.Char(36)]
+    small: Annotated[int, kvfast.SmallInt]
+    integer: Annotated[int, kvfast.Integer]
+    big: Annotated[int, kvfast.BigInt()]
+    char: Annotated[str, kvfast.Char(5)]
+    varchar: Annotated[str, kvfast.VarChar(5)]
+    text: Annotated[str, kvfast.Text]
+    money: Annotated[Decimal, kvfast.Numeric(7, 2)]
+    num: Annotated[Decimal, kvfast.Numeric]
+    real: Annotated[float, kvfast.Real]
+    double: Annotated[float, kvfast.Double]
+    tstz: Annotated[dt.datetime, kvfast.TimestampTZ]
+    ts: Annotated[dt.datetime, kvfast.Timestamp]
+    day: Annotated[dt.date, kvfast.Date]
+    clock: dt.time
+    span: dt.timedelta
+    js: Annotated[dict[str, Any], kvfast.Json]
+    jsb: Annotated[list[Any], kvfast.Jsonb]
+    flag: Annotated[bool, kvfast.Boolean]
+    blob: Annotated[bytes, kvfast.Bytea]
+    uid: Annotated[uuid.UUID, kvfast.Uuid]
+    status: Annotated[RideStatus, kvfast.PgEnum("t_ride_status")]
+    kind: Annotated[str, kvfast.PgEnum("t_ride_kind", labels=("auto", "cab", ""))]
+    tags: Annotated[list[str], kvfast.Array]
+    codes: Annotated[list[str | None], kvfast.Array(kvfast.VarChar(3))]
+    pads: Annotated[list[str], kvfast.Array(kvfast.Char(3))]
+    ints: Annotated[list[int], kvfast.Array(kvfast.Integer)]
+    smalls: Annotated[list[int], kvfast.Array(kvfast.SmallInt)]
+    bigs: Annotated[list[int], kvfast.Array]
+    ids: Annotated[list[uuid.UUID], kvfast.Array]
+    reals: Annotated[list[float], kvfast.Array(kvfast.Real)]
+    moneys: Annotated[list[Decimal | None], kvfast.Array(kvfast.Numeric(5, 1))]
+    stamps: Annotated[list[dt.datetime], kvfast.Array(kvfast.Timestamp)]
+    tstzs: Annotated[list[dt.datetime], kvfast.Array(kvfast.TimestampTZ)]
+    days: Annotated[list[dt.date], kvfast.Array]
+    clocks: Annotated[list[dt.time], kvfast.Array]
+    spans: Annotated[list[dt.timedelta], kvfast.Array]
+    flags: Annotated[list[bool], kvfast.Array]
+    class_: Annotated[str | None, kvfast.Column("class")] = None
+    camel: Annotated[int | None, kvfast.Integer, kvfast.Column("camelCase")] = None
+    o_small: Annotated[int, kvfast.SmallInt] | None = None
+    o_char: Annotated[str | None, kvfast.Char(5)] = None
+    o_money: Annotated[Decimal, kvfast.Numeric(7, 2)] | None = None
+    o_real: Annotated[float, kvfast.Real] | None = None
+    o_ts: Annotated[dt.datetime, kvfast.Timestamp] | None = None
+    o_clock: dt.time | None = None
+    o_span: dt.timedelta | None = None
+    o_js: Annotated[dict[str, Any], kvfast.Json] | None = None
+    o_status: Annotated[RideStatus, kvfast.PgEnum("t_ride_status")] | None = None
+    o_kind: Annotated[str, kvfast.PgEnum("t_ride_kind", labels=("auto", "cab", ""))] | None = None
+    o_tags: Annotated[list[str], kvfast.Array] | None = None

@@ -15,6 +15,8 @@ import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fieldtypes", "codegen"),
+    ("pgtypes", "containertypes"),              # declared column types (issue 10)
+    ("columns",),                               # annotations → column types
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
     ("encoders", "decoders", "schema", "demo"),

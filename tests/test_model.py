@@ -129,8 +129,6 @@ def test_typing_forms_of_optional_and_containers_are_supported() -> None:
         int | str | None,
         IntCode,
         Mixed,
-        dt.time,
-        dt.timedelta,
         bytearray,
     ],
     ids=repr,

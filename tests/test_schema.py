@@ -221,10 +221,14 @@ def test_an_optional_field_on_a_not_null_column_is_a_schema_mismatch(pg: Conn) -
     assert "Optional" in str(excinfo.value)
 
 
-def test_a_required_field_on_a_nullable_column_is_fine(pg: Conn) -> None:
+def test_a_required_field_on_a_nullable_column_is_a_schema_mismatch(pg: Conn) -> None:
+    """A NULL there would come back as None on a field typed str (issue 10)."""
     create_tables(pg, Everything)
     alter(pg, "ALTER TABLE {t} ALTER COLUMN n_str DROP NOT NULL")
-    check(pg, Everything)
+    with pytest.raises(kvfast.SchemaMismatch) as excinfo:
+        check(pg, Everything)
+    assert "t_everything.n_str: column is nullable" in str(excinfo.value)
+    assert "not Optional" in str(excinfo.value)
 
 
 def test_extra_columns_are_fine_unless_they_need_a_value(pg: Conn) -> None:

@@ -1,7 +1,7 @@
 """Data PostgreSQL rejects, and bytes that are not queue entries at all.
 
 6. Poison rows: about 1% of the writes break a CHECK constraint, a foreign key or
-   a varchar(40) the test adds to the tables.  Every good row lands, every bad
+   a length CHECK the test adds to the tables.  Every good row lands, every bad
    one is dead-lettered with PostgreSQL's error, no partition stalls, and the
    drain of the good rows is not slowed by more than a (generous) factor.
 7. Foreign garbage: random bytes, JSON of the wrong shape, entries of an unknown
