@@ -30,6 +30,7 @@ import orjson
 
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
+from kvfast.errors import RedisFull
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.resp import EXEC as _EXEC
 from kvfast.resp import MULTI as _MULTI
@@ -166,7 +167,7 @@ class WriteBuilder:
         entries: dict[int, list[bytes]] = {}
         piece_keys: list[bytes] = []
         seen: set[bytes] = set()
-        in_block = in_piece = 0
+        in_piece = 0
         for obj in objs:
             key, fields, nfields, wire = encode(obj)
             # locate(), over bytes: the key is encoded once for the partition,
@@ -198,20 +199,13 @@ class WriteBuilder:
                 entries[p] = [entry]
             else:
                 queue.append(entry)
-            in_block += 1
             in_piece += 1
-            if in_block == _BLOCK:
-                _close_block(commands, entries, queues)
-                yield _piece(commands, piece_keys, in_piece, opens=opens, ends=True)
-                commands, entries, piece_keys, seen = [], {}, [], set()
-                in_block = in_piece = 0
-                opens = True
-            elif in_piece == _PIECE:
+            if in_piece == _PIECE:
                 yield _piece(commands, piece_keys, in_piece, opens=opens, ends=False)
                 commands, piece_keys, seen = [], [], set()
                 in_piece = 0
                 opens = False
-        if in_block:
+        if entries:
             _close_block(commands, entries, queues)
             yield _piece(commands, piece_keys, in_piece, opens=opens, ends=True)
 
@@ -221,20 +215,20 @@ class WriteBuilder:
         t_us = codec.now_us()
         normalized = [info.check_key(k) for k in keys]
         queues = self.keys.queues
-        commands: list[bytes] = []
-        for start in range(0, len(normalized), _BLOCK):
-            commands.append(_MULTI)
-            entries: dict[int, list[bytes]] = {}
-            for key in normalized[start : start + _BLOCK]:
-                wire_key, p, obj_key = self.locate(key)
-                # The tombstone keeps a pending delete from reading through to the
-                # old PostgreSQL row; ack.lua removes it once the delete has drained.
-                tomb_id = secrets.token_hex(8)
-                commands.append(_pack(("DEL", obj_key)))
-                commands.append(_pack(("HSET", obj_key, TOMBSTONE_FIELD, tomb_id)))
-                entry = codec.encode_delete(self.table, wire_key, tomb_id, t_us)
-                entries.setdefault(p, []).append(entry)
-            _close_block(commands, entries, queues)
+        if not normalized:
+            return Request(b"", 0, 0)
+        commands: list[bytes] = [_MULTI]
+        entries: dict[int, list[bytes]] = {}
+        for key in normalized:
+            wire_key, p, obj_key = self.locate(key)
+            # The tombstone keeps a pending delete from reading through to the
+            # old PostgreSQL row; ack.lua removes it once the delete has drained.
+            tomb_id = secrets.token_hex(8)
+            commands.append(_pack(("DEL", obj_key)))
+            commands.append(_pack(("HSET", obj_key, TOMBSTONE_FIELD, tomb_id)))
+            entry = codec.encode_delete(self.table, wire_key, tomb_id, t_us)
+            entries.setdefault(p, []).append(entry)
+        _close_block(commands, entries, queues)
         return Request(b"".join(commands), len(commands), len(normalized))
 
     def build_update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[Call]:
@@ -285,15 +279,21 @@ class Producer(WriteBuilder):
     def create(self, objs: Iterable[Any]) -> int:
         with gc_paused():
             replies, records = self.client.execute_pieces(self.create_pieces(objs))
-            self.check_block_replies(replies)
+        self._check(replies)
         return records
 
     def delete(self, keys: Iterable[Any]) -> int:
         with gc_paused():
             request = self.build_delete(keys)
         if request.records:
-            self.check_block_replies(self.client.execute(request.payload, request.nreplies))
+            self._check(self.client.execute(request.payload, request.nreplies))
         return request.records
+
+    def _check(self, replies: list[Any]) -> None:
+        try:
+            self.check_block_replies(replies)
+        except RedisFull as exc:
+            raise self.client.full(exc) from exc.__cause__
 
     def update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[int]:
         """Apply partial updates; returns update.lua's status per change (1, 0, -1)."""
