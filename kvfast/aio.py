@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from kvfast.aioclient import AsyncClient, AsyncConnection, run
 from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, Step, hash_of
 from kvfast.drivers import pg_errors
+from kvfast.errors import RedisFull
 from kvfast.model import model_info
 from kvfast.producer import WriteBuilder, gc_paused
 from kvfast.resp import check_replies, pack
@@ -63,8 +64,7 @@ class AsyncRepository(Generic[M]):
         with gc_paused():  # only around the synchronous encoding, never across an await
             request = self.builder.build_create(objs)
         if request.records:
-            replies = await self.client.conn.execute(request.payload, request.nreplies)
-            self.builder.check_block_replies(replies)
+            await self._write(request.payload, request.nreplies)
         return request.records
 
     async def delete(self, key: Any) -> None:
@@ -74,9 +74,15 @@ class AsyncRepository(Generic[M]):
         with gc_paused():
             request = self.builder.build_delete(keys)
         if request.records:
-            replies = await self.client.conn.execute(request.payload, request.nreplies)
-            self.builder.check_block_replies(replies)
+            await self._write(request.payload, request.nreplies)
         return request.records
+
+    async def _write(self, payload: bytes, nreplies: int) -> None:
+        replies = await self.client.conn.execute(payload, nreplies)
+        try:
+            self.builder.check_block_replies(replies)
+        except RedisFull as exc:
+            raise await self.client.full(exc) from exc.__cause__
 
     async def update(self, key: Any, **fields: Any) -> None:
         await self.update_many([(key, fields)])

@@ -20,9 +20,9 @@ import hiredis
 import psycopg
 from redis.connection import parse_url
 
-from kvfast import meta
+from kvfast import memory, meta
 from kvfast.drivers import pg_connect_kwargs, pg_errors
-from kvfast.errors import RedisUnavailable
+from kvfast.errors import KvfastError, RedisFull, RedisUnavailable
 from kvfast.keys import Keys
 from kvfast.resp import REPLY_ERRORS, pack, reply_exception, unavailable_reply
 from kvfast.scripts import Call, EvalBatch
@@ -166,9 +166,23 @@ class AsyncClient:
         return client
 
     async def check_partitions(self) -> None:
-        """The partition-count and layout check of ``kvfast.meta`` (as the sync client)."""
-        payload = meta.payload(self.keys, self.settings.partitions)
-        meta.check_replies(self.settings, await self.conn.execute(payload, meta.NREPLIES))
+        """The start-up check of ``kvfast.meta`` (eviction policy, partitions, layout)."""
+        plan = meta.check_plan(self.settings, self.keys)
+        try:
+            payload, nreplies = next(plan)
+            while True:
+                payload, nreplies = plan.send(await self.conn.execute(payload, nreplies))
+        except StopIteration:
+            pass
+
+    async def full(self, exc: RedisFull) -> RedisFull:
+        """``exc`` with the backlog that waits for the drain in its message (best effort)."""
+        try:
+            payload, nreplies = meta.backlog_payload(self.keys)
+            backlog = meta.backlog_from(await self.conn.execute(payload, nreplies))
+        except KvfastError:
+            backlog = None
+        return RedisFull(memory.full_message(str(exc), backlog))
 
     async def pg(self) -> psycopg.AsyncConnection[Any]:
         if self._pg is None or self._pg.closed or self._pg.broken:
@@ -182,8 +196,11 @@ class AsyncClient:
         if not calls:
             return []
         batch = EvalBatch(script, calls)
-        while batch.take(await self.conn.execute(batch.payload(), len(batch.pending))):
-            await self.conn.execute(batch.load_command, 1)
+        try:
+            while batch.take(await self.conn.execute(batch.payload(), len(batch.pending))):
+                await self.conn.execute(batch.load_command, 1)
+        except RedisFull as exc:
+            raise await self.full(exc) from exc.__cause__
         return batch.results
 
     async def close(self) -> None:

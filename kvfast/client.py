@@ -15,11 +15,11 @@ from typing import Any
 import psycopg
 import redis
 
-from kvfast import meta
+from kvfast import memory, meta
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
-from kvfast.errors import KvfastError
+from kvfast.errors import KvfastError, RedisFull
 from kvfast.holds import parse_holds
-from kvfast.keys import LAYOUT_VERSION, Keys
+from kvfast.keys import Keys
 from kvfast.resp import DISCARD, Piece, read_replies, reply_exception, unavailable_reply
 from kvfast.scripts import Call, EvalBatch
 from kvfast.settings import Settings, redact
@@ -65,20 +65,30 @@ class Client:
         return f"<kvfast.Client {self.settings!r}>"
 
     def check_partitions(self) -> None:
-        """Record the partition count on first use; refuse a different one later.
+        """The start-up check, once: eviction policy, then partition count and layout.
 
-        See ``kvfast.meta`` (the judgement shared with the asyncio client).
+        See ``kvfast.meta`` (the plan shared with the asyncio client): it only
+        reads when the meta hash exists, so it passes on a Redis at maxmemory.
         """
         if self._partitions_checked:
             return
-        with redis_errors(self.settings):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hsetnx(self.keys.meta, "partitions", self.settings.partitions)
-            pipe.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
-            pipe.hmget(self.keys.meta, ["partitions", "layout"])
-            _, _, (have, layout) = pipe.execute()
-        meta.check(self.settings, have, layout)
+        plan = meta.check_plan(self.settings, self.keys)
+        try:
+            payload, nreplies = next(plan)
+            while True:
+                payload, nreplies = plan.send(self._send([Piece(payload, nreplies, 0, False)])[0])
+        except StopIteration:
+            pass
         self._partitions_checked = True
+
+    def full(self, exc: RedisFull) -> RedisFull:
+        """``exc`` with the backlog that waits for the drain in its message (best effort)."""
+        try:
+            payload, nreplies = meta.backlog_payload(self.keys)
+            backlog = meta.backlog_from(self._send([Piece(payload, nreplies, 0, False)])[0])
+        except KvfastError:
+            backlog = None
+        return RedisFull(memory.full_message(str(exc), backlog))
 
     @property
     def has_pg(self) -> bool:
@@ -115,8 +125,11 @@ class Client:
         first = next(it, None)
         if first is None:
             return [], 0
-        pieces = itertools.chain((first,), it)
         self.check_partitions()
+        return self._send(itertools.chain((first,), it))
+
+    def _send(self, pieces: Iterable[Piece]) -> tuple[list[Any], int]:
+        """``execute_pieces`` without the start-up check."""
         pool = self.redis.connection_pool
         with redis_errors(self.settings):
             conn = pool.get_connection()
@@ -164,8 +177,11 @@ class Client:
         if not calls:
             return []
         batch = EvalBatch(script, calls)
-        while batch.take(self.execute(batch.payload(), len(batch.pending))):
-            self.execute(batch.load_command, 1)
+        try:
+            while batch.take(self.execute(batch.payload(), len(batch.pending))):
+                self.execute(batch.load_command, 1)
+        except RedisFull as exc:
+            raise self.full(exc) from exc.__cause__
         return batch.results
 
     def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:

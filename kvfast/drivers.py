@@ -24,6 +24,7 @@ from kvfast.errors import (
     PostgresQueryError,
     PostgresUnavailable,
     RedisCommandError,
+    RedisFull,
     RedisUnavailable,
     SchemaMismatch,
 )
@@ -55,6 +56,9 @@ def _redis_reply(exc: BaseException, text: str, where: str) -> KvfastError:
 REDIS_EXC_MAP: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
     ((redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError),
      lambda exc, text, where: RedisUnavailable(f"Redis at {where} is unavailable: {text}")),
+    # redis-py strips the "OOM" prefix off the message: the class says it.
+    ((redis.exceptions.OutOfMemoryError,),
+     lambda exc, text, where: RedisFull(f"Redis at {where} is full: {text}")),
     ((redis.ResponseError,), _redis_reply),
     ((redis.RedisError,),  # any other refusal (auth, a bad reply)
      lambda exc, text, where: RedisCommandError(f"Redis refused a command: {text}")),

@@ -9,7 +9,9 @@
     ├── ValidationError            a value the producer refuses before writing anything
     ├── NotFound                   update of a key that exists in neither store
     ├── DecodeError                a queue entry or hash that cannot be decoded
-    ├── RedisCommandError          Redis refused a command (WRONGTYPE, NOPERM, OOM, a script error)
+    ├── RedisCommandError          Redis refused a command (WRONGTYPE, NOPERM, a script error)
+    │   └── RedisFull              Redis is at maxmemory (OOM): nothing of the call was written
+    ├── PartialWrite               a batch only partly written (Redis Cluster; never on one Redis)
     ├── PostgresQueryError         PostgreSQL refused a query (not a connection problem)
     └── ConnectionFailed           a server could not be reached (the driver error is the cause)
         ├── RedisUnavailable       also a reply saying "cannot serve now" (LOADING, READONLY …)
@@ -34,10 +36,12 @@ __all__ = [
     "LayoutMismatch",
     "ModelError",
     "NotFound",
+    "PartialWrite",
     "PartitionMismatch",
     "PostgresQueryError",
     "PostgresUnavailable",
     "RedisCommandError",
+    "RedisFull",
     "RedisUnavailable",
     "SchemaMismatch",
     "ValidationError",
@@ -109,6 +113,27 @@ class DecodeError(KvfastError, ValueError):
 
 class RedisCommandError(KvfastError):
     """Redis refused a command: an error reply that retrying will not cure by itself."""
+
+
+class RedisFull(RedisCommandError):
+    """Redis refused a write because it is at ``maxmemory`` (an ``OOM`` reply).
+
+    Nothing of the refused call was written.  The drain frees memory (its
+    scripts run when Redis is full), so the same call succeeds again once it has:
+    the message names the backlog waiting for it.
+    """
+
+
+class PartialWrite(KvfastError):
+    """A batch of which only part was written; ``written_keys`` names exactly which.
+
+    Never raised on one Redis, where every batch is one MULTI/EXEC: kept for
+    Redis Cluster, where one call may span several slots.
+    """
+
+    def __init__(self, message: str, written_keys: list[Any]) -> None:
+        self.written_keys = written_keys
+        super().__init__(message)
 
 
 class PostgresQueryError(KvfastError):

@@ -1,15 +1,30 @@
 """Pipelined, atomic writes: the producer side of the data path.
 
-A create or delete batch is one MULTI/EXEC (a block; batches over 5,000 records
-are several blocks, all validated before any runs): every object's hash and
-every queue entry of the block are applied together or not at all.  Queue
-entries are grouped into one RPUSH per partition, in the order the caller gave
-them.  Commands are packed by hand (per-model RESP templates, hiredis for the
+A create or delete call is one MULTI/EXEC, whatever its size: every object's
+hash and every queue entry of the call are applied together or not at all (a
+full Redis refuses the whole call with ``RedisFull``; nothing of it is written).
+Queue entries are grouped into one RPUSH per partition, in the order the caller
+gave them.
+
+The trade-off of one block: Redis runs an EXEC without interruption, so a big
+call holds the server for its whole EXEC, and Redis keeps every queued command
+in memory until then.  Measured on this 2-core machine under load (average
+7): a 100k-record ``create_many`` of demo bookings holds Redis for 0.6–1.1 s in
+its one EXEC (5,000-record blocks held it ~25–50 ms each, ~0.5 s in all), takes
+2.0–2.5 s end to end (1.5–1.9 s in blocks), and peaks at ~190 MB of Redis memory;
+a 100k ``delete_many``'s EXEC holds it ~0.3 s.  Calls of up to a few thousand
+records (the benchmark's 5,000) cost the same as before.  Callers that care
+about other clients' latency more than about all-or-nothing cut their batches
+themselves.  On Redis Cluster a call spans several slots and cannot be one
+MULTI: it will raise ``PartialWrite`` naming the keys written.
+
+Commands are packed by hand (per-model RESP templates, hiredis for the
 rest) into buffers on a raw socket; redis-py's per-command pipeline objects cost
 more than the Redis work itself (DESIGN.md: 105k records/s vs 265k for packed
 buffers).  A create batch is sent in pieces while it is still being encoded
-(``create_pieces``): Redis queues the first block's commands on its own core
-meanwhile, and a record refused half-way turns the block's EXEC into DISCARD.
+(``create_pieces``): Redis queues the commands on its own core meanwhile, and
+only the EXEC waits until every record is validated; a record refused half-way
+turns it into DISCARD.
 
 Partial updates are one Lua call each (update.lua): the script checks that the
 object exists, so an update never leaves a partial hash behind.
@@ -30,6 +45,7 @@ import orjson
 
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
+from kvfast.errors import RedisFull
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD
 from kvfast.model import TOMBSTONE_FIELD, model_version
 from kvfast.resp import EXEC as _EXEC
@@ -57,11 +73,7 @@ def _bulk_pair(name: bytes, value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(value), value)
 
 
-# Records per MULTI/EXEC block: a block runs without interruption inside Redis,
-# so a 100k-record create_many is cut into blocks that each hold the server for
-# a few ms.  All blocks still travel in one round trip.
-_BLOCK = 5000
-# Records per piece of a block streamed while the rest is encoded (~60 KB).
+# Records per piece streamed while the rest is encoded (~60 KB).
 _PIECE = 250
 
 
@@ -149,16 +161,16 @@ class WriteBuilder:
         return Request(b"".join(parts), nreplies, records)
 
     def create_pieces(self, objs: Iterable[Any]) -> Iterator[Piece]:
-        """A create batch as it is encoded: MULTI/EXEC blocks, in pieces.
+        """A create batch as it is encoded: one MULTI/EXEC block, in pieces.
 
-        Each block is ``MULTI``, then for every ``_PIECE`` records one ``DEL`` of
+        The block is ``MULTI``, then for every ``_PIECE`` records one ``DEL`` of
         their keys and their ``HSET``s, then one ``RPUSH`` per partition and
-        ``EXEC``.  Redis only queues a block's commands until its ``EXEC``, so
-        the sender may write the pieces of the first block while later records
-        are still being encoded (Redis parses them meanwhile, on the other core)
-        and send ``DISCARD`` instead if a record fails validation: nothing runs.
-        The piece that ends a block has ``ends_block`` set; what follows it must
-        wait until the whole batch has been validated.
+        ``EXEC``.  Redis only queues the commands until ``EXEC``, so the sender
+        may write the pieces while later records are still being encoded (Redis
+        parses them meanwhile, on the other core) and send ``DISCARD`` instead
+        if a record fails validation: nothing runs.  The last piece (the RPUSHes
+        and ``EXEC``) has ``ends_block`` set; it is sent once every record has
+        been validated.
         """
         ttl = self.ttl
         encode = self._encode
@@ -179,7 +191,7 @@ class WriteBuilder:
         entries: dict[int, list[bytes]] = {}
         piece_keys: list[bytes] = []
         seen: set[bytes] = set()
-        in_block = in_piece = 0
+        in_piece = 0
         for obj in objs:
             key, fields, nfields, wire = encode(obj)
             # locate(), over bytes: the key is encoded once for the partition,
@@ -220,20 +232,13 @@ class WriteBuilder:
                 entries[p] = [entry]
             else:
                 queue.append(entry)
-            in_block += 1
             in_piece += 1
-            if in_block == _BLOCK:
-                _close_block(commands, entries, queues)
-                yield _piece(commands, piece_keys, in_piece, opens=opens, ends=True)
-                commands, entries, piece_keys, seen = [], {}, [], set()
-                in_block = in_piece = 0
-                opens = True
-            elif in_piece == _PIECE:
+            if in_piece == _PIECE:
                 yield _piece(commands, piece_keys, in_piece, opens=opens, ends=False)
                 commands, piece_keys, seen = [], [], set()
                 in_piece = 0
                 opens = False
-        if in_block:
+        if entries:
             _close_block(commands, entries, queues)
             yield _piece(commands, piece_keys, in_piece, opens=opens, ends=True)
 
@@ -243,20 +248,20 @@ class WriteBuilder:
         t_us = codec.now_us()
         normalized = [info.check_key(k) for k in keys]
         queues = self.keys.queues
-        commands: list[bytes] = []
-        for start in range(0, len(normalized), _BLOCK):
-            commands.append(_MULTI)
-            entries: dict[int, list[bytes]] = {}
-            for key in normalized[start : start + _BLOCK]:
-                wire_key, p, obj_key = self.locate(key)
-                # The tombstone keeps a pending delete from reading through to the
-                # old PostgreSQL row; ack.lua removes it once the delete has drained.
-                tomb_id = secrets.token_hex(8)
-                commands.append(_pack(("DEL", obj_key)))
-                commands.append(_pack(("HSET", obj_key, TOMBSTONE_FIELD, tomb_id)))
-                entry = codec.encode_delete(self.table, wire_key, tomb_id, t_us)
-                entries.setdefault(p, []).append(entry)
-            _close_block(commands, entries, queues)
+        if not normalized:
+            return Request(b"", 0, 0)
+        commands: list[bytes] = [_MULTI]
+        entries: dict[int, list[bytes]] = {}
+        for key in normalized:
+            wire_key, p, obj_key = self.locate(key)
+            # The tombstone keeps a pending delete from reading through to the
+            # old PostgreSQL row; ack.lua removes it once the delete has drained.
+            tomb_id = secrets.token_hex(8)
+            commands.append(_pack(("DEL", obj_key)))
+            commands.append(_pack(("HSET", obj_key, TOMBSTONE_FIELD, tomb_id)))
+            entry = codec.encode_delete(self.table, wire_key, tomb_id, t_us)
+            entries.setdefault(p, []).append(entry)
+        _close_block(commands, entries, queues)
         return Request(b"".join(commands), len(commands), len(normalized))
 
     def build_update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[Call]:
@@ -310,15 +315,21 @@ class Producer(WriteBuilder):
     def create(self, objs: Iterable[Any]) -> int:
         with gc_paused():
             replies, records = self.client.execute_pieces(self.create_pieces(objs))
-            self.check_block_replies(replies)
+        self._check(replies)
         return records
 
     def delete(self, keys: Iterable[Any]) -> int:
         with gc_paused():
             request = self.build_delete(keys)
         if request.records:
-            self.check_block_replies(self.client.execute(request.payload, request.nreplies))
+            self._check(self.client.execute(request.payload, request.nreplies))
         return request.records
+
+    def _check(self, replies: list[Any]) -> None:
+        try:
+            self.check_block_replies(replies)
+        except RedisFull as exc:
+            raise self.client.full(exc) from exc.__cause__
 
     def update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[int]:
         """Apply partial updates; returns update.lua's status per change (1, 0, -1)."""

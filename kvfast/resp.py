@@ -4,7 +4,8 @@ Both transports (``kvfast.client`` on a redis-py pooled socket, ``kvfast.aioclie
 on an asyncio stream) pack commands with ``pack`` into one buffer per batch and
 parse the replies with a ``hiredis.Reader``; error replies come back as values
 and are classified here: "cannot serve now" (``UNAVAILABLE_PREFIXES``) is
-``RedisUnavailable``, anything else a ``RedisCommandError``.  Nothing here does
+``RedisUnavailable``, ``OOM`` (Redis at maxmemory) ``RedisFull``, anything else a
+``RedisCommandError``.  Nothing here does
 I/O beyond reading replies off a socket it is given.
 """
 
@@ -17,11 +18,12 @@ from typing import Any, NamedTuple, cast
 import hiredis
 import redis
 
-from kvfast.errors import RedisCommandError, RedisUnavailable
+from kvfast.errors import RedisCommandError, RedisFull, RedisUnavailable
 
 __all__ = [
     "DISCARD",
     "EXEC",
+    "FULL_PREFIX",
     "MULTI",
     "REPLY_ERRORS",
     "UNAVAILABLE_PREFIXES",
@@ -46,6 +48,9 @@ REPLY_ERRORS = (hiredis.ReplyError, redis.ResponseError)
 #: retried like a lost connection (a restarted Redis answers LOADING while it
 #: reads its AOF; a failover answers READONLY / MASTERDOWN / TRYAGAIN).
 UNAVAILABLE_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "CLUSTERDOWN")
+#: Redis at maxmemory under noeviction refused a command that may grow memory (a
+#: script's refused write says so too: "OOM command not allowed … script: …")
+FULL_PREFIX = "OOM"
 
 _RECV_SIZE = 1 << 16
 
@@ -77,7 +82,7 @@ def unavailable_reply(replies: list[Any]) -> Any:
 
 def reply_exception(
     reply: BaseException, what: str, where: str = ""
-) -> RedisUnavailable | RedisCommandError:
+) -> RedisUnavailable | RedisFull | RedisCommandError:
     """The kvfast leaf for an error reply: ``what`` names the refused call.
 
     ``where`` (a redacted URL) is shown for "cannot serve now" replies, which are
@@ -87,6 +92,8 @@ def reply_exception(
     if text.startswith(UNAVAILABLE_PREFIXES):
         at = f" at {where}" if where else ""
         return RedisUnavailable(f"Redis{at} cannot serve: {text}")
+    if text.startswith(FULL_PREFIX):
+        return RedisFull(f"Redis is full, it refused {what} (nothing of it was written): {text}")
     return RedisCommandError(f"Redis refused {what}: {text}")
 
 

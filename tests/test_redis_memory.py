@@ -6,6 +6,7 @@ The test Redis is shared by the whole run, so every test here puts its
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,8 @@ import redis
 from helpers import create_tables, pg_count, queue_lengths
 
 import kvfast
+from kvfast import memory
+from kvfast.aio import AsyncRepository, run
 from kvfast.demo import Booking
 from kvfast.drainer import Drainer
 
@@ -107,3 +110,72 @@ def test_create_many_bigger_than_a_block_writes_all_or_nothing(
             repo.create_many(booking(i) for i in range(1, 20_001))
         assert sum(queue_lengths(r, settings)) == 1
         assert r.dbsize() == 2 + 1  # meta, object 0, its queue
+
+
+def test_delete_many_bigger_than_a_block_writes_all_or_nothing(
+    memory_config: redis.Redis, settings: kvfast.Settings
+) -> None:
+    r = memory_config
+    r.config_set("maxmemory-policy", "noeviction")
+    with kvfast.Repository(Booking, settings) as repo:
+        repo.create_many(booking(i) for i in range(20_000))
+        _fill_limit(r, 1_000_000)
+        with pytest.raises(kvfast.RedisFull):
+            repo.delete_many(range(20_000))
+        assert sum(queue_lengths(r, settings)) == 20_000  # not one delete queued
+        assert repo.get_many([0, 9_999, 19_999]) == [booking(0), booking(9_999), booking(19_999)]
+
+
+def test_an_update_refused_by_a_full_redis_is_redis_full_naming_the_backlog(
+    memory_config: redis.Redis, settings: kvfast.Settings
+) -> None:
+    r = memory_config
+    r.config_set("maxmemory-policy", "noeviction")
+    with kvfast.Repository(Booking, settings) as repo:
+        repo.create_many(booking(i) for i in range(10))
+        r.config_set("maxmemory", 1)  # every write refused
+        with pytest.raises(kvfast.RedisFull) as info:
+            repo.update(3, status="paid")
+        message = str(info.value)
+        assert "11 entries queued" not in message  # 10 creates, the update was refused
+        assert "10 entries queued" in message and "maxmemory" in message, message
+        assert isinstance(info.value, kvfast.RedisCommandError)
+        r.config_set("maxmemory", 0)
+        repo.update(3, status="paid")  # by itself once there is room
+        assert repo.get_by_id(3) == dataclasses.replace(booking(3), status="paid")
+
+
+def test_the_async_repository_refuses_an_unsafe_policy(
+    memory_config: redis.Redis, settings: kvfast.Settings
+) -> None:
+    policy = "allkeys-lru"
+    memory_config.config_set("maxmemory-policy", policy)
+
+    async def main() -> None:
+        with pytest.raises(kvfast.ConfigError, match=policy):
+            await AsyncRepository.open(Booking, settings)
+
+    run(main())
+    assert memory_config.dbsize() == 0
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    # (Redis refuses to be set to one: a future Redis's new policy is the case)
+    assert memory.policy_problem("noeviction", "x") is None
+    problem = memory.policy_problem(b"volatile-new", "redis://h:1/0")
+    assert problem is not None and "volatile-new" in problem and "noeviction" in problem
+
+
+def test_the_start_up_check_writes_nothing_when_the_meta_key_exists(
+    memory_config: redis.Redis, settings: kvfast.Settings
+) -> None:
+    r = memory_config
+    r.config_set("maxmemory-policy", "noeviction")
+    with kvfast.Client(settings) as client:
+        client.check_partitions()  # records the meta key
+    r.config_set("maxmemory", 1)  # every write is refused now
+    with kvfast.Client(settings) as client:
+        client.check_partitions()
+    wrong = dataclasses.replace(settings, partitions=settings.partitions + 1)
+    with kvfast.Client(wrong) as client, pytest.raises(kvfast.PartitionMismatch):
+        client.check_partitions()

@@ -121,7 +121,7 @@ def _drop_role(fault_servers: FaultServers) -> None:
 #: the commands kvfast's producers, drainers, supervisor and dead-letter CLI send,
 #: and those its Lua scripts call (Redis checks those too)
 KVFAST_COMMANDS = (
-    "ping", "multi", "exec", "discard", "evalsha", "script|load",
+    "ping", "multi", "exec", "discard", "evalsha", "script|load", "info",
     "del", "exists", "expire", "time", "set", "incr",
     "hset", "hsetnx", "hget", "hmget", "hgetall", "hexists", "hdel", "hincrby",
     "rpush", "lrange", "llen", "lrem", "lindex", "lpop",
