@@ -37,7 +37,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import _refs
+import _config
+import _data
+import _results
 import psycopg
 import pytest
 import redis
@@ -51,12 +53,12 @@ _LOAD_START = os.getloadavg()
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
-        f"kvfast bench: redis={kvfast.settings.redact(_refs.REDIS_URL)} "
-        f"pg={kvfast.settings.redact(_refs.PG_DSN)} cpus={os.cpu_count()}",
-        f"kvfast bench: producer n={_refs.PRODUCER_N:,} batch={_refs.PRODUCER_BATCH:,}, "
-        f"latency n={_refs.LATENCY_N:,}, drain n={_refs.DRAIN_N:,} "
-        f"workers={_refs.DRAIN_WORKERS}, e2e {_refs.E2E_SECONDS}s at {_refs.E2E_RATES}%, "
-        f"claim depths={_refs.SCALE_DEPTHS}",
+        f"kvfast bench: redis={kvfast.settings.redact(_config.REDIS_URL)} "
+        f"pg={kvfast.settings.redact(_config.PG_DSN)} cpus={os.cpu_count()}",
+        f"kvfast bench: producer n={_config.PRODUCER_N:,} batch={_config.PRODUCER_BATCH:,}, "
+        f"latency n={_config.LATENCY_N:,}, drain n={_config.DRAIN_N:,} "
+        f"workers={_config.DRAIN_WORKERS}, e2e {_config.E2E_SECONDS}s at {_config.E2E_RATES}%, "
+        f"claim depths={_config.SCALE_DEPTHS}",
     ]
 
 
@@ -78,12 +80,12 @@ def _missing(what: str, exc: Exception) -> None:
 def _ensure_database() -> None:
     """Create the benchmark database when the server has the role but not the database."""
     try:
-        with psycopg.connect(_refs.PG_DSN, connect_timeout=5):
+        with psycopg.connect(_config.PG_DSN, connect_timeout=5):
             return
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise
-    info = psycopg.conninfo.conninfo_to_dict(_refs.PG_DSN)
+    info = psycopg.conninfo.conninfo_to_dict(_config.PG_DSN)
     name = str(info.get("dbname"))
     for maintenance in ("postgres", "kvfast"):
         info["dbname"] = maintenance
@@ -100,32 +102,38 @@ def _ensure_database() -> None:
 @pytest.fixture(scope="session", autouse=True)
 def services() -> Iterator[None]:
     """Both servers up; an empty benchmark database in each; the model tables created."""
-    client = redis.Redis.from_url(_refs.REDIS_URL, socket_connect_timeout=5)
+    client = redis.Redis.from_url(_config.REDIS_URL, socket_connect_timeout=5)
     try:
         client.ping()
-        _refs.RESULTS.data["redis_version"] = client.info("server").get("redis_version")
+        _results.RESULTS.data["redis_version"] = client.info("server").get("redis_version")
     except redis.RedisError as exc:
         _missing("Redis", exc)
     finally:
         client.close()
     try:
         _ensure_database()
-        with _refs.pg_connect() as conn:
+        with _config.pg_connect() as conn:
             v = conn.info.server_version
-            _refs.RESULTS.data["postgres_version"] = f"{v // 10000}.{v % 10000}"
+            _results.RESULTS.data["postgres_version"] = f"{v // 10000}.{v % 10000}"
             conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
             conn.execute("CREATE SCHEMA public")
     except psycopg.OperationalError as exc:
         _missing("PostgreSQL", exc)
-    _refs.create_bench_tables()
-    _refs.flush_redis()
+    _config.create_bench_tables()
+    _config.flush_redis()
     yield
-    _refs.flush_redis()
+    _config.flush_redis()
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[list[bytes], bytes]:
+    """The HSET arguments and queue entry of one booking (once per module)."""
+    return _data.sample_booking_writes()
 
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=_refs.ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", *args], cwd=_config.ROOT, capture_output=True, text=True,
                               timeout=10, check=False).stdout.strip()
     except OSError:
         return ""
@@ -141,8 +149,8 @@ def _machine() -> dict[str, Any]:
         pass
     return {
         "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-        "platform": platform.platform(), "redis": _refs.RESULTS.data.get("redis_version"),
-        "postgres": _refs.RESULTS.data.get("postgres_version"),
+        "platform": platform.platform(), "redis": _results.RESULTS.data.get("redis_version"),
+        "postgres": _results.RESULTS.data.get("postgres_version"),
         "psycopg": psycopg.__version__, "psycopg_impl": psycopg.pq.__impl__,
         "redis_py": redis.__version__,
         "git": _git("rev-parse", "--short", "HEAD"),
@@ -153,7 +161,7 @@ def _machine() -> dict[str, Any]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    results = _refs.RESULTS
+    results = _results.RESULTS
     if not results.rows:
         return
     elapsed = time.time() - _STARTED
@@ -165,7 +173,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                   f"{' (modified)' if machine['git_dirty'] else ''}, run {elapsed:.0f}s, "
                   f"load average {machine['loadavg_start'][0]} at start, "
                   f"{machine['loadavg_end'][0]} at end")
-    for line in _refs.table_lines(results.ordered()):
+    for line in _results.table_lines(results.ordered()):
         tr.write_line(line)
     misses = [r for r in results.rows if r.status == "MISS"]
     tr.write_line(f"{len(results.rows)} figures, "
@@ -176,18 +184,18 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         "elapsed_s": round(elapsed, 1),
         "machine": machine,
         "params": {
-            "producer_n": _refs.PRODUCER_N, "producer_batch": _refs.PRODUCER_BATCH,
-            "redis_benchmark_n": _refs.REDIS_BENCHMARK_N, "latency_n": _refs.LATENCY_N,
-            "drain_n": _refs.DRAIN_N, "drain_workers": _refs.DRAIN_WORKERS,
-            "batch_size": _refs.BATCH_SIZE, "partitions": _refs.PARTITIONS,
-            "drain_interval_ms": _refs.DRAIN_INTERVAL_MS, "e2e_seconds": _refs.E2E_SECONDS,
-            "e2e_rates": _refs.E2E_RATES, "scale_depths": _refs.SCALE_DEPTHS,
+            "producer_n": _config.PRODUCER_N, "producer_batch": _config.PRODUCER_BATCH,
+            "redis_benchmark_n": _config.REDIS_BENCHMARK_N, "latency_n": _config.LATENCY_N,
+            "drain_n": _config.DRAIN_N, "drain_workers": _config.DRAIN_WORKERS,
+            "batch_size": _config.BATCH_SIZE, "partitions": _config.PARTITIONS,
+            "drain_interval_ms": _config.DRAIN_INTERVAL_MS, "e2e_seconds": _config.E2E_SECONDS,
+            "e2e_rates": _config.E2E_RATES, "scale_depths": _config.SCALE_DEPTHS,
         },
         "rows": [r.as_dict() for r in results.ordered()],
         "data": results.data,
     }
-    _refs.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = _refs.RESULTS_DIR / "latest.json"
+    _config.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = _config.RESULTS_DIR / "latest.json"
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tr.write_line(f"written to {path.relative_to(_refs.ROOT)} "
+    tr.write_line(f"written to {path.relative_to(_config.ROOT)} "
                   "(tools/bench-report turns it into markdown and a PNG)")

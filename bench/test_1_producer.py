@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import _refs
+import _config
+import _redis_refs
+import _results
 import pytest
 import redis
 
@@ -39,9 +41,9 @@ pytestmark = [pytest.mark.timeout(900)]
 ROUNDS = 3
 #: create_many calls the asyncio producer keeps in flight on its one connection
 AIO_IN_FLIGHT = 2
-N = _refs.PRODUCER_N
-BATCH = _refs.PRODUCER_BATCH
-DATA = _refs.RESULTS.data
+N = _config.PRODUCER_N
+BATCH = _config.PRODUCER_BATCH
+DATA = _results.RESULTS.data
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +53,8 @@ def bookings() -> list[Booking]:
 
 
 @pytest.fixture(scope="module")
-def sample() -> tuple[list[bytes], bytes]:
-    return _refs.sample_booking_writes()
-
-
-@pytest.fixture(scope="module")
 def r() -> Iterator[redis.Redis]:
-    client = _refs.redis_client()
+    client = _config.redis_client()
     yield client
     client.flushdb()
     client.close()
@@ -106,16 +103,16 @@ def _rate(benchmark: Any, count: int) -> float:
 def test_reference_redis_benchmark(benchmark: Any, sample: tuple[list[bytes], bytes],
                                    r: redis.Redis) -> None:
     """redis-benchmark -P 64 -c 50: HSET of kvfast's seven fields, RPUSH of its entry."""
-    hset, rpush = _refs.redis_benchmark_writes(sample)
-    n = _refs.REDIS_BENCHMARK_N
+    hset, rpush = _redis_refs.redis_benchmark_writes(sample)
+    n = _config.REDIS_BENCHMARK_N
 
     def run() -> tuple[dict[str, float], dict[str, float]]:
-        h = _refs.redis_benchmark(hset, requests=n, clients=50, pipeline=64)
-        q = _refs.redis_benchmark(rpush, requests=n, clients=50, pipeline=64, keyspace=64)
+        h = _redis_refs.redis_benchmark(hset, requests=n, clients=50, pipeline=64)
+        q = _redis_refs.redis_benchmark(rpush, requests=n, clients=50, pipeline=64, keyspace=64)
         return h, q
 
     # Warm-up: the server's first touch of that much memory costs page faults.
-    _refs.redis_benchmark(hset, requests=n // 4, clients=50, pipeline=64)
+    _redis_refs.redis_benchmark(hset, requests=n // 4, clients=50, pipeline=64)
     r.flushdb()
     h, q = benchmark.pedantic(run, setup=_flush(r), rounds=1, iterations=1)
     r.flushdb()
@@ -129,26 +126,27 @@ def test_reference_redis_benchmark(benchmark: Any, sample: tuple[list[bytes], by
 def test_reference_redispy_pipeline(benchmark: Any, bookings: list[Booking],
                                     r: redis.Redis) -> None:
     """Plain redis-py pipeline, HSET+RPUSH per booking, encoding included."""
-    meter = CpuMeter(r)
-    target = meter.wrap(_refs.redispy_pipeline_from_objects)
-    benchmark.pedantic(target, setup=_flush(r, r, bookings, BATCH), rounds=ROUNDS,
-                       warmup_rounds=1, iterations=1)
-    rate = _rate(benchmark, N)
-    DATA["producer.redispy_records_per_s"] = rate
-    benchmark.extra_info.update(records_per_s=rate, **meter.summary())
+    _redispy_rounds(benchmark, r, _redis_refs.redispy_pipeline_from_objects, bookings,
+                    "producer.redispy_records_per_s")
 
 
 @pytest.mark.benchmark(group="1-producer")
 def test_reference_redispy_preencoded(benchmark: Any, bookings: list[Booking],
                                       r: redis.Redis) -> None:
     """The same pipeline with every record encoded beforehand: redis-py's machinery only."""
-    encoded = _refs.redispy_encode(bookings)
+    encoded = _redis_refs.redispy_encode(bookings)
+    _redispy_rounds(benchmark, r, _redis_refs.redispy_pipeline_preencoded, encoded,
+                    "producer.redispy_preencoded_records_per_s")
+
+
+def _redispy_rounds(benchmark: Any, r: redis.Redis, fn: Callable[..., None], payload: Any,
+                    name: str) -> None:
+    """ROUNDS timed rounds of ``fn(r, payload, BATCH)``; records/s kept as DATA[name]."""
     meter = CpuMeter(r)
-    target = meter.wrap(_refs.redispy_pipeline_preencoded)
-    benchmark.pedantic(target, setup=_flush(r, r, encoded, BATCH), rounds=ROUNDS,
+    benchmark.pedantic(meter.wrap(fn), setup=_flush(r, r, payload, BATCH), rounds=ROUNDS,
                        warmup_rounds=1, iterations=1)
     rate = _rate(benchmark, N)
-    DATA["producer.redispy_preencoded_records_per_s"] = rate
+    DATA[name] = rate
     benchmark.extra_info.update(records_per_s=rate, **meter.summary())
 
 
@@ -161,7 +159,7 @@ def _wire_commands(bookings: list[Booking]) -> int:
     total = 0
     for start in range(0, len(bookings), BATCH):
         chunk = bookings[start:start + BATCH]
-        parts = {info.partition_of(str(b.id), _refs.PARTITIONS) for b in chunk}
+        parts = {info.partition_of(str(b.id), _config.PARTITIONS) for b in chunk}
         total += 3 + len(chunk) + len(parts)
     return total
 
@@ -169,7 +167,7 @@ def _wire_commands(bookings: list[Booking]) -> int:
 @pytest.mark.benchmark(group="1-producer")
 def test_kvfast_create_many(benchmark: Any, bookings: list[Booking], r: redis.Redis) -> None:
     """Repository.create_many, PRODUCER_BATCH records per call, one process."""
-    repo = kvfast.Repository(Booking, _refs.settings())
+    repo = kvfast.Repository(Booking, _config.settings())
 
     def run(objs: list[Booking]) -> None:
         for start in range(0, len(objs), BATCH):
@@ -191,16 +189,16 @@ def test_kvfast_create_many(benchmark: Any, bookings: list[Booking], r: redis.Re
     rb = DATA.get("producer.redis_benchmark", {}).get("combined_cmds_per_s")
     plain = DATA.get("producer.redispy_records_per_s")
     pre = DATA.get("producer.redispy_preencoded_records_per_s")
-    add = _refs.RESULTS.add
-    add(_refs.Row("producer", "create_many records/s, 1 process", "records/s", rate, plain,
+    add = _results.RESULTS.add
+    add(_results.Row("producer", "create_many records/s, 1 process", "records/s", rate, plain,
                   "redis-py pipeline", "ratio_min", 3.0, ">= 3x redis-py pipeline",
                   chart="throughput"))
-    add(_refs.Row("producer", "Redis ops/s (HSET+RPUSH per record)", "ops/s", ops, rb,
+    add(_results.Row("producer", "Redis ops/s (HSET+RPUSH per record)", "ops/s", ops, rb,
                   "redis-benchmark -P64 -c50", "min", 350_000, ">= 350,000 ops/s",
                   chart="throughput"))
-    add(_refs.Row("producer", "Redis ops/s vs redis-benchmark (stretch)", "ops/s", ops, rb,
+    add(_results.Row("producer", "Redis ops/s vs redis-benchmark (stretch)", "ops/s", ops, rb,
                   "redis-benchmark -P64 -c50", "ratio_min", 0.7, "stretch: >= 0.7x"))
-    add(_refs.Row("producer", "records/s vs pre-encoded redis-py", "records/s", rate, pre,
+    add(_results.Row("producer", "records/s vs pre-encoded redis-py", "records/s", rate, pre,
                   "redis-py, encoded beforehand", note="client machinery only"))
 
 
@@ -208,7 +206,7 @@ def test_kvfast_create_many(benchmark: Any, bookings: list[Booking], r: redis.Re
 def test_kvfast_aio_create_many(benchmark: Any, bookings: list[Booking], r: redis.Redis) -> None:
     """kvfast.aio.AsyncRepository.create_many on uvloop, same batches, AIO_IN_FLIGHT
     calls in flight: one batch is encoded while Redis executes the previous one."""
-    settings = _refs.settings()
+    settings = _config.settings()
 
     async def produce(objs: list[Booking]) -> None:
         async with await kvfast.aio.AsyncRepository.open(Booking, settings) as repo:
@@ -233,9 +231,9 @@ def test_kvfast_aio_create_many(benchmark: Any, bookings: list[Booking], r: redi
     benchmark.extra_info.update(records_per_s=rate, redis_ops_per_s=2 * rate,
                                 in_flight=AIO_IN_FLIGHT, **meter.summary())
     DATA["producer.aio_cpu"] = meter.summary()
-    add = _refs.RESULTS.add
-    add(_refs.Row("producer", f"asyncio create_many records/s, {AIO_IN_FLIGHT} in flight",
+    add = _results.RESULTS.add
+    add(_results.Row("producer", f"asyncio create_many records/s, {AIO_IN_FLIGHT} in flight",
                   "records/s", rate, DATA.get("producer.redispy_records_per_s"),
                   "redis-py pipeline", chart="throughput"))
-    add(_refs.Row("producer", "asyncio vs sync create_many", "records/s", rate,
+    add(_results.Row("producer", "asyncio vs sync create_many", "records/s", rate,
                   DATA.get("producer.records_per_s"), "sync Repository.create_many"))

@@ -19,30 +19,27 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-import _refs
+import _config
+import _redis_refs
+import _results
 import hiredis
 import pytest
 import redis
 
 import kvfast
 from kvfast.demo import Booking
-from kvfast.loadgen import make_booking
+from kvfast.loadgen import make_booking, quantile
 
 pytestmark = [pytest.mark.timeout(900)]
 
-N = _refs.LATENCY_N
+N = _config.LATENCY_N
 WARMUP = 2000
-DATA = _refs.RESULTS.data
-
-
-@pytest.fixture(scope="module")
-def sample() -> tuple[list[bytes], bytes]:
-    return _refs.sample_booking_writes()
+DATA = _results.RESULTS.data
 
 
 @pytest.fixture(scope="module")
 def r() -> Iterator[redis.Redis]:
-    client = _refs.redis_client()
+    client = _config.redis_client()
     client.flushdb()
     yield client
     client.flushdb()
@@ -51,7 +48,7 @@ def r() -> Iterator[redis.Redis]:
 
 def _quantiles_ms(benchmark: Any) -> dict[str, float]:
     data = benchmark.stats.stats.data
-    return {f"p{name}_ms": _refs.quantile(data, q) * 1000
+    return {f"p{name}_ms": quantile(data, q) * 1000
             for name, q in (("50", 0.50), ("99", 0.99), ("999", 0.999))}
 
 
@@ -59,11 +56,11 @@ def _quantiles_ms(benchmark: Any) -> dict[str, float]:
 def test_reference_redis_benchmark(benchmark: Any, sample: tuple[list[bytes], bytes],
                                    r: redis.Redis) -> None:
     """redis-benchmark -P 1 -c 1: HSET (kvfast's seven fields), then RPUSH (its entry)."""
-    hset, rpush = _refs.redis_benchmark_writes(sample)
+    hset, rpush = _redis_refs.redis_benchmark_writes(sample)
 
     def run() -> tuple[dict[str, float], dict[str, float]]:
-        h = _refs.redis_benchmark(hset, requests=N, clients=1, pipeline=1)
-        q = _refs.redis_benchmark(rpush, requests=N, clients=1, pipeline=1, keyspace=64)
+        h = _redis_refs.redis_benchmark(hset, requests=N, clients=1, pipeline=1)
+        q = _redis_refs.redis_benchmark(rpush, requests=N, clients=1, pipeline=1, keyspace=64)
         return h, q
 
     h, q = benchmark.pedantic(run, rounds=1, warmup_rounds=1, iterations=1)
@@ -85,7 +82,7 @@ def test_reference_raw_socket(benchmark: Any, sample: tuple[list[bytes], bytes],
         payloads.append(b"".join((
             pack(("MULTI",)), pack(("DEL", key)), pack(("HSET", key, *fields)),
             pack(("RPUSH", f"{{kvbenchraw:{i % 64}}}:q", entry)), pack(("EXEC",)))))
-    conn = _refs.RawConnection()
+    conn = _redis_refs.RawConnection()
     it = iter(payloads)
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -106,7 +103,7 @@ def test_kvfast_create(benchmark: Any, r: redis.Redis) -> None:
     """Repository.create of one booking per call, sequential."""
     now = dt.datetime.now(dt.UTC)
     ids = itertools.count(1)
-    repo = kvfast.Repository(Booking, _refs.settings())
+    repo = kvfast.Repository(Booking, _config.settings())
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (make_booking(next(ids), now),), {}
@@ -123,14 +120,14 @@ def test_kvfast_create(benchmark: Any, r: redis.Redis) -> None:
     rb = DATA.get("latency.redis_benchmark")
     rb_p50 = rb["hset"]["p50_ms"] + rb["rpush"]["p50_ms"] if rb else None
     raw_name = "raw socket MULTI..EXEC"
-    add = _refs.RESULTS.add
-    add(_refs.Row("latency", "create p50", "ms", q["p50_ms"], raw.get("p50_ms"), raw_name,
+    add = _results.RESULTS.add
+    add(_results.Row("latency", "create p50", "ms", q["p50_ms"], raw.get("p50_ms"), raw_name,
                   "max", 0.44, "<= 0.44 ms", chart="latency"))
-    add(_refs.Row("latency", "create p99", "ms", q["p99_ms"], raw.get("p99_ms"), raw_name,
+    add(_results.Row("latency", "create p99", "ms", q["p99_ms"], raw.get("p99_ms"), raw_name,
                   "max", 2.45, "<= 2.45 ms", chart="latency"))
-    add(_refs.Row("latency", "create p999", "ms", q["p999_ms"], raw.get("p999_ms"), raw_name,
+    add(_results.Row("latency", "create p999", "ms", q["p999_ms"], raw.get("p999_ms"), raw_name,
                   chart="latency"))
-    add(_refs.Row("latency", "create p50 vs raw socket (stretch)", "ms", q["p50_ms"],
+    add(_results.Row("latency", "create p50 vs raw socket (stretch)", "ms", q["p50_ms"],
                   raw.get("p50_ms"), raw_name, "ratio_max", 1.5, "stretch: <= 1.5x"))
-    add(_refs.Row("latency", "create p50 vs 2 round trips", "ms", q["p50_ms"], rb_p50,
+    add(_results.Row("latency", "create p50 vs 2 round trips", "ms", q["p50_ms"], rb_p50,
                   "redis-benchmark -P1 -c1 HSET + RPUSH p50"))

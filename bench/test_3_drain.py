@@ -27,16 +27,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import _refs
+import _config
+import _data
+import _pg_ref
+import _results
+import _supervisor
 import pytest
 import redis
 
 pytestmark = [pytest.mark.timeout(1800)]
 
 MIXES = ("creates", "mix")
-N = _refs.DRAIN_N
+N = _config.DRAIN_N
 WARM_PER_PARTITION = 800
-DATA = _refs.RESULTS.data
+DATA = _results.RESULTS.data
 REF_NAME = "psycopg COPY+upsert, 1 conn"
 
 
@@ -45,7 +49,7 @@ class Load:
     name: str
     entries: int
     produced: list[Any]
-    batches: list[list[_refs.Step]]
+    batches: list[list[_pg_ref.Step]]
     warm_entries: int = 0
     warm: dict[str, Any] = field(default_factory=dict)
     digest: dict[str, tuple[int, int]] | None = None
@@ -58,10 +62,10 @@ def _backup_key(p: int) -> str:
 
 def _restore(r: redis.Redis, keep: int | None = None) -> None:
     """Empty tables; every partition's queue back as queued, nothing in flight."""
-    _refs.reset_pg_tables()
-    ks = _refs.keys()
+    _config.reset_pg_tables()
+    ks = _config.keys()
     pipe = r.pipeline(transaction=False)
-    for p in range(_refs.PARTITIONS):
+    for p in range(_config.PARTITIONS):
         pipe.delete(ks.inflight[p], ks.inflight_meta[p], ks.dead[p], ks.counters[p])
         pipe.copy(_backup_key(p), ks.queues[p], replace=True)
         if keep is not None:
@@ -70,43 +74,43 @@ def _restore(r: redis.Redis, keep: int | None = None) -> None:
 
 
 def _dead_letters(r: redis.Redis) -> int:
-    ks = _refs.keys()
+    ks = _config.keys()
     pipe = r.pipeline(transaction=False)
-    for p in range(_refs.PARTITIONS):
+    for p in range(_config.PARTITIONS):
         pipe.llen(ks.dead[p])
     return sum(pipe.execute())
 
 
-def _drain(workers: int, name: str) -> _refs.SupervisorRun:
-    with _refs.supervisor(workers, name, drain_until_empty=True) as sup:
+def _drain(workers: int, name: str) -> _supervisor.SupervisorRun:
+    with _supervisor.supervisor(workers, name, drain_until_empty=True) as sup:
         return sup.wait()
 
 
 @pytest.fixture(scope="module")
 def r() -> Iterator[redis.Redis]:
-    client = _refs.redis_client()
+    client = _config.redis_client()
     yield client
     client.close()
-    _refs.flush_redis()
+    _config.flush_redis()
 
 
 @pytest.fixture(scope="module", params=MIXES)
 def load(request: pytest.FixtureRequest, r: redis.Redis) -> Iterator[Load]:
     name = request.param
-    _refs.flush_redis()
+    _config.flush_redis()
     half = N // 2
     if name == "creates":
-        produced = _refs.run_spawned(_refs.produce_creates,
+        produced = _data.run_spawned(_data.produce_creates,
                                      [(1, half, 5000), (half + 1, N - half, 5000)])
     else:
-        produced = _refs.run_spawned(_refs.produce_mix, [(0, half), (1, N - half)])
-    ks = _refs.keys()
+        produced = _data.run_spawned(_data.produce_mix, [(0, half), (1, N - half)])
+    ks = _config.keys()
     queues: list[list[bytes]] = []
-    for p in range(_refs.PARTITIONS):
+    for p in range(_config.PARTITIONS):
         r.copy(ks.queues[p], _backup_key(p), replace=True)
         queues.append(r.lrange(ks.queues[p], 0, -1))
     entries = sum(len(q) for q in queues)
-    batches = _refs.reference_batches(queues, _refs.BATCH_SIZE)
+    batches = _pg_ref.reference_batches(queues, _config.BATCH_SIZE)
     warm_entries = sum(min(len(q), WARM_PER_PARTITION) for q in queues)
     del queues
     ld = Load(name, entries, produced, batches, warm_entries)
@@ -118,24 +122,24 @@ def load(request: pytest.FixtureRequest, r: redis.Redis) -> Iterator[Load]:
                "peak_drainer_rss_mib": warm.peak_drainer_mib, "returncode": warm.returncode}
     DATA[f"drain.{name}.warmup"] = ld.warm
     yield ld
-    for p in range(_refs.PARTITIONS):
+    for p in range(_config.PARTITIONS):
         r.delete(_backup_key(p))
 
 
 @pytest.mark.benchmark(group="3-drain")
 def test_reference_copy_upsert(benchmark: Any, load: Load) -> None:
     """Hand-written COPY BINARY + set-based SQL of the same entries, 2,000 per transaction."""
-    ref = _refs.PgReference()
+    ref = _pg_ref.PgReference()
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
-        _refs.reset_pg_tables()
+        _config.reset_pg_tables()
         return (load.batches,), {}
 
     with contextlib.closing(ref):
         ref.apply(load.batches[:25])  # warm-up
         benchmark.pedantic(ref.apply, setup=setup, rounds=1, iterations=1)
     load.ref_rate = load.entries / benchmark.stats.stats.median
-    load.digest = _refs.table_digest()
+    load.digest = _config.table_digest()
     DATA[f"drain.{load.name}.reference"] = {"entries": load.entries, "rows_per_s": load.ref_rate,
                                             "batches": len(load.batches), "digest": load.digest}
     benchmark.extra_info.update(entries=load.entries, rows_per_s=load.ref_rate,
@@ -143,7 +147,7 @@ def test_reference_copy_upsert(benchmark: Any, load: Load) -> None:
 
 
 @pytest.mark.benchmark(group="3-drain")
-@pytest.mark.parametrize("workers", _refs.DRAIN_WORKERS, ids=lambda w: f"w{w}")
+@pytest.mark.parametrize("workers", _config.DRAIN_WORKERS, ids=lambda w: f"w{w}")
 def test_kvfast_drain(benchmark: Any, load: Load, workers: int, r: redis.Redis) -> None:
     """The supervisor with W drainers, --drain-until-empty, from the same queues."""
     name = f"drain-{load.name}-w{workers}"
@@ -152,7 +156,7 @@ def test_kvfast_drain(benchmark: Any, load: Load, workers: int, r: redis.Redis) 
         _restore(r)
         return (workers, name), {}
 
-    run: _refs.SupervisorRun = benchmark.pedantic(_drain, setup=setup, rounds=1, iterations=1)
+    run: _supervisor.SupervisorRun = benchmark.pedantic(_drain, setup=setup, rounds=1, iterations=1)
     rate = run.active_rate(load.entries)
     wall_rate = load.entries / run.wall_s
     dead = _dead_letters(r)
@@ -165,16 +169,16 @@ def test_kvfast_drain(benchmark: Any, load: Load, workers: int, r: redis.Redis) 
     DATA[f"drain.{load.name}.w{workers}"] = figures
     benchmark.extra_info.update({k: v for k, v in figures.items() if k != "log"})
 
-    add = _refs.RESULTS.add
+    add = _results.RESULTS.add
     what = "creates" if load.name == "creates" else "mixed c/u/d"
-    add(_refs.Row("drain", f"{what} rows/s, {workers} worker{'s' * (workers > 1)}", "rows/s",
+    add(_results.Row("drain", f"{what} rows/s, {workers} worker{'s' * (workers > 1)}", "rows/s",
                   rate, load.ref_rate, REF_NAME, "ratio_min", 0.8, ">= 0.8x reference",
                   chart="throughput"))
     if load.name == "creates" and workers == 2:
-        add(_refs.Row("drain", "creates rows/s, 2 workers (absolute)", "rows/s", rate, None,
+        add(_results.Row("drain", "creates rows/s, 2 workers (absolute)", "rows/s", rate, None,
                       "", "min", 150_000, ">= 150,000 rows/s"))
     if workers == 2 and load.warm.get("peak_drainer_rss_mib"):
-        add(_refs.Row("scaling", f"drainer peak RSS, {load.entries:,} {load.name} queued",
+        add(_results.Row("scaling", f"drainer peak RSS, {load.entries:,} {load.name} queued",
                       "MiB", run.peak_drainer_mib, load.warm["peak_drainer_rss_mib"],
                       f"{load.warm_entries:,} queued", "ratio_max", 1.5,
                       "bounded: <= 1.5x small queue"))
@@ -182,4 +186,4 @@ def test_kvfast_drain(benchmark: Any, load: Load, workers: int, r: redis.Redis) 
     assert run.returncode == 0, f"supervisor exited with {run.returncode}; see {run.log}"
     assert dead == 0, f"{dead} dead letters; see {run.log}"
     if load.digest is not None:
-        assert _refs.table_digest() == load.digest, "drained tables differ from the reference's"
+        assert _config.table_digest() == load.digest, "drained tables differ from the reference's"

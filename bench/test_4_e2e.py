@@ -23,7 +23,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import _refs
+import _config
+import _data
+import _results
+import _supervisor
 import pytest
 
 import kvfast
@@ -32,25 +35,25 @@ from kvfast.loadgen import make_booking
 
 pytestmark = [pytest.mark.timeout(900)]
 
-DATA = _refs.RESULTS.data
-SECONDS = _refs.E2E_SECONDS
+DATA = _results.RESULTS.data
+SECONDS = _config.E2E_SECONDS
 WORKERS = 2
-LAG_TARGET_MS = _refs.DRAIN_INTERVAL_MS + 100
+LAG_TARGET_MS = _config.DRAIN_INTERVAL_MS + 100
 
 
 def _quick_producer_max() -> float:
     """create_many records/s of this process, when benchmark 1 has not measured it."""
     now = dt.datetime.now(dt.UTC)
     objs = [make_booking(i, now) for i in range(1, 50_001)]
-    with kvfast.Repository(Booking, _refs.settings()) as repo:
+    with kvfast.Repository(Booking, _config.settings()) as repo:
         best = 0.0
         for _ in range(3):
-            _refs.flush_redis()
+            _config.flush_redis()
             t0 = time.perf_counter()
-            for start in range(0, len(objs), _refs.PRODUCER_BATCH):
-                repo.create_many(objs[start:start + _refs.PRODUCER_BATCH])
+            for start in range(0, len(objs), _config.PRODUCER_BATCH):
+                repo.create_many(objs[start:start + _config.PRODUCER_BATCH])
             best = max(best, len(objs) / (time.perf_counter() - t0))
-    _refs.flush_redis()
+    _config.flush_redis()
     return best
 
 
@@ -58,25 +61,25 @@ def _quick_producer_max() -> float:
 def producer_max() -> Iterator[float]:
     rate = DATA.get("producer.records_per_s") or _quick_producer_max()
     DATA["e2e.producer_max_records_per_s"] = rate
-    _run_level(rate * min(_refs.E2E_RATES) / 100, 2.0, "e2e-warmup")
+    _run_level(rate * min(_config.E2E_RATES) / 100, 2.0, "e2e-warmup")
     yield rate
-    _refs.flush_redis()
+    _config.flush_redis()
 
 
 def _run_level(rate: float, seconds: float, name: str) -> dict[str, Any]:
-    _refs.flush_redis()
-    with _refs.supervisor(WORKERS, name, drain_until_empty=False) as sup:
+    _config.flush_redis()
+    with _supervisor.supervisor(WORKERS, name, drain_until_empty=False) as sup:
         sup.wait_ready()
-        (prod,) = _refs.run_spawned(_refs.paced_producer, [(rate, seconds, 1)])
+        (prod,) = _data.run_spawned(_data.paced_producer, [(rate, seconds, 1)])
         t_end = time.time()
         time.sleep(0.3)  # let the last batches of the window commit
         sup.stop()
         run = sup.wait()
     t_a, t_b = prod["t_start"] + 1.0, prod["t_end"]
     drained = run.drained_between(t_a, t_b) / max(1e-9, t_b - t_a)
-    with _refs.redis_client() as r:
-        ks = _refs.keys()
-        backlog = sum(r.llen(ks.queues[p]) for p in range(_refs.PARTITIONS))
+    with _config.redis_client() as r:
+        ks = _config.keys()
+        backlog = sum(r.llen(ks.queues[p]) for p in range(_config.PARTITIONS))
     return {
         "offered_per_s": rate, "achieved_per_s": prod["records"] / prod["elapsed_s"],
         "records": prod["records"], "producer_behind_max_s": prod["behind_max_s"],
@@ -88,7 +91,7 @@ def _run_level(rate: float, seconds: float, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.benchmark(group="4-e2e")
-@pytest.mark.parametrize("percent", _refs.E2E_RATES, ids=lambda p: f"{p}pct")
+@pytest.mark.parametrize("percent", _config.E2E_RATES, ids=lambda p: f"{p}pct")
 def test_kvfast_end_to_end(benchmark: Any, producer_max: float, percent: int) -> None:
     """Offered rate = percent of the producer maximum; 2 drainers; lag from write to commit."""
     rate = producer_max * percent / 100
@@ -97,15 +100,15 @@ def test_kvfast_end_to_end(benchmark: Any, producer_max: float, percent: int) ->
     DATA[f"e2e.{percent}pct"] = fig
     benchmark.extra_info.update({k: v for k, v in fig.items() if k != "log"})
 
-    add = _refs.RESULTS.add
-    add(_refs.Row("e2e", f"{percent}% offered: rows/s drained", "rows/s", fig["drained_per_s"],
+    add = _results.RESULTS.add
+    add(_results.Row("e2e", f"{percent}% offered: rows/s drained", "rows/s", fig["drained_per_s"],
                   rate, f"offered ({percent}% of producer max)", chart="throughput",
                   note=f"producer achieved {fig['achieved_per_s']:,.0f}/s"))
-    add(_refs.Row("e2e", f"{percent}% offered: drain lag p50", "ms", fig["lag_p50_ms"]))
+    add(_results.Row("e2e", f"{percent}% offered: drain lag p50", "ms", fig["lag_p50_ms"]))
     if percent == 50:
-        add(_refs.Row("e2e", "50% offered: drain lag p99", "ms", fig["lag_p99_ms"], None, "",
+        add(_results.Row("e2e", "50% offered: drain lag p99", "ms", fig["lag_p99_ms"], None, "",
                       "max", LAG_TARGET_MS, f"<= {LAG_TARGET_MS} ms (interval + 100)",
                       chart="latency"))
     else:
-        add(_refs.Row("e2e", f"{percent}% offered: drain lag p99", "ms", fig["lag_p99_ms"]))
+        add(_results.Row("e2e", f"{percent}% offered: drain lag p99", "ms", fig["lag_p99_ms"]))
     assert fig["returncode"] == 0, f"supervisor exited with {fig['returncode']}; see {fig['log']}"

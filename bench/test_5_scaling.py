@@ -20,7 +20,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import _refs
+import _config
+import _data
+import _results
 import pytest
 import redis
 
@@ -28,8 +30,8 @@ from kvfast.drainer import Drainer
 
 pytestmark = [pytest.mark.timeout(900)]
 
-DATA = _refs.RESULTS.data
-CLAIM = _refs.SCALE_CLAIM
+DATA = _results.RESULTS.data
+CLAIM = _config.SCALE_CLAIM
 ROUNDS = 200
 WARMUP = 20
 PARTITION = 0
@@ -41,8 +43,8 @@ def _label(depth: int) -> str:
 
 @pytest.fixture(scope="module")
 def r() -> Iterator[redis.Redis]:
-    _refs.flush_redis()
-    client = _refs.redis_client()
+    _config.flush_redis()
+    client = _config.redis_client()
     yield client
     client.flushdb()
     client.close()
@@ -50,14 +52,14 @@ def r() -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="module")
 def entry() -> bytes:
-    return _refs.sample_booking_writes()[1]
+    return _data.sample_booking_writes()[1]
 
 
-@pytest.fixture(scope="module", params=_refs.SCALE_DEPTHS, ids=_label)
+@pytest.fixture(scope="module", params=_config.SCALE_DEPTHS, ids=_label)
 def depth(request: pytest.FixtureRequest, r: redis.Redis, entry: bytes) -> Iterator[int]:
     """Partition 0's queue holding ``depth`` entries; nothing in flight."""
     target: int = request.param
-    ks = _refs.keys()
+    ks = _config.keys()
     queue = ks.queues[PARTITION]
     have = r.llen(queue)
     if have > target:
@@ -84,7 +86,7 @@ def _per_entry_us(benchmark: Any) -> float:
 @pytest.mark.benchmark(group="5-claim")
 def test_reference_lpop(benchmark: Any, r: redis.Redis, depth: int) -> None:
     """LPOP queue 1000 (redis-py, hiredis parser): the pop alone."""
-    queue = _refs.keys().queues[PARTITION]
+    queue = _config.keys().queues[PARTITION]
     taken: list[list[bytes]] = []
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -108,9 +110,9 @@ def test_reference_lpop(benchmark: Any, r: redis.Redis, depth: int) -> None:
 @pytest.mark.benchmark(group="5-claim")
 def test_kvfast_claim(benchmark: Any, r: redis.Redis, depth: int) -> None:
     """Drainer.claim(): claim.lua over all 64 partitions, 1,000 entries recorded in flight."""
-    ks = _refs.keys()
+    ks = _config.keys()
     queue = ks.queues[PARTITION]
-    drainer = Drainer(_refs.settings(batch_size=CLAIM))
+    drainer = Drainer(_config.settings(batch_size=CLAIM))
     claimed: list[list[bytes]] = []
 
     def put_back() -> None:
@@ -136,13 +138,13 @@ def test_kvfast_claim(benchmark: Any, r: redis.Redis, depth: int) -> None:
     DATA[f"claim.kvfast.{depth}"] = us
     benchmark.extra_info.update(depth=depth, us_per_entry=us)
 
-    add = _refs.RESULTS.add
-    add(_refs.Row("scaling", f"claim cost per entry, depth {_label(depth)}", "µs/entry", us,
+    add = _results.RESULTS.add
+    add(_results.Row("scaling", f"claim cost per entry, depth {_label(depth)}", "µs/entry", us,
                   DATA.get(f"claim.lpop.{depth}"), "bare LPOP COUNT 1000"))
     depths = sorted(int(k.rsplit(".", 1)[1]) for k in DATA if k.startswith("claim.kvfast."))
     if len(depths) > 1:
         low, high = depths[0], depths[-1]
-        add(_refs.Row("scaling", "claim cost per entry, deepest vs shallowest", "µs/entry",
+        add(_results.Row("scaling", "claim cost per entry, deepest vs shallowest", "µs/entry",
                       DATA[f"claim.kvfast.{high}"], DATA[f"claim.kvfast.{low}"],
                       f"depth {_label(low)} vs {_label(high)}", "ratio_max", 1.5,
                       "flat: <= 1.5x"))

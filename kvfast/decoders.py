@@ -6,7 +6,8 @@ reads each field by name, accepts the common case with one inline test (an int
 in bigint range, a str without NUL, an ISO datetime in UTC) and sends anything
 else through the full ``from_wire`` + ``check`` path, which raises DecodeError
 naming the field.  Values are re-checked because a queue may hold entries
-written by something other than kvfast's producer.
+written by something other than kvfast's producer.  Compiled by
+``codegen.build_function``: tracebacks show the generated lines.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kvfast.codegen import build_function
 from kvfast.errors import DecodeError
 from kvfast.fieldtypes import INT64_MAX, INT64_MIN, BoolType, DateTimeType, IntType, Reject, StrType
 
@@ -81,8 +83,8 @@ def build_row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
             lines.append(f"            {v} = slow{i}({v})")
     lines += ["    except KeyError:", "        bad_shape(f)"]
     lines.append(f"    return [{', '.join(f'v{fi.index}' for fi in info.fields)}]")
-    exec(compile("\n".join(lines), f"<kvfast decoder {info.name}>", "exec"), ns)
-    decode: Callable[[dict[str, Any]], list[Any]] = ns["decode"]
+    decode: Callable[[dict[str, Any]], list[Any]] = build_function(
+        "\n".join(lines), f"<kvfast decoder {info.name}>", ns, "decode")
     return decode
 
 

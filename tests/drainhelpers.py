@@ -4,13 +4,14 @@
   subprocess in its own session, output captured in a file, always reaped.
 * ``converged``: every PostgreSQL row equals its Redis object and the other way
   round, no tombstone left, nothing queued or in flight.
-* ``produce_mixed``: a mixed create / partial update / delete load on a shared
-  key space, run in N ``spawn`` processes (``producers``).
+* ``produce_mixed``: ``kvfast.loadgen``'s mixed create / partial update / delete
+  load on a shared key space, run in N ``spawn`` processes (``producers``).
 * ``hold_batch``: a child process that claims one batch (and optionally commits
   it) and then stops itself with SIGSTOP, for the crash and stale-drainer tests.
 
-Key names are spelled out here from their documented layout (``keys.py``), so
-the tests check that layout rather than echo kvfast's own code.
+The key names (``drainkeys``) and the processes (``drainprocs``: the supervisor
+subprocess, the held batch) live in modules of their own and are imported from
+here too, so every drain test imports its helpers from one place.
 """
 
 from __future__ import annotations
@@ -20,68 +21,95 @@ import contextlib
 import dataclasses
 import datetime as dt
 import math
-import multiprocessing
-import os
-import random
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import redis
-from drainmodels import MODELS, DDriver, DRide
+from drainkeys import (
+    counters_key,
+    dead_key,
+    inflight_key,
+    inflight_meta_key,
+    partition_of,
+    queue_key,
+    tag,
+)
+from drainmodels import LOADS, MODELS, DRide
+from drainprocs import (
+    ROOT,
+    SPAWN,
+    HeldBatch,
+    SupervisorProcess,
+    ack_args,
+    children_of,
+    drain_in_process,
+    drain_until_empty,
+    hold_batch,
+    run_supervisor,
+    start_supervisor,
+    subprocess_env,
+    supervisor_args,
+    wait_lease_expired,
+    wait_stopped,
+)
 from helpers import same_json
 from psycopg import sql
 
 import kvfast
-from kvfast.batch import build_batch
-from kvfast.client import connect_pg
-from kvfast.drainer import Drainer
+from kvfast import loadgen
 from kvfast.model import TOMBSTONE_FIELD
-from kvfast.pgcopy import Applier
 
-TESTS_DIR = Path(__file__).resolve().parent
-ROOT = TESTS_DIR.parent
+__all__ = [
+    "MIX",
+    "ROOT",
+    "SPAWN",
+    "UTC",
+    "HeldBatch",
+    "SupervisorProcess",
+    "ack_args",
+    "assert_idle",
+    "busy_partitions",
+    "children_of",
+    "converged",
+    "counter_total",
+    "counters_key",
+    "create_tables",
+    "dead_key",
+    "dead_letters",
+    "differences",
+    "drain_in_process",
+    "drain_until_empty",
+    "drained_total",
+    "fence_epoch",
+    "hold_batch",
+    "inflight_key",
+    "inflight_meta_key",
+    "is_idle",
+    "keys_in_partition",
+    "partition_of",
+    "pg_objects",
+    "produce_in_processes",
+    "produce_mixed",
+    "producers",
+    "queue_key",
+    "redis_objects",
+    "ride",
+    "run_supervisor",
+    "same_value",
+    "start_supervisor",
+    "subprocess_env",
+    "supervisor_args",
+    "tag",
+    "wait_idle",
+    "wait_lease_expired",
+    "wait_stopped",
+]
+
 UTC = dt.UTC
-SPAWN = multiprocessing.get_context("spawn")
-
-# -- key names (keys.py layout) ------------------------------------------------------
-
-
-def tag(settings: kvfast.Settings, p: int) -> str:
-    return f"{{{settings.namespace}:{p}}}"
-
-
-def queue_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:q"
-
-
-def inflight_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:f"
-
-
-def inflight_meta_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:fm"
-
-
-def dead_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:d"
-
-
-def counters_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{tag(settings, p)}:s"
-
-
-def partition_of(settings: kvfast.Settings, model: type, key: Any) -> int:
-    return kvfast.model_info(model).partition_of(str(key), settings.partitions)
-
 
 # -- state of the drain in Redis -------------------------------------------------------
 
@@ -119,9 +147,14 @@ def wait_idle(r: redis.Redis, settings: kvfast.Settings, timeout: float = 90.0) 
         time.sleep(0.1)
 
 
-def drained_total(r: redis.Redis, settings: kvfast.Settings) -> int:
-    return sum(int(r.hget(counters_key(settings, p), "drained") or 0)
+def counter_total(r: redis.Redis, settings: kvfast.Settings, name: str) -> int:
+    """The sum of every partition's counter ``name`` (drained, dead ...)."""
+    return sum(int(r.hget(counters_key(settings, p), name) or 0)
                for p in range(settings.partitions))
+
+
+def drained_total(r: redis.Redis, settings: kvfast.Settings) -> int:
+    return counter_total(r, settings, "drained")
 
 
 def dead_letters(r: redis.Redis, settings: kvfast.Settings) -> list[tuple[int, dict[str, Any]]]:
@@ -254,85 +287,12 @@ def converged(
     return counts
 
 
-# -- a mixed load ---------------------------------------------------------------------------
+# -- a mixed load (kvfast.loadgen) ------------------------------------------------------------
 
-_RIDERS = ("ann", "bob", "chloé", "дмитрий", "李", "🚕 rider", "")
-_STATUSES = (None, "new", "assigned", "started", "dünn ✓", "")
-
-
-def _ride_values(rng: random.Random) -> dict[str, Any]:
-    return {
-        "rider": rng.choice(_RIDERS),
-        "fare_cents": rng.randrange(0, 1_000_000),
-        "counter": rng.randrange(0, 1_000_000),
-        "status": rng.choice(_STATUSES),
-        "distance": rng.choice((None, Decimal(rng.randrange(10**12)).scaleb(-rng.randrange(7)))),
-        "updated_at": rng.choice((
-            None,
-            dt.datetime(2020, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=rng.randrange(10**15)),
-        )),
-    }
-
-
-def _driver_values(rng: random.Random) -> dict[str, Any]:
-    return {
-        "name": rng.choice(_RIDERS) + str(rng.randrange(100)),
-        "rating": rng.choice((0.0, -0.0, 4.75, 1 / 3, 1e-300, rng.random() * 5)),
-        "active": rng.random() < 0.5,
-        "vehicle": rng.choice((None, {}, {"plate": f"KA-{rng.randrange(9999)}",
-                                          "seats": rng.randrange(8), "ev": rng.random() < 0.5,
-                                          "make": {"name": "Tata", "kWh": 30.2}})),
-        "tags": rng.choice((None, [], ["airport", 1, 2.5, None, True, {"x": "ü"}])),
-    }
-
-
-def ride_keys(n: int) -> list[int]:
-    return list(range(1, n + 1))
-
-
-def driver_keys(n: int) -> list[str]:
-    return [f"drv-{i}-ü" for i in range(n)]
-
-
-def _changes(rng: random.Random, values: dict[str, Any]) -> dict[str, Any]:
-    names = rng.sample(sorted(values), rng.randrange(1, len(values) + 1))
-    return {n: values[n] for n in names}
-
-
-def _one_op(
-    rng: random.Random,
-    repos: dict[type, kvfast.Repository[Any]],
-    keys: dict[type, list[Any]],
-) -> int:
-    """One random write; returns the number of queue entries it added."""
-    model = DRide if rng.random() < 0.6 else DDriver
-    repo = repos[model]
-    info = repo.info
-    values = _ride_values if model is DRide else _driver_values
-    pool = keys[model]
-    x = rng.random()
-    if x < 0.30:
-        key = rng.choice(pool)
-        repo.create(model(**{info.key: key}, **values(rng)))
-        return 1
-    if x < 0.38:
-        chosen = rng.sample(pool, rng.randrange(2, 11))
-        return repo.create_many([model(**{info.key: k}, **values(rng)) for k in chosen])
-    if x < 0.80:
-        # Several changes, often to the same key, in one call: applied in order.
-        n = rng.choice((1, 1, 3))
-        items = [(rng.choice(pool), _changes(rng, values(rng))) for _ in range(n)]
-        if len(items) > 1 and rng.random() < 0.5:
-            items = [(items[0][0], ch) for _, ch in items]
-        try:
-            repo.update_many(items)
-        except kvfast.NotFound as exc:
-            return len(items) - len(exc.keys)
-        return len(items)
-    if x < 0.93:
-        repo.delete(rng.choice(pool))
-        return 1
-    return repo.delete_many(rng.sample(pool, rng.randrange(2, 6)))
+#: the drain tests' mix: single and batched creates, partial updates (often of one key
+#: several times in a call), deletes, on a key space the producers share
+MIX = loadgen.Mix(create=0.38, update=0.42, delete=0.20, sizes=(1, 1, 1, 1, 3, 5, 10),
+                  single=0.8, partial=True, repeat=0.5)
 
 
 def produce_mixed(
@@ -343,21 +303,11 @@ def produce_mixed(
     stop_file: str | None = None,
 ) -> int:
     """Run ``n_ops`` random writes (or until ``stop_file`` exists); return entries queued."""
-    rng = random.Random(seed)
-    keys: dict[type, list[Any]] = {
-        DRide: ride_keys(keys_per_model),
-        DDriver: driver_keys(keys_per_model),
-    }
-    entries = 0
+    gen = loadgen.LoadGenerator(LOADS, mix=MIX, seed=seed, keys=keys_per_model)
     with kvfast.Client(settings) as client:
-        repos: dict[type, kvfast.Repository[Any]] = {
-            m: kvfast.Repository(m, client=client) for m in MODELS
-        }
-        for i in range(n_ops):
-            if stop_file is not None and i % 20 == 0 and os.path.exists(stop_file):
-                break
-            entries += _one_op(rng, repos, keys)
-    return entries
+        produced = loadgen.produce(gen, loadgen.repositories(client, MODELS), None, ops=n_ops,
+                                   stop=loadgen.stop_file_exists(stop_file))
+    return produced.entries
 
 
 @contextlib.contextmanager
@@ -371,303 +321,18 @@ def producers(
     seed: int = 0,
 ) -> Iterator[list[concurrent.futures.Future[int]]]:
     """``n`` producer processes running ``produce_mixed``; the futures give entry counts."""
-    with concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=SPAWN) as pool:
-        futures = [
-            pool.submit(produce_mixed, settings, seed * 1000 + i, n_ops, keys_per_model, stop_file)
-            for i in range(n)
-        ]
+    args = [(settings, seed * 1000 + i, n_ops, keys_per_model, stop_file) for i in range(n)]
+    with loadgen.Spawned(produce_mixed, args, stop_file=stop_file) as spawned:
         try:
-            yield futures
+            yield spawned.futures
         finally:
-            if stop_file is not None:
-                Path(stop_file).touch()
+            spawned.stop()
 
 
 def produce_in_processes(settings: kvfast.Settings, n: int, n_ops: int, seed: int = 0) -> int:
     """Run ``n`` producers to completion; return the total entries queued."""
     with producers(settings, n, n_ops, seed=seed) as futures:
         return sum(f.result(timeout=300) for f in futures)
-
-
-# -- the supervisor as a subprocess -----------------------------------------------------------
-
-
-def subprocess_env(
-    extra: dict[str, str] | None = None, pythonpath: Sequence[str] = ()
-) -> dict[str, str]:
-    """The test environment without any KVFAST_* variable, ``tests/`` on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVFAST_")}
-    env["PYTHONPATH"] = os.pathsep.join([*pythonpath, str(TESTS_DIR)])
-    env.update(extra or {})
-    return env
-
-
-def supervisor_args(
-    settings: kvfast.Settings,
-    *flags: str,
-    workers: int = 3,
-    models: Sequence[str] = ("drainmodels",),
-    connection: bool = True,
-    tuning: bool = True,
-) -> list[str]:
-    """The command line; ``connection``/``tuning`` False leave those flags to the env."""
-    args = [sys.executable, "-m", "kvfast.supervisor"]
-    if connection:
-        assert settings.pg_dsn
-        args += ["--redis-url", settings.redis_url, "--pg-dsn", settings.pg_dsn]
-    if tuning:
-        args += [
-            "--partitions", str(settings.partitions),
-            "--lease-ms", str(settings.lease_ms),
-            "--batch-size", str(settings.batch_size),
-            "--drain-interval-ms", str(settings.drain_interval_ms),
-            "--workers", str(workers),
-        ]
-    for m in models:
-        args += ["--models", m]
-    return args + list(flags)
-
-
-class SupervisorProcess:
-    """A running supervisor: its Popen, its output (a file), its drainer pids."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        fd, self.log_path = tempfile.mkstemp(prefix="kvfast-supervisor-", suffix=".log")
-        self._log = os.fdopen(fd, "ab")
-        self.args = args
-        self.proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return Path(self.log_path).read_text(encoding="utf-8", errors="replace")
-
-    def wait(self, timeout: float = 120.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"supervisor did not exit within {timeout}s; output:\n{self.output()[-4000:]}"
-            ) from None
-
-    def send(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def drainers(self) -> list[int]:
-        return children_of(self.pid)
-
-    def wait_drainers(
-        self, n: int, timeout: float = 30.0, exclude: Iterable[int] = ()
-    ) -> list[int]:
-        """Wait until ``n`` drainer children run (none of them in ``exclude``)."""
-        excluded = set(exclude)
-        deadline = time.monotonic() + timeout
-        while True:
-            pids = [p for p in self.drainers() if p not in excluded]
-            if len(pids) >= n:
-                return pids
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"expected {n} drainers, have {pids}; output:\n{self.output()[-3000:]}"
-                )
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-        # Drainers orphaned by a killed supervisor stay in its process group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self._log.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.log_path)
-
-    def __enter__(self) -> SupervisorProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def start_supervisor(
-    settings: kvfast.Settings,
-    *flags: str,
-    workers: int = 3,
-    models: Sequence[str] = ("drainmodels",),
-    env: dict[str, str] | None = None,
-    pythonpath: Sequence[str] = (),
-    connection: bool = True,
-    tuning: bool = True,
-) -> SupervisorProcess:
-    args = supervisor_args(settings, *flags, workers=workers, models=models,
-                           connection=connection, tuning=tuning)
-    return SupervisorProcess(args, subprocess_env(env, pythonpath))
-
-
-def run_supervisor(
-    settings: kvfast.Settings, *flags: str, timeout: float = 120.0, **kwargs: Any
-) -> tuple[int, str]:
-    """Run a supervisor to its end; return (exit code, output)."""
-    with start_supervisor(settings, *flags, **kwargs) as sup:
-        code = sup.wait(timeout)
-        return code, sup.output()
-
-
-def drain_until_empty(settings: kvfast.Settings, workers: int = 3, timeout: float = 120.0) -> str:
-    """``--drain-until-empty`` with ``workers`` drainers; asserts exit 0; returns the output."""
-    code, out = run_supervisor(settings, "--drain-until-empty", workers=workers, timeout=timeout)
-    assert code == 0, f"--drain-until-empty exited {code}:\n{out[-4000:]}"
-    return out
-
-
-# -- processes ----------------------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # "pid (comm) state ppid ..." where comm may hold spaces and parentheses.
-    return text[text.rindex(")") + 2 :].split()
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry.name))
-    return sorted(out)
-
-
-def wait_stopped(pid: int, timeout: float = 30.0) -> None:
-    """Wait until ``pid`` is stopped by a signal (state T)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        fields = _stat_fields(pid)
-        if fields is not None and fields[0] in ("T", "t"):
-            return
-        if fields is None or time.monotonic() > deadline:
-            raise AssertionError(f"process {pid} did not stop (stat: {fields})")
-        time.sleep(0.01)
-
-
-# -- a drainer that stops itself in the middle of a batch -------------------------------------
-
-
-def ack_args(
-    settings: kvfast.Settings, p: int, owner: str, epoch: int
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of an ack.lua call without dead letters or tombstones (its header)."""
-    keys = [inflight_key(settings, p), inflight_meta_key(settings, p), dead_key(settings, p),
-            counters_key(settings, p)]
-    return keys, [owner, epoch, TOMBSTONE_FIELD, 0, 0]
-
-
-def hold_batch(settings: kvfast.Settings, stage: str, conn: Any) -> None:
-    """Child process: claim one batch; with ``stage == "committed"`` apply and commit it.
-
-    Then report ``{"parts": {partition: (epoch, entries)}, "owner"}`` on ``conn`` and stop
-    with SIGSTOP (the test kills it there, or resumes it with SIGCONT).  Resumed,
-    it does what a drainer would do next (ack after a commit; apply then ack
-    after a claim) and reports ``{"ack": ack.lua's reply, "stale", "acked"}``.
-    """
-    drainer = Drainer(settings)
-    try:
-        claim = drainer.claim()
-        if claim is None:
-            conn.send(None)
-            return
-        epochs = {part.partition: part.epoch for part in claim.parts}
-        if stage == "committed":
-            with connect_pg(settings, autocommit=False) as pgconn:
-                Applier(pgconn, settings.namespace).apply(build_batch(claim.slices()), epochs)
-        conn.send({"parts": {part.partition: (part.epoch, part.entries) for part in claim.parts},
-                   "owner": drainer.owner})
-        os.kill(os.getpid(), signal.SIGSTOP)
-        # Resumed: the lease has long expired and another drainer owns the partition.
-        calls = [ack_args(settings, p, drainer.owner, e) for p, e in epochs.items()]
-        result: dict[str, Any] = {}
-        if stage == "committed":
-            result["ack"] = max(int(x) for x in drainer.client.eval_many("ack", calls))
-        report = drainer.process(claim)
-        result.update(stale=report.stale > 0, acked=report.acked)
-        if stage != "committed":
-            result["ack"] = max(int(x) for x in drainer.client.eval_many("ack", calls))
-        conn.send(result)
-    finally:
-        drainer.close()
-        conn.close()
-
-
-class HeldBatch:
-    """A ``hold_batch`` child: ``info`` is what it claimed; kill or resume it."""
-
-    def __init__(self, settings: kvfast.Settings, stage: str) -> None:
-        self.parent_conn, child_conn = SPAWN.Pipe()
-        self.process = SPAWN.Process(target=hold_batch, args=(settings, stage, child_conn),
-                                     name=f"held-batch-{stage}")
-        self.process.start()
-        child_conn.close()
-        if not self.parent_conn.poll(60):
-            raise AssertionError("the held-batch child reported nothing")
-        info = self.parent_conn.recv()
-        assert info is not None, "the held-batch child found nothing to claim"
-        self.info: dict[str, Any] = info
-        assert self.process.pid is not None
-        self.pid: int = self.process.pid
-        wait_stopped(self.pid)
-
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        self.process.join(30)
-        assert self.process.exitcode == -signal.SIGKILL
-
-    def resume(self, timeout: float = 60.0) -> dict[str, Any]:
-        os.kill(self.pid, signal.SIGCONT)
-        if not self.parent_conn.poll(timeout):
-            raise AssertionError("the resumed drainer reported nothing")
-        result: dict[str, Any] = self.parent_conn.recv()
-        self.process.join(30)
-        assert self.process.exitcode == 0
-        return result
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            os.kill(self.pid, signal.SIGKILL)
-            self.process.join(30)
-        self.process.close()
-        self.parent_conn.close()
-
-
-def wait_lease_expired(r: redis.Redis, settings: kvfast.Settings, p: int) -> None:
-    """Wait until the in-flight batch of ``p`` has a lease deadline in the past (Redis time)."""
-    deadline_ms = int(r.hget(inflight_meta_key(settings, p), "deadline") or 0)
-    assert deadline_ms, f"partition {p} has no batch in flight"
-    while True:
-        secs, micros = r.time()
-        now_ms = secs * 1000 + micros // 1000
-        if now_ms > deadline_ms:
-            return
-        time.sleep(max(0.01, (deadline_ms - now_ms) / 1000))
-
-
-def drain_in_process(settings: kvfast.Settings) -> int:
-    """Drain everything in this process (one drainer); return the entries processed."""
-    drainer = Drainer(settings)
-    try:
-        return drainer.drain_until_empty()
-    finally:
-        drainer.close()
 
 
 def ride(key: int, **overrides: Any) -> DRide:

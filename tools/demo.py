@@ -26,7 +26,7 @@ import psycopg
 import kvfast
 from kvfast.demo import Booking, Driver, Ride
 from kvfast.keys import escape_table
-from kvfast.loadgen import LoadResult, run_producer
+from kvfast.loadgen import LoadResult, quantile, run_producer
 from kvfast.model import TOMBSTONE_FIELD, model_info
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,13 +99,6 @@ def compare(
         differ += sum(1 for k in pg_objs if k not in redis_objs)
         out[info.table] = (len(redis_objs), len(pg_objs), differ)
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main() -> int:
@@ -198,8 +191,8 @@ def main() -> int:
         print(f"  producer            {bulk_rate:,.0f} records/s = {2 * bulk_rate:,.0f} Redis "
               f"ops/s (hash write + queue push per record; {bulk:,} records in batches of "
               f"{args.batch}, all producers)")
-        print(f"  create() latency    p50 {pct(lat, 0.5):.3f} ms   p99 {pct(lat, 0.99):.3f} ms "
-              f"({len(lat):,} single round trips)")
+        print(f"  create() latency    p50 {quantile(lat, 0.5):.3f} ms   "
+              f"p99 {quantile(lat, 0.99):.3f} ms ({len(lat):,} single round trips)")
         print(f"  drain               {stats.get('rows', 0):,} entries applied, "
               f"{stats.get('rows', 0) / t_drained:,.0f} rows/s over the whole run "
               f"(load took {t_produced:.1f}s, everything drained at {t_drained:.1f}s)")

@@ -26,24 +26,16 @@ from psycopg import sql
 
 import kvfast
 
-from .conftest import (
+from .checks import dead_docs, dead_entry, entry_of, final_check, log_lines, report, stats_json
+from .load import (
     LOAD_MODELS,
     POISON_ERRORS,
     SUPERVISOR_MODELS,
     Load,
     add_poison_constraints,
     create_load_tables,
-    dead_docs,
-    dead_entry,
-    entry_of,
-    final_check,
-    log_lines,
-    report,
-    stats_json,
-    stop_supervisor,
-    supervisor,
-    wait_drained,
 )
+from .supervise import injecting, stop_supervisor, supervised_load, wait_drained
 
 #: the drain of the good rows with 1% poison may be at most this much slower
 MAX_SLOWDOWN = 10.0
@@ -194,18 +186,9 @@ def test_foreign_garbage_on_the_queues_is_dead_lettered(
                 time.sleep(0.02)
 
     stats_path = tmp_path / "stats.json"
-    thread = threading.Thread(target=pusher, name="garbage", daemon=True)
-    with (
-        supervisor(fsettings, "--stats-json", str(stats_path), workers=3) as sup,
-        Load(fsettings, 2, 25_000, seed=7, keys=1000) as load,
-    ):
-        sup.wait_drainers(3)
-        thread.start()
-        try:
+    with supervised_load(fsettings, stats_path, 2, 25_000, seed=7, keys=1000) as (sup, load):
+        with injecting(pusher, stop, "garbage"):
             produced = load.result()
-        finally:
-            stop.set()
-            thread.join(30)
         wait_drained(fr, fsettings, sup)
         out = stop_supervisor(sup)
     assert len(pushed) > 3 * len(GARBAGE)

@@ -35,14 +35,9 @@ from drainmodels import DDriver, DRide
 
 import kvfast
 
-from .conftest import (
-    FaultServers,
-    fault_settings,
-    final_check,
-    stop_supervisor,
-    wait_drained,
-    wait_for,
-)
+from .checks import final_check
+from .servers import FaultServers, fault_settings
+from .supervise import stop_supervisor, wait_drained, wait_for
 
 PARTITIONS = 4
 

@@ -23,20 +23,10 @@ from drainhelpers import busy_partitions, inflight_meta_key, wait_stopped
 
 import kvfast
 
-from .conftest import (
-    FaultServers,
-    Load,
-    create_load_tables,
-    fence_epochs,
-    final_check,
-    log_lines,
-    report,
-    stats_json,
-    stop_supervisor,
-    supervisor,
-    wait_drained,
-    wait_for,
-)
+from .checks import fence_epochs, final_check, log_lines, report, stats_json
+from .load import Load, create_load_tables
+from .servers import FaultServers
+from .supervise import stop_supervisor, supervised_load, supervisor, wait_drained, wait_for
 
 # The supervisor gives up after more than 10 drainer deaths within 60 s (its
 # crash-loop guard, supervisor.CRASH_BUDGET): stay below it.
@@ -155,12 +145,8 @@ def test_frozen_drainer_loses_its_batch_and_its_commit_is_fenced_off(
     create_load_tables(fpg)
     rng = random.Random(2)
     stats_path = tmp_path / "stats.json"
-    with (
-        supervisor(fsettings, "--stats-json", str(stats_path), workers=3) as sup,
-        Load(fsettings, 2, 10**9, seed=2, keys=1000, stop_file=str(tmp_path / "stop"),
-             rate_each=3000) as load,
-    ):
-        sup.wait_drainers(3)
+    with supervised_load(fsettings, stats_path, 2, 10**9, seed=2, keys=1000,
+                         stop_file=str(tmp_path / "stop"), rate_each=3000) as (sup, load):
         wait_for(lambda: fr.exists(*[inflight_meta_key(fsettings, p)
                                      for p in range(fsettings.partitions)]) > 0, 60,
                  "a batch in flight", lambda: sup.output()[-3000:])

@@ -21,17 +21,14 @@ import redis
 
 import kvfast
 
-from .conftest import (
-    FaultServers,
-    Load,
-    create_load_tables,
-    drained_counter,
-    final_check,
-    log_lines,
-    report,
-    stats_json,
+from .checks import drained_counter, final_check, log_lines, report, stats_json
+from .load import create_load_tables
+from .servers import FaultServers
+from .supervise import (
+    injecting,
     stop_supervisor,
-    supervisor,
+    supervised_load,
+    wait_drain_started,
     wait_drained,
     wait_for,
 )
@@ -47,14 +44,9 @@ def test_postgres_stopped_for_20s_during_the_load(
     create_load_tables(fpg)
     fpg.close()  # the server goes away; the final check opens a new connection
     stats_path = tmp_path / "stats.json"
-    with (
-        supervisor(fsettings, "--stats-json", str(stats_path), workers=3) as sup,
-        Load(fsettings, 2, 10**9, seed=3, keys=1000, stop_file=str(tmp_path / "stop"),
-             rate_each=1500) as load,
-    ):
-        sup.wait_drainers(3)
-        wait_for(lambda: drained_counter(fr, fsettings) > 10_000, 120, "the drain to start",
-                 lambda: sup.output()[-3000:])
+    with supervised_load(fsettings, stats_path, 2, 10**9, seed=3, keys=1000,
+                         stop_file=str(tmp_path / "stop"), rate_each=1500) as (sup, load):
+        wait_drain_started(fr, fsettings, sup, 10_000)
         down_at = time.monotonic()
         fault_servers.stop_pg()
         drained_at_stop = drained_counter(fr, fsettings)
@@ -125,20 +117,11 @@ def test_postgres_connections_killed_in_the_middle_of_their_copy(
                 time.sleep(0.01)
 
     stats_path = tmp_path / "stats.json"
-    thread = threading.Thread(target=killer, name="pg-killer", daemon=True)
-    with (
-        supervisor(fsettings, "--stats-json", str(stats_path), workers=3) as sup,
-        Load(fsettings, 2, 25_000, seed=4, keys=1000) as load,
-    ):
-        sup.wait_drainers(3)
-        thread.start()
-        try:
+    with supervised_load(fsettings, stats_path, 2, 25_000, seed=4, keys=1000) as (sup, load):
+        with injecting(killer, stop, "pg-killer"):
             produced = load.result()
             # Keep killing while the backlog drains, until enough COPYs were cut.
             wait_for(lambda: kills["copy"] >= 10, 60, "COPYs to kill")
-        finally:
-            stop.set()
-            thread.join(30)
         killed_at = time.monotonic()
         caught_up = wait_drained(fr, fsettings, sup)
         out = stop_supervisor(sup)

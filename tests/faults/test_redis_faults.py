@@ -51,23 +51,23 @@ from drainmodels import DRide
 import kvfast
 from kvfast.drainer import Drainer
 
-from .conftest import (
-    AOF_REDIS_PORT,
-    FaultServers,
-    Load,
-    RedisProcess,
-    create_load_tables,
+from .checks import (
     dead_docs,
     drained_counter,
     drainer_deaths,
     entry_of,
-    fault_settings,
     final_check,
     log_lines,
     report,
     stats_json,
+)
+from .load import Load, create_load_tables
+from .servers import AOF_REDIS_PORT, FaultServers, RedisProcess, fault_settings
+from .supervise import (
     stop_supervisor,
+    supervised_load,
     supervisor,
+    wait_drain_started,
     wait_drained,
     wait_for,
 )
@@ -96,14 +96,9 @@ def test_redis_shut_down_and_restarted_mid_drain(
     stats_path = tmp_path / "stats.json"
     r = server.client()
     try:
-        with (
-            supervisor(settings, "--stats-json", str(stats_path), workers=3) as sup,
-            Load(settings, 2, 10**9, seed=5, keys=1000, stop_file=str(tmp_path / "stop"),
-                 rate_each=3000) as load,
-        ):
-            sup.wait_drainers(3)
-            wait_for(lambda: drained_counter(r, settings) > 8_000, 120, "the drain to start",
-                     lambda: sup.output()[-3000:])
+        with supervised_load(settings, stats_path, 2, 10**9, seed=5, keys=1000,
+                             stop_file=str(tmp_path / "stop"), rate_each=3000) as (sup, load):
+            wait_drain_started(r, settings, sup, 8_000)
             assert not load.done()
             down_at = time.monotonic()
             server.shutdown()

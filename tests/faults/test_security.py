@@ -53,14 +53,8 @@ import kvfast
 from kvfast.scripts import SCRIPT_NAMES, source
 from kvfast.settings import redact
 
-from .conftest import (
-    PASSWORD_REDIS_PORT,
-    TLS_REDIS_PORT,
-    FaultServers,
-    RedisProcess,
-    fault_settings,
-    wait_for,
-)
+from .servers import PASSWORD_REDIS_PORT, TLS_REDIS_PORT, FaultServers, RedisProcess, fault_settings
+from .supervise import wait_for
 
 REDIS_PASSWORD = "R3d!s-s3cret/pw%"  # URL-special characters: percent-encoded in URLs
 ACL_USER = "kvfast_app"

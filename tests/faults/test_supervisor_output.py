@@ -24,15 +24,10 @@ from kvfast.settings import SupervisorOptions
 from kvfast.stats import Report
 from kvfast.supervisor import Supervisor
 
-from .conftest import (
-    FaultServers,
-    Load,
-    create_load_tables,
-    log_lines,
-    stop_supervisor,
-    supervisor,
-    wait_drained,
-)
+from .checks import log_lines
+from .load import Load, create_load_tables
+from .servers import FaultServers
+from .supervise import stop_supervisor, supervisor, wait_drained
 
 
 def test_drainer_log_lines_name_their_drainer(
