@@ -13,6 +13,7 @@
 
 from kvfast.client import Client
 from kvfast.errors import (
+    AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
     DecodeError,
@@ -27,6 +28,7 @@ from kvfast.errors import (
     RedisUnavailable,
     SchemaMismatch,
     ValidationError,
+    WriteOutcomeUnknown,
 )
 from kvfast.model import ModelInfo, model, model_info, registered_models
 from kvfast.repository import Repository
@@ -36,6 +38,7 @@ from kvfast.settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationFailed",
     "Client",
     "ConfigError",
     "ConnectionFailed",
@@ -54,6 +57,7 @@ __all__ = [
     "SchemaMismatch",
     "Settings",
     "ValidationError",
+    "WriteOutcomeUnknown",
     "__version__",
     "check_tables",
     "create_tables",

@@ -17,9 +17,10 @@ from typing import Any, NamedTuple, cast
 import hiredis
 import redis
 
-from kvfast.errors import RedisCommandError, RedisUnavailable
+from kvfast.errors import AuthenticationFailed, RedisCommandError, RedisUnavailable
 
 __all__ = [
+    "AUTH_PREFIXES",
     "DISCARD",
     "EXEC",
     "MULTI",
@@ -46,6 +47,9 @@ REPLY_ERRORS = (hiredis.ReplyError, redis.ResponseError)
 #: retried like a lost connection (a restarted Redis answers LOADING while it
 #: reads its AOF; a failover answers READONLY / MASTERDOWN / TRYAGAIN).
 UNAVAILABLE_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "CLUSTERDOWN")
+
+#: error replies that refuse the credentials: a configuration error, never retried
+AUTH_PREFIXES = ("WRONGPASS", "NOAUTH", "ERR invalid password", "ERR AUTH")
 
 _RECV_SIZE = 1 << 16
 
@@ -77,7 +81,7 @@ def unavailable_reply(replies: list[Any]) -> Any:
 
 def reply_exception(
     reply: BaseException, what: str, where: str = ""
-) -> RedisUnavailable | RedisCommandError:
+) -> RedisUnavailable | RedisCommandError | AuthenticationFailed:
     """The kvfast leaf for an error reply: ``what`` names the refused call.
 
     ``where`` (a redacted URL) is shown for "cannot serve now" replies, which are
@@ -87,6 +91,10 @@ def reply_exception(
     if text.startswith(UNAVAILABLE_PREFIXES):
         at = f" at {where}" if where else ""
         return RedisUnavailable(f"Redis{at} cannot serve: {text}")
+    if text.startswith(AUTH_PREFIXES):
+        at = f" at {where}" if where else ""
+        return AuthenticationFailed(f"Redis{at} refused the credentials ({what}): {text} "
+                                    "(check the user and password in the Redis URL)")
     return RedisCommandError(f"Redis refused {what}: {text}")
 
 
