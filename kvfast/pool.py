@@ -5,7 +5,8 @@
   blocked around the fork so a child never runs the parent's handlers.
 * A drainer that dies is restarted after a capped backoff (``retry.Backoff``).
   Only a drainer that died before acking its first batch (a broken start: bad
-  rights, a model its table refuses) counts toward the crash loop: more than
+  rights, a model its table refuses), and within ``HEALTHY_S`` of its start (an
+  idle drainer acks nothing), counts toward the crash loop: more than
   ``CRASH_BUDGET`` such deaths within ``CRASH_WINDOW_S`` stop the supervisor.
   One that had acked batches was killed from outside (an OOM killer, an
   operator) or met a passing fault: it is restarted and the drain goes on.
@@ -164,7 +165,8 @@ class Pool:
         return False
 
     def _died(self, w: Worker, code: int | None, now: float) -> None:
-        if w.batches and now - w.started_at >= HEALTHY_S:
+        lived = now - w.started_at
+        if w.batches and lived >= HEALTHY_S:
             w.crashes = 0
         w.crashes += 1
         w.deaths.append((now, code))
@@ -172,9 +174,10 @@ class Pool:
             w.deaths.popleft()
         delay = RESTART_BACKOFF.step(w.crashes - 1)
         w.restart_at = now + delay
-        if w.batches:
-            log.warning("drainer %d exited with %s after %d batches; restarting in %.1fs",
-                        w.index, code, w.batches, delay)
+        if w.batches or lived >= HEALTHY_S:
+            # It had started fine (acked, or ran idle a while): killed from outside.
+            log.warning("drainer %d exited with %s after %d batches in %.1fs; restarting "
+                        "in %.1fs", w.index, code, w.batches, lived, delay)
         else:
             # Died before its first batch: a broken start, the crash loop's business.
             self.crash_times.append(now)
