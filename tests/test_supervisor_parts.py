@@ -1,20 +1,28 @@
 """The supervisor's parts in-process: the report record, lag quantiles, the status
-window, health and metrics over HTTP, and the restart backoff."""
+window, health and metrics over HTTP, the restart backoff, and the pool's crash-loop
+judgement (forked stand-in drainers)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import random
+import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
 
 import prometheus_client as prom
 import pytest
 
+import kvfast
 from kvfast.drainer import BatchReport
 from kvfast.metrics import Metrics, serve_http
-from kvfast.pool import RESTART_BACKOFF
+from kvfast.pool import CRASH_BUDGET, RESTART_BACKOFF, Pool
+from kvfast.retry import Backoff
 from kvfast.stats import Health, LagRing, Report, Snapshot, Stats
 
 
@@ -116,3 +124,67 @@ def test_metrics_and_health_over_http() -> None:
         server.shutdown()
         server.server_close()
     assert isinstance(metrics.registry, prom.CollectorRegistry)
+
+
+# -- the pool: who counts toward the crash loop, health while drainers restart ---------------
+
+
+def _acks_then_dies(settings: kvfast.Settings, index: int, reports: Connection,
+                    log_level: int) -> None:
+    reports.send(Report(index, 1, 1, 0, False, 0, ()))
+    reports.close()
+    os._exit(1)
+
+
+def _dies_at_start(settings: kvfast.Settings, index: int, reports: Connection,
+                   log_level: int) -> None:
+    os._exit(1)
+
+
+def _run_pool(pool: Pool, deaths: int) -> bool:
+    """Tick the pool as the supervisor does until ``deaths`` drainer deaths (or a crash loop)."""
+    deadline = time.monotonic() + 60
+    pool.start()
+    try:
+        while time.monotonic() < deadline:
+            pool.receive()
+            if pool.check():
+                return True
+            if sum(len(w.deaths) for w in pool.workers) >= deaths:
+                return False
+            time.sleep(0.01)
+        raise AssertionError("the drainers did not die as often as expected")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        pool.signals = 2
+        pool.stop(hard=True)
+        for w in pool.workers:
+            if w.process is not None:
+                w.process.join(10)
+
+
+def test_drainers_that_acked_are_restarted_however_often_they_die(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each drainer acks a batch, then dies: more deaths than the crash budget allows,
+    and still no crash loop; health says degraded, and why (a death before a first
+    batch is what counts: see the next test)."""
+    monkeypatch.setattr("kvfast.pool.RESTART_BACKOFF", Backoff(base=0.001, cap=0.01,
+                                                               jitter=False))
+    settings = kvfast.Settings(workers=2)
+    pool = Pool(settings, logging.WARNING, target=_acks_then_dies)
+    assert not _run_pool(pool, CRASH_BUDGET + 5)
+    assert not pool.crash_times
+    health = pool.health()
+    assert not health.ok and "died" in health.text(), health.text()
+
+
+def test_drainers_that_die_before_a_first_batch_are_a_crash_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kvfast.pool.RESTART_BACKOFF", Backoff(base=0.001, cap=0.01,
+                                                               jitter=False))
+    pool = Pool(kvfast.Settings(workers=2), logging.WARNING, target=_dies_at_start)
+    assert _run_pool(pool, 10 * CRASH_BUDGET)
+    assert len(pool.crash_times) > CRASH_BUDGET
