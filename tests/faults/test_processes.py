@@ -109,6 +109,45 @@ def test_supervisor_killed_takes_its_drainers_with_it(
            recovered_s=recovered, rows=figures["rows"], lease_s=settings.lease_ms / 1000)
 
 
+def test_drainers_stuck_when_their_supervisor_dies_exit_within_a_lease(
+    fault_servers: FaultServers, fr: redis.Redis, fpg: psycopg.Connection[Any],
+    fsettings: kvfast.Settings
+) -> None:
+    """The drainers wait on a lock the test holds (they cannot finish their batch) when
+    their supervisor is killed: they exit anyway, about a lease later (their watchdog
+    kills them), while the lock is still held; the next supervisor takes their batches
+    over once the lock is gone."""
+    create_load_tables(fpg)
+    settings = _ns(fsettings, "ps")
+    ns = ["--namespace", settings.namespace]
+    with supervisor(settings, *ns, workers=2) as sup:
+        sup.wait_drainers(2)
+        with psycopg.connect(fault_servers.pg_dsn) as locker:
+            locker.execute("LOCK TABLE d_rides, d_drivers, bookings, drivers, rides "
+                           "IN ACCESS EXCLUSIVE MODE")
+            with Load(settings, 1, 2000, seed=93) as load:
+                produced = load.result()
+            wait_for(lambda: _waiting_on_lock(fpg) > 0, 60, "a drainer to wait on the lock",
+                     lambda: sup.output()[-3000:])
+            assert len(drainer_titles(settings.namespace, sup.pid)) == 2
+            os.kill(sup.pid, signal.SIGKILL)
+            sup.proc.wait(30)
+            gone_s = wait_for(lambda: not drainer_titles(settings.namespace, sup.pid), 60,
+                              "the stuck drainers to exit", lambda: sup.output()[-3000:])
+            assert not locker.closed  # still held: they were killed, not released
+            locker.rollback()
+        out = sup.output()
+    assert log_lines(out, "is gone"), out[-3000:]
+    with supervisor(settings, *ns, workers=2) as sup2:
+        sup2.wait_drainers(2)
+        recovered = wait_drained(fr, settings, sup2)
+        stop_supervisor(sup2)
+    figures = final_check(fr, fpg, settings, produced=produced["entries"])
+    report("7 kill -9 supervisor, drainers stuck", writes=produced["entries"],
+           drainers_gone_s=gone_s, lease_s=settings.lease_ms / 1000, recovered_s=recovered,
+           rows=figures["rows"])
+
+
 # -- 2. drainers killed again and again -------------------------------------------------------
 
 
