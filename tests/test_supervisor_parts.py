@@ -19,6 +19,7 @@ import prometheus_client as prom
 import pytest
 
 import kvfast
+from kvfast.claims import LeaseKeeper, Part
 from kvfast.drainer import BatchReport
 from kvfast.metrics import Metrics, serve_http
 from kvfast.pool import CRASH_BUDGET, RESTART_BACKOFF, Pool
@@ -188,3 +189,35 @@ def test_drainers_that_die_before_a_first_batch_are_a_crash_loop(
     pool = Pool(kvfast.Settings(workers=2), logging.WARNING, target=_dies_at_start)
     assert _run_pool(pool, 10 * CRASH_BUDGET)
     assert len(pool.crash_times) > CRASH_BUDGET
+
+
+# -- the lease keeper: a renewal refused because of the ack is no loss ------------------------
+
+
+def test_a_renewal_refused_because_the_batch_was_acked_is_not_a_lost_lease(
+    client: kvfast.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keeper's round runs between the ack (which deletes the in-flight record) and
+    the drainer's untrack: the refusal is only suspect, and the untrack clears it
+    silently (before: "lost the lease of partition P", 19 times in a clean run).  A
+    real takeover is still a loss: told to ``take_lost`` at once, or logged at the
+    next round."""
+    keeper = LeaseKeeper(client, "me", 5000)  # not started: rounds run by hand
+    meta = client.keys.inflight_meta
+    acked, taken, later = (Part(p, 7, False, []) for p in (0, 1, 2))
+    for part in (acked, taken, later):
+        client.redis.hset(meta[part.partition], mapping={"owner": "me", "epoch": 7})
+    keeper.track([acked, taken, later])
+    client.redis.delete(meta[0])  # acked, not untracked yet
+    client.redis.hset(meta[1], mapping={"owner": "other", "epoch": 8})  # taken over
+    client.redis.hset(meta[2], mapping={"owner": "other", "epoch": 8})
+    with caplog.at_level(logging.WARNING, logger="kvfast.drainer"):
+        keeper.renew_once()
+        keeper.untrack([acked])
+        assert keeper.take_lost([acked, taken]) == {1}
+        assert "lost the lease of partition 1" in caplog.text
+        assert "partition 2" not in caplog.text  # suspect until the next round
+        keeper.renew_once()
+        assert keeper.take_lost([later]) == {2}
+    assert "lost the lease of partition 0" not in caplog.text, caplog.text
+    client.redis.delete(*meta[:3])
