@@ -38,6 +38,7 @@ from kvfast.columns import (
     VarChar,
 )
 from kvfast.errors import (
+    AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
     DecodeError,
@@ -54,6 +55,7 @@ from kvfast.errors import (
     RedisUnavailable,
     SchemaMismatch,
     ValidationError,
+    WriteOutcomeUnknown,
 )
 from kvfast.model import ModelInfo, model, model_info, registered_models
 from kvfast.repository import Repository
@@ -64,6 +66,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Array",
+    "AuthenticationFailed",
     "BigInt",
     "Boolean",
     "Bytea",
@@ -106,6 +109,7 @@ __all__ = [
     "Uuid",
     "ValidationError",
     "VarChar",
+    "WriteOutcomeUnknown",
     "__version__",
     "check_tables",
     "create_tables",

@@ -22,7 +22,7 @@ from redis.connection import parse_url
 
 from kvfast import memory, meta
 from kvfast.drivers import pg_connect_kwargs, pg_errors
-from kvfast.errors import KvfastError, RedisFull, RedisUnavailable
+from kvfast.errors import KvfastError, RedisFull, RedisUnavailable, WriteOutcomeUnknown
 from kvfast.keys import Keys
 from kvfast.resp import REPLY_ERRORS, pack, reply_exception, unavailable_reply
 from kvfast.scripts import Call, EvalBatch
@@ -43,9 +43,17 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 class AsyncConnection:
-    """One Redis connection; requests are pipelined and answered in order."""
+    """One Redis connection; requests are pipelined and answered in order.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    A request whose replies do not all come within ``timeout`` seconds (or whose
+    connection is lost after it was written) raises ``WriteOutcomeUnknown``: Redis
+    may have applied it.  The connection is then closed: a late reply would be
+    taken for the next request's.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float | None = None) -> None:
+        self.timeout = timeout
         self._reader = reader
         self._writer = writer
         self._parser = hiredis.Reader()
@@ -72,13 +80,14 @@ class AsyncConnection:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(params.get("host", "localhost"),
                                             params.get("port", 6379), ssl=context),
-                    timeout=10,
+                    timeout=settings.redis_connect_timeout,
                 )
         except (TimeoutError, OSError) as exc:
             raise RedisUnavailable(
-                f"Redis at {redact(settings.redis_url)} is unavailable: {exc}"
+                f"Redis at {redact(settings.redis_url)} is unavailable: "
+                f"{exc or 'no connection within the connect timeout'}"
             ) from exc
-        conn = cls(reader, writer)
+        conn = cls(reader, writer, settings.redis_socket_timeout)
         hello: list[bytes] = []
         if params.get("password"):
             auth = ["AUTH", params["password"]]
@@ -101,8 +110,20 @@ class AsyncConnection:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._pending.append((future, nreplies, []))
         self._writer.write(payload)
-        await self._writer.drain()
-        replies = await future
+        try:
+            await self._writer.drain()
+            # shield: a timeout must not cancel the future, which stays in _pending
+            # until _fail hands every caller its error.
+            replies = await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            what = (f"no reply within the socket timeout ({self.timeout} s)"
+                    if isinstance(exc, TimeoutError) else f"connection lost: {exc}")
+            self._fail(exc, what)
+            with contextlib.suppress(BaseException):
+                future.exception()  # retrieved: it is raised below, as this call's error
+            raise WriteOutcomeUnknown(
+                f"Redis: {what} after the request was sent; it may have been applied"
+            ) from exc
         busy = unavailable_reply(replies)
         if busy is not None:
             raise reply_exception(busy, "a batch") from busy
@@ -127,11 +148,19 @@ class AsyncConnection:
                             future.set_result(replies)
                     reply = parser.gets()
         except (OSError, ConnectionError, hiredis.ProtocolError) as exc:
+            self._fail(exc, f"connection lost: {exc}")
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        """Refuse every later request and fail every waiting one (all were written)."""
+        if self._error is None:
             self._error = exc
-            while pending:
-                future, _, _ = pending.popleft()
-                if not future.done():
-                    future.set_exception(RedisUnavailable(f"Redis connection lost: {exc}"))
+        pending = self._pending
+        while pending:
+            future, _, _ = pending.popleft()
+            if not future.done():
+                future.set_exception(WriteOutcomeUnknown(
+                    f"Redis: {what} after the request was sent; it may have been applied"))
+        self._writer.close()
 
     async def close(self) -> None:
         self._task.cancel()

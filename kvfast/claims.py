@@ -30,7 +30,8 @@ class LeaseKeeper(threading.Thread):
     A drainer holds up to two claims (one applying, the next being decoded), so
     the keeper tracks partitions, not a batch.  A renewal refused because the
     partition was taken over (the process was stopped past its lease) marks it
-    lost; the drainer drops it from its batch (``take_lost``).
+    lost; the drainer drops it from its batch (``take_lost``).  A renewal refused
+    because the batch was acked meanwhile is no loss (``renew_once``).
     """
 
     def __init__(self, client: Client, owner: str, lease_ms: int) -> None:
@@ -41,6 +42,8 @@ class LeaseKeeper(threading.Thread):
         self._lock = threading.Lock()
         self._held: dict[int, Part] = {}
         self._lost: set[int] = set()
+        #: refused at the last renewal, not yet known to be lost (see renew_once)
+        self._refused: dict[int, Part] = {}
         self._closed = threading.Event()
 
     def track(self, parts: list[Part]) -> None:
@@ -48,37 +51,48 @@ class LeaseKeeper(threading.Thread):
             for part in parts:
                 self._held[part.partition] = part
                 self._lost.discard(part.partition)
+                self._refused.pop(part.partition, None)
 
     def untrack(self, parts: list[Part]) -> None:
         with self._lock:
             for part in parts:
                 if self._held.get(part.partition) is part:
                     del self._held[part.partition]
+                if self._refused.get(part.partition) is part:
+                    del self._refused[part.partition]  # acked: the refusal lost nothing
 
     def take_lost(self, parts: list[Part]) -> set[int]:
-        """The partitions of ``parts`` whose lease was lost (forgotten once told)."""
+        """The partitions of ``parts`` whose lease was lost (forgotten once told).
+
+        The drainer asks before it applies or re-acks a batch, i.e. while the
+        batch is not acked: a refused renewal of one of its partitions is a loss.
+        """
         with self._lock:
+            for part in parts:
+                if self._refused.get(part.partition) is part:
+                    self._declare_lost(part)
             lost = {part.partition for part in parts} & self._lost
             self._lost -= lost
             return lost
 
+    def _declare_lost(self, part: Part) -> None:
+        # Under self._lock.
+        del self._refused[part.partition]
+        if self._held.get(part.partition) is part:
+            del self._held[part.partition]
+        self._lost.add(part.partition)
+        log.warning("lost the lease of partition %d", part.partition)
+
     def run(self) -> None:
         interval = self.lease_ms / 3000
-        keys = self.client.keys
         # After a failed renewal, try again sooner than the interval (capped by it):
         # the lease has at most two intervals left.
         backoff = Backoff(cap=interval)
         wait = interval
         while not self._closed.wait(wait):
             wait = interval
-            with self._lock:
-                held = list(self._held.values())
-            if not held:
-                continue
-            calls = [Renew.call(keys, part.partition, self.owner, part.epoch, self.lease_ms)
-                     for part in held]
             try:
-                replies = self.client.eval_many(Renew.name, calls)
+                self.renew_once()
             except Exception as exc:
                 # This thread must outlive any error (translated or not): a dead
                 # keeper would let every later lease of this drainer expire under it.
@@ -86,15 +100,33 @@ class LeaseKeeper(threading.Thread):
                 log.warning("lease renewal failed (will retry): %s", exc)
                 continue
             backoff.reset()
-            for part, reply in zip(held, replies, strict=True):
-                if Renew.decode(reply):
-                    continue
-                with self._lock:
-                    if self._held.get(part.partition) is not part:
-                        continue  # acked meanwhile: nothing was lost
-                    del self._held[part.partition]
-                    self._lost.add(part.partition)
-                log.warning("lost the lease of partition %d", part.partition)
+
+    def renew_once(self) -> None:
+        """Renew every lease in hand, in one round trip.
+
+        A renewal refused because the batch was just acked (the ack ran between
+        this round's snapshot and the drainer's ``untrack``) is not a loss, and the
+        keeper cannot tell it from a takeover by itself: a refused partition is
+        only *suspect* until the drainer untracks it (acked: nothing lost), asks
+        ``take_lost`` (not acked: lost), or it is still held at the next round.
+        """
+        keys = self.client.keys
+        with self._lock:
+            # Refused last round and still neither acked nor asked about: lost.
+            for part in list(self._refused.values()):
+                self._declare_lost(part)
+            held = list(self._held.values())
+        if not held:
+            return
+        calls = [Renew.call(keys, part.partition, self.owner, part.epoch, self.lease_ms)
+                 for part in held]
+        replies = self.client.eval_many(Renew.name, calls)
+        for part, reply in zip(held, replies, strict=True):
+            if Renew.decode(reply):
+                continue
+            with self._lock:
+                if self._held.get(part.partition) is part:
+                    self._refused[part.partition] = part
 
     def close(self) -> None:
         self._closed.set()

@@ -17,7 +17,7 @@ import redis
 
 from kvfast import memory, meta
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
-from kvfast.errors import KvfastError, RedisFull
+from kvfast.errors import KvfastError, RedisFull, WriteOutcomeUnknown
 from kvfast.holds import parse_holds
 from kvfast.keys import Keys
 from kvfast.resp import DISCARD, Piece, read_replies, reply_exception, unavailable_reply
@@ -54,7 +54,8 @@ class Client:
         self.keys = Keys(self.settings.namespace, self.settings.partitions)
         self.redis = redis.Redis.from_url(
             self.settings.redis_url,
-            socket_connect_timeout=10,
+            socket_timeout=self.settings.redis_socket_timeout,
+            socket_connect_timeout=self.settings.redis_connect_timeout,
             socket_keepalive=True,
             health_check_interval=30,
         )
@@ -118,6 +119,11 @@ class Client:
         until the iterator is exhausted, i.e. until every record has been
         validated.  If encoding fails, DISCARD drops what Redis has queued:
         nothing of the batch is written, and the error propagates.
+
+        Once any byte of the batch went out, a lost connection or a reply that
+        does not come within ``redis_socket_timeout`` is ``WriteOutcomeUnknown``:
+        Redis may have applied the batch (or part of it, for a batch of several
+        MULTI blocks).
         """
         # The first piece is encoded before Redis is touched at all: a small batch
         # with a bad record fails without even the partition-layout check.
@@ -143,23 +149,32 @@ class Client:
                 sent = records = 0
                 held: list[bytes] = []
                 held_replies = 0
+                started = False
                 try:
-                    for piece in pieces:
-                        records += piece.records
-                        if held or piece.ends_block:
-                            held.append(piece.payload)
-                            held_replies += piece.nreplies
-                        else:
-                            sock.sendall(piece.payload)
-                            sent += piece.nreplies
-                except KvfastError:
-                    if sent:
-                        sock.sendall(DISCARD)
-                        read_replies(sock, sent + 1)
-                    raise
-                if held:
-                    sock.sendall(b"".join(held))
-                replies = read_replies(sock, sent + held_replies)
+                    try:
+                        for piece in pieces:
+                            records += piece.records
+                            if held or piece.ends_block:
+                                held.append(piece.payload)
+                                held_replies += piece.nreplies
+                            else:
+                                started = True
+                                sock.sendall(piece.payload)
+                                sent += piece.nreplies
+                    except KvfastError:
+                        if sent:
+                            sock.sendall(DISCARD)
+                            read_replies(sock, sent + 1)
+                        raise
+                    if held:
+                        started = True
+                        sock.sendall(b"".join(held))
+                    replies = read_replies(sock, sent + held_replies)
+                except (OSError, ConnectionError) as exc:
+                    conn.disconnect()  # type: ignore[no-untyped-call]
+                    if not started:
+                        raise
+                    raise self._outcome_unknown(exc) from exc
             except KvfastError:
                 raise
             except BaseException:
@@ -171,6 +186,14 @@ class Client:
         if busy is not None:
             raise reply_exception(busy, "a batch", redact(self.settings.redis_url))
         return replies, records
+
+    def _outcome_unknown(self, exc: BaseException) -> WriteOutcomeUnknown:
+        what = ("no reply within the socket timeout "
+                f"({self.settings.redis_socket_timeout:g} s)"
+                if isinstance(exc, TimeoutError) else f"connection lost: {exc}")
+        return WriteOutcomeUnknown(
+            f"Redis at {redact(self.settings.redis_url)}: {what} after the request was "
+            "sent; it may have been applied")
 
     def eval_many(self, script: str, calls: Sequence[Call]) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip (SCRIPT LOAD on NOSCRIPT)."""

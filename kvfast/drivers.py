@@ -20,6 +20,7 @@ import psycopg
 import redis
 
 from kvfast.errors import (
+    AuthenticationFailed,
     KvfastError,
     PostgresQueryError,
     PostgresUnavailable,
@@ -28,7 +29,7 @@ from kvfast.errors import (
     RedisUnavailable,
     SchemaMismatch,
 )
-from kvfast.resp import UNAVAILABLE_PREFIXES
+from kvfast.resp import AUTH_PREFIXES, UNAVAILABLE_PREFIXES
 from kvfast.settings import Settings, redact
 
 __all__ = [
@@ -44,16 +45,26 @@ __all__ = [
 Make = Callable[[BaseException, str, str], KvfastError]
 
 
+def _redis_auth(exc: BaseException, text: str, where: str) -> KvfastError:
+    return AuthenticationFailed(f"Redis at {where} refused the credentials: {text} "
+                                "(check the user and password in the Redis URL)")
+
+
 def _redis_reply(exc: BaseException, text: str, where: str) -> KvfastError:
     # redis-py raises LOADING as a ConnectionError (BusyLoadingError) but READONLY,
     # MASTERDOWN … as ResponseError: the reply's prefix decides, as on the raw path.
     if str(exc).startswith(UNAVAILABLE_PREFIXES):
         return RedisUnavailable(f"Redis at {where} cannot serve: {text}")
+    if str(exc).startswith(AUTH_PREFIXES):
+        return _redis_auth(exc, text, where)
     return RedisCommandError(f"Redis refused a command: {text}")
 
 
 #: redis-py and the raw socket path, most specific first
 REDIS_EXC_MAP: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
+    # WRONGPASS, NOAUTH, "invalid password": a ConnectionError subclass in redis-py,
+    # but no amount of retrying fixes a wrong password.
+    ((redis.AuthenticationError,), _redis_auth),
     ((redis.ConnectionError, redis.TimeoutError, OSError, hiredis.ProtocolError),
      lambda exc, text, where: RedisUnavailable(f"Redis at {where} is unavailable: {text}")),
     # redis-py strips the "OOM" prefix off the message: the class says it.
@@ -64,13 +75,26 @@ REDIS_EXC_MAP: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
      lambda exc, text, where: RedisCommandError(f"Redis refused a command: {text}")),
 )
 
+#: SQLSTATE class 28 (invalid_authorization_specification, invalid_password) and the
+#: libpq texts of a refused log-in, which come without a SQLSTATE before 3.2
+_PG_AUTH_STATES = ("28000", "28P01")
+_PG_AUTH_TEXTS = ("password authentication failed", "no password supplied",
+                  "role \"", "pg_hba.conf rejects", "SCRAM authentication")
+
+
+def _pg_operational(exc: BaseException, text: str, where: str) -> KvfastError:
+    state = getattr(exc, "sqlstate", None)
+    if state in _PG_AUTH_STATES or any(t in text for t in _PG_AUTH_TEXTS):
+        return AuthenticationFailed(f"PostgreSQL at {where} refused the log-in: {text} "
+                                    "(check the user and password in the DSN)")
+    return PostgresUnavailable(f"PostgreSQL at {where} is unavailable: {text}")
+
+
 #: psycopg, most specific first
 PG_EXC_MAP: tuple[tuple[tuple[type[BaseException], ...], Make], ...] = (
     # OperationalError: the server is away or dropped us; InterfaceError: the
     # connection object is closed or broken (a killed backend seen mid-call).
-    ((psycopg.OperationalError, psycopg.InterfaceError),
-     lambda exc, text, where: PostgresUnavailable(
-         f"PostgreSQL at {where} is unavailable: {text}")),
+    ((psycopg.OperationalError, psycopg.InterfaceError), _pg_operational),
     ((psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn),
      lambda exc, text, where: SchemaMismatch(
          f"PostgreSQL: {text} (create the tables with kvfast.create_tables() or the "
@@ -110,8 +134,9 @@ def pg_errors(settings: Settings) -> contextlib.AbstractContextManager[None]:
 def pg_connect_kwargs(settings: Settings, *, autocommit: bool = True) -> dict[str, Any]:
     """The one set of connect options, for psycopg.connect and AsyncConnection.connect.
 
-    UTC, so timestamptz values come back as UTC datetimes; a 10 s connect
-    timeout, so an unreachable server is an error rather than a hang.
+    UTC, so timestamptz values come back as UTC datetimes; a connect timeout
+    (``settings.pg_connect_timeout``), so an unreachable server is an error rather
+    than a hang.
     """
     if not settings.pg_dsn:
         raise PostgresUnavailable("no PostgreSQL DSN configured (KVFAST_PG_DSN / pg_dsn)")
@@ -120,7 +145,7 @@ def pg_connect_kwargs(settings: Settings, *, autocommit: bool = True) -> dict[st
         "autocommit": autocommit,
         "options": "-c timezone=UTC",
         "application_name": "kvfast",
-        "connect_timeout": 10,
+        "connect_timeout": settings.pg_connect_timeout,
     }
 
 

@@ -3,7 +3,8 @@
     KvfastError
     ├── ConfigError                bad setting, environment variable or flag
     │   ├── PartitionMismatch      the Redis data was written with another partition count
-    │   └── LayoutMismatch         the Redis data was written with another key layout
+    │   ├── LayoutMismatch         the Redis data was written with another key layout
+    │   └── AuthenticationFailed   a server refused the credentials (wrong password, user)
     ├── ModelError                 a model class that kvfast cannot map to a table
     ├── SchemaMismatch             a PostgreSQL table that does not match its model
     ├── ValidationError            a value the producer refuses before writing anything
@@ -15,6 +16,7 @@
     ├── PostgresQueryError         PostgreSQL refused a query (not a connection problem)
     └── ConnectionFailed           a server could not be reached (the driver error is the cause)
         ├── RedisUnavailable       also a reply saying "cannot serve now" (LOADING, READONLY …)
+        │   └── WriteOutcomeUnknown  sent, but no reply came: the request may have been applied
         └── PostgresUnavailable
 
 Driver exceptions are translated where they enter kvfast (``raise X(...) from exc``),
@@ -29,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationFailed",
     "ConfigError",
     "ConnectionFailed",
     "DecodeError",
@@ -45,6 +48,7 @@ __all__ = [
     "RedisUnavailable",
     "SchemaMismatch",
     "ValidationError",
+    "WriteOutcomeUnknown",
 ]
 
 _MAX_VALUE_REPR = 80
@@ -150,3 +154,14 @@ class RedisUnavailable(ConnectionFailed):
 
 class PostgresUnavailable(ConnectionFailed):
     """PostgreSQL could not be reached or dropped the connection."""
+
+
+class AuthenticationFailed(ConfigError):
+    """Redis or PostgreSQL refused the credentials: retrying will not help, fix the settings."""
+
+
+class WriteOutcomeUnknown(RedisUnavailable):
+    """The request reached the socket but its reply never came (timeout, connection lost).
+
+    Redis may have applied it: retry only what is safe to apply twice, or read back.
+    """

@@ -18,9 +18,10 @@ from typing import Any, NamedTuple, cast
 import hiredis
 import redis
 
-from kvfast.errors import RedisCommandError, RedisFull, RedisUnavailable
+from kvfast.errors import AuthenticationFailed, RedisCommandError, RedisFull, RedisUnavailable
 
 __all__ = [
+    "AUTH_PREFIXES",
     "DISCARD",
     "EXEC",
     "FULL_PREFIX",
@@ -52,6 +53,9 @@ UNAVAILABLE_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY",
 #: script's refused write says so too: "OOM command not allowed … script: …")
 FULL_PREFIX = "OOM"
 
+#: error replies that refuse the credentials: a configuration error, never retried
+AUTH_PREFIXES = ("WRONGPASS", "NOAUTH", "ERR invalid password", "ERR AUTH")
+
 _RECV_SIZE = 1 << 16
 
 
@@ -82,7 +86,7 @@ def unavailable_reply(replies: list[Any]) -> Any:
 
 def reply_exception(
     reply: BaseException, what: str, where: str = ""
-) -> RedisUnavailable | RedisFull | RedisCommandError:
+) -> RedisUnavailable | RedisFull | RedisCommandError | AuthenticationFailed:
     """The kvfast leaf for an error reply: ``what`` names the refused call.
 
     ``where`` (a redacted URL) is shown for "cannot serve now" replies, which are
@@ -94,6 +98,10 @@ def reply_exception(
         return RedisUnavailable(f"Redis{at} cannot serve: {text}")
     if text.startswith(FULL_PREFIX):
         return RedisFull(f"Redis is full, it refused {what} (nothing of it was written): {text}")
+    if text.startswith(AUTH_PREFIXES):
+        at = f" at {where}" if where else ""
+        return AuthenticationFailed(f"Redis{at} refused the credentials ({what}): {text} "
+                                    "(check the user and password in the Redis URL)")
     return RedisCommandError(f"Redis refused {what}: {text}")
 
 

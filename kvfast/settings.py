@@ -34,6 +34,15 @@ DEFAULT_DRAIN_INTERVAL_MS = 100
 # renewed every lease/3 while the drainer works or waits for PostgreSQL.
 DEFAULT_LEASE_MS = 5000
 
+# A reply slower than this is treated as lost (WriteOutcomeUnknown for a request
+# already sent).  redis-py has no socket timeout of its own; 10 s is well past any
+# pipelined batch here (a 5,000-record create_many takes ~20 ms) and past a
+# LOADING restart's first replies, and short enough that a stalled server is seen.
+DEFAULT_REDIS_SOCKET_TIMEOUT_S = 10.0
+DEFAULT_REDIS_CONNECT_TIMEOUT_S = 5.0
+# libpq takes whole seconds (and treats 1 as 2).
+DEFAULT_PG_CONNECT_TIMEOUT_S = 10
+
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -113,10 +122,23 @@ class Settings(Declared):
         "redis://, rediss:// (TLS) or unix:// URL, with user:password@ if needed",
         env="KVFAST_REDIS_URL", flag="--redis-url", metavar="URL",
         **_url("redis", "rediss", "unix")))
+    redis_socket_timeout: float = field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, metadata=opt(
+        "seconds to wait for a Redis reply; a write sent but not answered in time raises "
+        "WriteOutcomeUnknown (it may have been applied)",
+        env="KVFAST_REDIS_SOCKET_TIMEOUT", flag="--redis-socket-timeout", metavar="S",
+        **_in_range(0.01, 3600, "a number of seconds")))
+    redis_connect_timeout: float = field(default=DEFAULT_REDIS_CONNECT_TIMEOUT_S, metadata=opt(
+        "seconds to wait for a Redis connection",
+        env="KVFAST_REDIS_CONNECT_TIMEOUT", flag="--redis-connect-timeout", metavar="S",
+        **_in_range(0.01, 3600, "a number of seconds")))
     pg_dsn: str | None = field(default=None, metadata=opt(
         "PostgreSQL DSN or URL; without it reads do not fall back and nothing drains",
         env="KVFAST_PG_DSN", flag="--pg-dsn", metavar="DSN", expected="a PostgreSQL DSN",
         check=_check_dsn, secret=True))
+    pg_connect_timeout: int = field(default=DEFAULT_PG_CONNECT_TIMEOUT_S, metadata=opt(
+        "seconds to wait for a PostgreSQL connection (libpq's connect_timeout)",
+        env="KVFAST_PG_CONNECT_TIMEOUT", flag="--pg-connect-timeout", metavar="S",
+        **_in_range(1, 3600, "an integer (seconds)")))
     partitions: int = field(default=DEFAULT_PARTITIONS, metadata=opt(
         "queue partitions; recorded in Redis, a different value later is an error",
         env="KVFAST_PARTITIONS", flag="--partitions", metavar="N", **_in_range(1, 16384)))

@@ -128,18 +128,23 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """What ``/healthz`` answers: every drainer alive and no stop under way."""
+    """What ``/healthz`` answers: every drainer alive, none restarting, no stop under way."""
 
     alive: int
     expected: int
     stopping: bool
+    #: why it is degraded besides the counts (drainers dying and being restarted)
+    reasons: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.alive == self.expected and not self.stopping
+        return self.alive == self.expected and not self.stopping and not self.reasons
 
     def text(self) -> str:
-        return f"{'ok' if self.ok else 'degraded'}: {self.alive}/{self.expected} drainers\n"
+        why = "".join(f"; {r}" for r in self.reasons)
+        stop = "; stopping" if self.stopping else ""
+        return (f"{'ok' if self.ok else 'degraded'}: {self.alive}/{self.expected} drainers"
+                f"{stop}{why}\n")
 
 
 @dataclass

@@ -22,7 +22,11 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import setproctitle
 
 from kvfast.client import Client, connect_pg, pg_errors
 from kvfast.errors import ConfigError, ConnectionFailed, KvfastError, SchemaMismatch
@@ -32,6 +36,7 @@ from kvfast.pool import Pool
 from kvfast.schema import check_tables, create_tables
 from kvfast.settings import Settings, SupervisorOptions
 from kvfast.stats import Health, Snapshot, Stats
+from kvfast.worker import supervisor_title
 
 __all__ = [
     "RET_CONFIG", "RET_CRASHLOOP", "RET_KILLED", "RET_OK", "RET_UNAVAILABLE", "Supervisor",
@@ -42,12 +47,16 @@ log = logging.getLogger("kvfast.supervisor")
 
 # Named exit codes (dramatiq's cli.py does the same).
 RET_OK = 0  # stopped cleanly, or --drain-until-empty finished
-RET_KILLED = 1  # second signal: drainers killed without finishing their batch
+RET_KILLED = 1  # drainers killed without finishing their batch (second signal, or stuck a lease)
 RET_CONFIG = 2  # bad flag/variable, or tables that do not match their models
 RET_CRASHLOOP = 3  # drainers kept dying: see the log for the cause
 RET_UNAVAILABLE = 4  # Redis or PostgreSQL unreachable at start-up
 
 STARTUP_TIMEOUT_S = 30.0
+# pg_advisory_lock key held around the start-up DDL, so supervisors started together
+# do not race CREATE TABLE IF NOT EXISTS (which fails with a unique violation on
+# pg_type_typname_nsp_index when two sessions create one table at once): "kvfast".
+DDL_LOCK_KEY = int.from_bytes(b"kvfast", "big")
 # The loop's tick: how soon a report, a dead drainer or a signal is acted on.
 TICK_S = 0.1
 
@@ -110,10 +119,12 @@ class Supervisor:
                     self.pool.wait(10.0)
                     return RET_CRASHLOOP
                 if self.pool.signals:
+                    self.pool.enforce_grace()
                     if not self.pool.alive():
                         self.collect()
                         self._final_status()
-                        return RET_OK if self.pool.signals == 1 else RET_KILLED
+                        clean = self.pool.signals == 1 and not self.pool.killed_stuck
+                        return RET_OK if clean else RET_KILLED
                     continue
                 now = time.monotonic()
                 if until_empty or now >= next_status:
@@ -186,7 +197,7 @@ def _startup_checks(settings: Settings, models: list[ModelInfo], create: bool) -
         try:
             with Client(settings) as client:
                 client.check_partitions()
-            with pg_errors(settings), connect_pg(settings) as conn:
+            with pg_errors(settings), connect_pg(settings) as conn, _ddl_lock(conn):
                 if create:
                     create_tables(conn, models)
                 else:
@@ -202,6 +213,17 @@ def _startup_checks(settings: Settings, models: list[ModelInfo], create: bool) -
             time.sleep(1.0)
 
 
+@contextlib.contextmanager
+def _ddl_lock(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """One supervisor at a time runs the start-up DDL (a session-level advisory lock)."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (DDL_LOCK_KEY,))
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (DDL_LOCK_KEY,))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -213,11 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s supervisor %(levelname)s %(message)s")
     try:
         settings = Settings.from_args(args)
+        setproctitle.setproctitle(supervisor_title(settings.namespace))
         if not settings.pg_dsn:
             raise ConfigError("no PostgreSQL DSN: pass --pg-dsn or set KVFAST_PG_DSN")
         models = _import_models(options.models)
         _startup_checks(settings, models, options.create_tables)
-    except (ConfigError, SchemaMismatch) as exc:
+    except (ConfigError, SchemaMismatch) as exc:  # AuthenticationFailed too: never retried
         log.error("%s", exc)
         return RET_CONFIG
     except ConnectionFailed as exc:

@@ -65,6 +65,9 @@ def test_defaults_from_an_empty_environment() -> None:
         ("KVFAST_WORKERS", "3", "workers", 3),
         ("KVFAST_LEASE_MS", "9000", "lease_ms", 9000),
         ("KVFAST_NAMESPACE", "app-1.x_y", "namespace", "app-1.x_y"),
+        ("KVFAST_REDIS_SOCKET_TIMEOUT", "2.5", "redis_socket_timeout", 2.5),
+        ("KVFAST_REDIS_CONNECT_TIMEOUT", "1", "redis_connect_timeout", 1.0),
+        ("KVFAST_PG_CONNECT_TIMEOUT", "3", "pg_connect_timeout", 3),
     ],
 )
 def test_each_variable_is_read(var: str, raw: str, attr: str, expected: Any) -> None:
@@ -292,6 +295,8 @@ def test_postgres_unavailable_keeps_the_cause_and_hides_the_password(
         (kvfast.ConnectionFailed, (kvfast.KvfastError, ConnectionError)),
         (kvfast.RedisUnavailable, (kvfast.ConnectionFailed,)),
         (kvfast.PostgresUnavailable, (kvfast.ConnectionFailed,)),
+        (kvfast.AuthenticationFailed, (kvfast.ConfigError,)),
+        (kvfast.WriteOutcomeUnknown, (kvfast.RedisUnavailable,)),
     ],
 )
 def test_errors_form_one_tree(cls: type[Exception], parents: tuple[type, ...]) -> None:
@@ -435,3 +440,21 @@ def test_a_bad_supervisor_variable_names_itself_and_its_value(var: str, raw: str
     assert var in str(excinfo.value)
     if raw.strip(" ,"):
         assert raw in str(excinfo.value)
+
+
+def test_timeouts_reach_the_drivers() -> None:
+    """The Redis socket and connect timeouts and libpq's connect_timeout are settings
+    (before: redis-py's defaults and a hard-coded 10 s)."""
+    from kvfast.drivers import pg_connect_kwargs
+
+    s = kvfast.Settings(redis_socket_timeout=2.5, redis_connect_timeout=1.5,
+                        pg_connect_timeout=4, pg_dsn="host=db dbname=app")
+    assert s.redis_socket_timeout == 2.5
+    with kvfast.Client(s) as client:
+        kwargs = client.redis.connection_pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (2.5, 1.5)
+    assert pg_connect_kwargs(s)["connect_timeout"] == 4
+    for bad in ({"redis_socket_timeout": 0}, {"pg_connect_timeout": 0},
+                {"redis_connect_timeout": -1}):
+        with pytest.raises(kvfast.ConfigError, match=next(iter(bad))):
+            kvfast.Settings(**bad)

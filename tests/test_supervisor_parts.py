@@ -1,20 +1,29 @@
 """The supervisor's parts in-process: the report record, lag quantiles, the status
-window, health and metrics over HTTP, and the restart backoff."""
+window, health and metrics over HTTP, the restart backoff, and the pool's crash-loop
+judgement (forked stand-in drainers)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import random
+import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
 
 import prometheus_client as prom
 import pytest
 
+import kvfast
+from kvfast.claims import LeaseKeeper, Part
 from kvfast.drainer import BatchReport
 from kvfast.metrics import Metrics, serve_http
-from kvfast.pool import RESTART_BACKOFF
+from kvfast.pool import CRASH_BUDGET, RESTART_BACKOFF, Pool
+from kvfast.retry import Backoff
 from kvfast.stats import Health, LagRing, Report, Snapshot, Stats
 
 
@@ -116,3 +125,99 @@ def test_metrics_and_health_over_http() -> None:
         server.shutdown()
         server.server_close()
     assert isinstance(metrics.registry, prom.CollectorRegistry)
+
+
+# -- the pool: who counts toward the crash loop, health while drainers restart ---------------
+
+
+def _acks_then_dies(settings: kvfast.Settings, index: int, reports: Connection,
+                    log_level: int) -> None:
+    reports.send(Report(index, 1, 1, 0, False, 0, ()))
+    reports.close()
+    os._exit(1)
+
+
+def _dies_at_start(settings: kvfast.Settings, index: int, reports: Connection,
+                   log_level: int) -> None:
+    os._exit(1)
+
+
+def _run_pool(pool: Pool, deaths: int) -> bool:
+    """Tick the pool as the supervisor does until ``deaths`` drainer deaths (or a crash loop)."""
+    deadline = time.monotonic() + 60
+    pool.start()
+    try:
+        while time.monotonic() < deadline:
+            pool.receive()
+            if pool.check():
+                return True
+            if sum(len(w.deaths) for w in pool.workers) >= deaths:
+                return False
+            time.sleep(0.01)
+        raise AssertionError("the drainers did not die as often as expected")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        pool.signals = 2
+        pool.stop(hard=True)
+        for w in pool.workers:
+            if w.process is not None:
+                w.process.join(10)
+
+
+def test_drainers_that_acked_are_restarted_however_often_they_die(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each drainer acks a batch, then dies: more deaths than the crash budget allows,
+    and still no crash loop; health says degraded, and why (a death before a first
+    batch is what counts: see the next test)."""
+    monkeypatch.setattr("kvfast.pool.RESTART_BACKOFF", Backoff(base=0.001, cap=0.01,
+                                                               jitter=False))
+    settings = kvfast.Settings(workers=2)
+    pool = Pool(settings, logging.WARNING, target=_acks_then_dies)
+    assert not _run_pool(pool, CRASH_BUDGET + 5)
+    assert not pool.crash_times
+    health = pool.health()
+    assert not health.ok and "died" in health.text(), health.text()
+
+
+def test_drainers_that_die_before_a_first_batch_are_a_crash_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kvfast.pool.RESTART_BACKOFF", Backoff(base=0.001, cap=0.01,
+                                                               jitter=False))
+    pool = Pool(kvfast.Settings(workers=2), logging.WARNING, target=_dies_at_start)
+    assert _run_pool(pool, 10 * CRASH_BUDGET)
+    assert len(pool.crash_times) > CRASH_BUDGET
+
+
+# -- the lease keeper: a renewal refused because of the ack is no loss ------------------------
+
+
+def test_a_renewal_refused_because_the_batch_was_acked_is_not_a_lost_lease(
+    client: kvfast.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keeper's round runs between the ack (which deletes the in-flight record) and
+    the drainer's untrack: the refusal is only suspect, and the untrack clears it
+    silently (before: "lost the lease of partition P", 19 times in a clean run).  A
+    real takeover is still a loss: told to ``take_lost`` at once, or logged at the
+    next round."""
+    keeper = LeaseKeeper(client, "me", 5000)  # not started: rounds run by hand
+    meta = client.keys.inflight_meta
+    acked, taken, later = (Part(p, 7, False, []) for p in (0, 1, 2))
+    for part in (acked, taken, later):
+        client.redis.hset(meta[part.partition], mapping={"owner": "me", "epoch": 7})
+    keeper.track([acked, taken, later])
+    client.redis.delete(meta[0])  # acked, not untracked yet
+    client.redis.hset(meta[1], mapping={"owner": "other", "epoch": 8})  # taken over
+    client.redis.hset(meta[2], mapping={"owner": "other", "epoch": 8})
+    with caplog.at_level(logging.WARNING, logger="kvfast.drainer"):
+        keeper.renew_once()
+        keeper.untrack([acked])
+        assert keeper.take_lost([acked, taken]) == {1}
+        assert "lost the lease of partition 1" in caplog.text
+        assert "partition 2" not in caplog.text  # suspect until the next round
+        keeper.renew_once()
+        assert keeper.take_lost([later]) == {2}
+    assert "lost the lease of partition 0" not in caplog.text, caplog.text
+    client.redis.delete(*meta[:3])

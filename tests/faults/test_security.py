@@ -40,11 +40,13 @@ import psycopg
 import pytest
 import redis
 from drainhelpers import (
+    ROOT,
     converged,
     pg_objects,
     ride,
     run_supervisor,
     start_supervisor,
+    subprocess_env,
 )
 from drainmodels import DDriver, DRide
 from psycopg import sql
@@ -220,13 +222,16 @@ def test_data_path_with_a_redis_password_and_a_scram_postgres_role(
             no_pw = dataclasses.replace(
                 settings, redis_url=f"redis://127.0.0.1:{PASSWORD_REDIS_PORT}/0")
             bad_pg = dataclasses.replace(settings, pg_dsn=dsn.replace("pw 42", "pw 43"))
-            for broken, error in ((wrong, kvfast.RedisUnavailable),
-                                  (no_pw, kvfast.RedisUnavailable)):
-                with kvfast.Repository(DRide, broken) as rides, pytest.raises(error) as info:
+            # A refused password is a configuration error, never retried as an outage.
+            for broken in (wrong, no_pw):
+                with (kvfast.Repository(DRide, broken) as rides,
+                      pytest.raises(kvfast.AuthenticationFailed) as info):
                     rides.get_by_id(3)
+                assert not isinstance(info.value, kvfast.ConnectionFailed)
+                assert "refused the credentials" in str(info.value)
                 assert_no_secret(_describe(info.value), "a Redis error")
             with kvfast.Repository(DRide, bad_pg) as rides:
-                with pytest.raises(kvfast.PostgresUnavailable) as pg_info:
+                with pytest.raises(kvfast.AuthenticationFailed) as pg_info:
                     rides.get_by_id(4)
                 assert "password authentication failed" in str(pg_info.value)
                 assert_no_secret(_describe(pg_info.value), "a PostgreSQL error")
@@ -348,19 +353,31 @@ def test_no_secret_in_logs_status_lines_errors_or_reprs(
         assert "rows/s" in out  # status lines were printed
         assert redact(redis_url) in out  # the URLs were shown, redacted
 
-        # Start-up with wrong passwords (from the environment): the retry warnings.
+        # Start-up with wrong passwords (from the environment): exit 2 at once, with a
+        # clear message (before: 30 s of "retrying" warnings, then exit 4).
         for name, env in (
             ("wrong Redis password", {"KVFAST_REDIS_URL": redis_url.replace("R3d", "r3D"),
                                       "KVFAST_PG_DSN": dsn}),
             ("wrong PostgreSQL password", {"KVFAST_REDIS_URL": redis_url,
                                            "KVFAST_PG_DSN": dsn.replace("pw 42", "pw 24")}),
         ):
-            with start_supervisor(settings, connection=False, env=env, models=MODELS) as sup:
-                wait_for(lambda s=sup: "retrying" in s.output(), 30, f"{name}: a warning",
-                         lambda s=sup: s.output()[-3000:])
-                outputs[name] = sup.output()
+            code, out = run_supervisor(settings, connection=False, env=env, models=MODELS,
+                                       timeout=60)
+            assert code == 2, f"{name}: exit {code}\n{out[-3000:]}"
+            assert "retrying" not in out, out[-3000:]
+            outputs[name] = out
         assert "invalid username-password pair" in outputs["wrong Redis password"]
+        assert "refused the credentials" in outputs["wrong Redis password"]
         assert "password authentication failed" in outputs["wrong PostgreSQL password"]
+        assert "refused the log-in" in outputs["wrong PostgreSQL password"]
+        # The dead-letter tool the same: exit 2, the reason, no password.
+        dl = subprocess.run(
+            [sys.executable, "-m", "kvfast.deadletter", "count"], capture_output=True,
+            text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
+            env=subprocess_env({"KVFAST_REDIS_URL": redis_url.replace("R3d", "r3D")}))
+        assert dl.returncode == 2, dl.stdout + dl.stderr
+        assert "refused the credentials" in dl.stdout + dl.stderr, dl.stdout + dl.stderr
+        outputs["dead-letter tool, wrong Redis password"] = dl.stdout + dl.stderr
         # A bad variable next to password URLs.
         code, out = run_supervisor(settings, "--drain-until-empty", connection=False,
                                    tuning=False, models=MODELS,
@@ -377,10 +394,10 @@ def test_no_secret_in_logs_status_lines_errors_or_reprs(
         broken = dataclasses.replace(settings, redis_url=redis_url.replace("R3d", "r3D"),
                                      pg_dsn=dsn.replace("pw 42", "pw 24"))
         with kvfast.Repository(DRide, broken) as rides:
-            with pytest.raises(kvfast.RedisUnavailable) as redis_info:
+            with pytest.raises(kvfast.AuthenticationFailed) as redis_info:
                 rides.create(ride(1))
             texts.append(_describe(redis_info.value))
-            with pytest.raises(kvfast.PostgresUnavailable) as pg_info:
+            with pytest.raises(kvfast.AuthenticationFailed) as pg_info:
                 rides._select([1])
             texts.append(_describe(pg_info.value))
         outputs["exceptions and reprs"] = "\n".join(texts)
