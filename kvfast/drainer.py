@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 
 from kvfast import deadletters
+from kvfast.acks import ack_marks
 from kvfast.claims import LeaseKeeper
 from kvfast.client import Client, connect_pg
 from kvfast.drivers import pg_errors
@@ -340,25 +341,7 @@ class Drainer:
                         drained: dict[int, int]) -> bool:
         """Ack every partition of the batch, one ack.lua call each, in one round trip."""
         keys = self.keys
-        batch = prepared.batch
-        failed = applied.failed
-        tombs: dict[int, tuple[list[str], list[str]]] = {part.partition: ([], []) for part in parts}
-        for p, info, key_str, tomb_id in batch.tombstones:
-            if p in tombs and info.table not in failed:
-                tombs[p][0].append(keys.obj(p, info.table, key_str))
-                tombs[p][1].append(tomb_id)
-        # Objects of models with a TTL get it now that their last write here is in
-        # PostgreSQL (not those whose write was refused: requeue needs them).
-        rejected = {id(op) for op, _ in applied.dead}
-        expires: dict[int, list[tuple[str, int, str]]] = {part.partition: [] for part in parts}
-        for mops in batch.models.values():
-            info = mops.info
-            if not info.ttl or info.table in failed:
-                continue
-            for op in mops.ops.values():
-                if op.mark is not None and id(op) not in rejected and op.partition in expires:
-                    expires[op.partition].append(
-                        (keys.obj(op.partition, info.table, str(op.key)), info.ttl, op.mark))
+        tombs, expires = ack_marks(keys, prepared.batch, applied, [p.partition for p in parts])
 
         def attempt() -> bool:
             calls = []

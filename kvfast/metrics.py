@@ -36,6 +36,10 @@ class Metrics:
         self.lag = prom.Gauge("kvfast_drain_lag_ms", "Write-to-commit lag", ["quantile"],
                               registry=r)
         self.workers = prom.Gauge("kvfast_drainers_alive", "Drainer processes alive", registry=r)
+        self.held = prom.Gauge("kvfast_held_entries",
+                               "Entries waiting in held lists (a table that cannot be applied)",
+                               ["table"], registry=r)
+        self._held_tables: set[str] = set()
 
     def count(self, report: Report) -> None:
         self.rows.inc(report.applied)
@@ -48,6 +52,11 @@ class Metrics:
         self.lag.labels("0.5").set(snap.lag_p50_ms)
         self.lag.labels("0.99").set(snap.lag_p99_ms)
         self.workers.set(snap.workers)
+        for table in self._held_tables - set(snap.held):
+            self.held.labels(table).set(0)
+        for table, (n, _) in snap.held.items():
+            self.held.labels(table).set(n)
+        self._held_tables |= set(snap.held)
 
 
 def serve_http(port: int, registry: prom.CollectorRegistry,

@@ -25,19 +25,18 @@ batch in smaller transactions (``split``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 
 from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp, ModelOps
-from kvfast.holds import TABLE, VERSION
-from kvfast.model import ModelInfo, model_version
-from kvfast.schema import FENCE_TABLE, MODELS_TABLE, type_sql
+from kvfast.holds import TABLE
+from kvfast.model import ModelInfo
+from kvfast.schema import FENCE_TABLE, type_sql
+from kvfast.versions import Versions
 
 __all__ = ["ROW_ERRORS", "Applied", "Applier", "StaleEpoch", "StatementTimeout", "is_table_error"]
 
@@ -73,10 +72,6 @@ class StatementTimeout(Exception):
 # whole batch: with ~1% poison rows a 2,000-op batch has ~20 bad rows and
 # bisecting 45-op chunks costs far fewer statements than bisecting 2,000 ops.
 _CAREFUL_CHUNK = 45
-# A drainer refreshes its versions' seen_at every minute; a version no drainer
-# has run for ten minutes (a rolled-back deploy) no longer holds older drainers.
-_REGISTER_EVERY_S = 60.0
-_VERSION_LIVE_S = 600
 
 
 class RowValueError(psycopg.errors.DataError):
@@ -233,53 +228,11 @@ class Applier:
         self._newest = sql.SQL(
             "SELECT partition, epoch FROM {} WHERE namespace = %s AND partition = ANY(%s)"
         ).format(sql.Identifier(FENCE_TABLE))
-        models = sql.Identifier(MODELS_TABLE)
-        self._register = sql.SQL(
-            "INSERT INTO {0} (namespace, table_name, version, fields, seen_at) "
-            "SELECT %s, t, v, ARRAY(SELECT json_array_elements_text(f::json)), now() "
-            "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u (t, v, f) "
-            "ON CONFLICT (namespace, table_name, version) DO UPDATE SET "
-            "fields = EXCLUDED.fields, seen_at = EXCLUDED.seen_at"
-        ).format(models)
-        self._live = sql.SQL(
-            "SELECT table_name, version, fields FROM {} WHERE namespace = %s AND "
-            "table_name = ANY(%s) AND seen_at > now() - make_interval(secs => %s)"
-        ).format(models)
-        self._models: list[ModelInfo] = []
-        self._registered_at = 0.0
+        self.versions = Versions(conn, namespace)
 
     def register(self, models: Sequence[ModelInfo]) -> None:
-        """Record the model versions this drainer runs (and that it is alive).
-
-        Done before a drainer applies anything, and again every minute: a newer
-        version's fields are known to the older drainers before a single value
-        of them can be in PostgreSQL.
-        """
-        self._models = list(models)
-        if models:
-            self.conn.execute(self._register, (
-                self.namespace, [m.table for m in models], [model_version(m) for m in models],
-                [orjson.dumps(list(m.field_names)).decode() for m in models]))
-        self.conn.commit()
-        self._registered_at = time.monotonic()
-
-    def _newer_versions(self, batch: Batch) -> dict[str, tuple[str, str]]:
-        """Tables of the batch's creates that a live newer model version has more
-        fields for: their upsert would leave those columns as they were, so the
-        table waits for a drainer running that version (a rolling deploy)."""
-        infos = {t: m.info for t, m in batch.models.items() if m.of_kind(UPSERT)}
-        if not infos:
-            return {}
-        out: dict[str, tuple[str, str]] = {}
-        rows = self.conn.execute(self._live, (self.namespace, list(infos), _VERSION_LIVE_S))
-        for table, version, fields in rows:
-            unknown = sorted(set(fields) - set(infos[table].field_names))
-            if unknown and table not in out:
-                out[table] = (VERSION, (
-                    f"model version {version} of {table} has fields {unknown} this drainer's "
-                    f"model ({model_version(infos[table])}) lacks: its creates wait for a "
-                    "drainer running that version"))
-        return out
+        """Record the model versions this drainer runs (see ``kvfast.versions``)."""
+        self.versions.register(models)
 
     def _for(self, info: ModelInfo) -> _Stmts:
         stmts = self._stmts.get(info.table)
@@ -307,8 +260,7 @@ class Applier:
         return total
 
     def _apply_once(self, batch: Batch, epochs: dict[int, int]) -> Applied:
-        if self._models and time.monotonic() - self._registered_at > _REGISTER_EVERY_S:
-            self.register(self._models)  # still alive: its versions stay live
+        self.versions.refresh()  # still alive: its versions stay live
         for mops in batch.models.values():
             if mops.info.table not in self._stmts:
                 # Staging tables are created in a transaction of their own: one
@@ -343,7 +295,8 @@ class Applier:
             # where no savepoint can isolate the row: check every constraint at
             # its statement instead.
             conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            done.failed.update(self._newer_versions(batch))
+            done.failed.update(self.versions.newer(
+                {t: m.info for t, m in batch.models.items() if m.of_kind(UPSERT)}))
             for mops in batch.models.values():
                 if mops.info.table in done.failed:
                     continue

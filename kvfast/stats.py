@@ -116,14 +116,29 @@ class Snapshot:
     lag_p99_ms: float
     workers: int
     rows_total: int
+    #: held tables (kvfast.holds): table → (entries waiting, why)
+    held: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def held_entries(self) -> int:
+        return sum(n for n, _ in self.held.values())
 
     def status_line(self, expected_workers: int) -> str:
+        held = ""
+        if self.held:
+            tables = ", ".join(sorted(self.held))
+            held = f" | held {self.held_entries:,.0f} ({tables})"
         return (
             f"drained {self.rows_per_s:,.0f} rows/s | queued {self.queued:,.0f} | "
             f"in flight {self.inflight:.0f} | lag p50 {self.lag_p50_ms:.0f} ms "
-            f"p99 {self.lag_p99_ms:.0f} ms | dead letters {self.dead:,.0f} | "
+            f"p99 {self.lag_p99_ms:.0f} ms | dead letters {self.dead:,.0f}{held} | "
             f"drainers {self.workers:.0f}/{expected_workers} | total {self.rows_total:,.0f}"
         )
+
+    def held_reasons(self) -> tuple[str, ...]:
+        """One line per held table, for /healthz."""
+        return tuple(f"table {table}: {n} entries held: {why.splitlines()[0] if why else ''}"
+                     for table, (n, why) in sorted(self.held.items()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -73,9 +74,14 @@ class Supervisor:
         self.metrics = Metrics()
         self.client = Client(settings)
         self.tty = sys.stderr.isatty()
+        self._last_held: Snapshot | None = None
 
     def health(self) -> Health:
-        return self.pool.health()
+        health = self.pool.health()
+        held = self._last_held.held_reasons() if self._last_held is not None else ()
+        if held:
+            health = dataclasses.replace(health, reasons=(*health.reasons, *held))
+        return health
 
     def collect(self) -> None:
         for report in self.pool.receive():
@@ -89,11 +95,13 @@ class Supervisor:
         0.1 s) leaves the window running so the next status line covers it all.
         """
         queued, inflight, dead = self.client.backlog()
+        held = self.client.holds()
         rate, p50, p99 = self.stats.window(restart=new_window)
         snap = Snapshot(rows_per_s=rate, queued=queued, inflight=inflight, dead=dead,
                         lag_p50_ms=p50, lag_p99_ms=p99, workers=len(self.pool.alive()),
-                        rows_total=self.stats.rows)
+                        rows_total=self.stats.rows, held=held)
         self.metrics.update(snap)
+        self._last_held = snap
         return snap
 
     def _print_status(self, snap: Snapshot) -> None:
@@ -138,8 +146,11 @@ class Supervisor:
                         next_status = now + interval
                     if until_empty:
                         # Twice in a row, 0.1 s apart: an entry pushed between the
-                        # LLEN and EXISTS reads of one snapshot is not missed.
-                        empty = snap.queued == 0 and snap.inflight == 0
+                        # LLEN and EXISTS reads of one snapshot is not missed.  Held
+                        # entries are undrained writes too: a table that stays
+                        # broken keeps the supervisor running (the status line
+                        # and /healthz name it).
+                        empty = snap.queued == 0 and snap.inflight == 0 and not snap.held
                         empty_checks = empty_checks + 1 if empty else 0
                         if empty_checks >= 2:
                             self.pool.finish()
@@ -157,8 +168,9 @@ class Supervisor:
         with contextlib.suppress(Exception):
             snap = self.snapshot()
             log.info(
-                "stopped: %d rows drained in %d batches, %d dead letters, queue %d, in flight %d",
-                self.stats.rows, self.stats.batches, snap.dead, snap.queued, snap.inflight,
+                "stopped: %d rows drained in %d batches, %d dead letters, queue %d, in flight "
+                "%d, held %d", self.stats.rows, self.stats.batches, snap.dead, snap.queued,
+                snap.inflight, snap.held_entries,
             )
 
 

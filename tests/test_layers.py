@@ -24,10 +24,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("drivers", "meta"),                        # driver errors in, connect options
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
     ("client", "aioclient"),                    # transports
-    ("producer", "batch", "pgcopy"),            # write plans; drain batches
+    ("producer", "batch", "versions", "pgcopy"),  # write plans; drain batches
     ("core",),                                  # repository plans
     ("repository", "aio"),                      # the shells over the core
-    ("claims", "holding"),                      # what a drainer holds: leases, held tables
+    ("claims", "holding", "acks"),              # a drainer: leases, held tables, ack marks
     ("drainer",),
     ("stats",),                                 # the supervisor: reports, status, health
     ("worker", "metrics"),                      # the drainer child; Prometheus + /healthz

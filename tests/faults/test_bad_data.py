@@ -133,7 +133,9 @@ def _check_poison(
 
 # -- 7. foreign garbage ---------------------------------------------------------------------
 
-#: (bytes, what the dead letter's reason says)
+#: (bytes, what the dead letter's reason says).  An entry of a model the drainers
+#: were not given is not garbage: it waits for a drainer that has the model
+#: (kvfast.holds; tests/test_holds.py), so it is not in this list.
 GARBAGE: list[tuple[bytes, str]] = [
     (b"", "not JSON"),
     (b"\xff\xfe\x00\x01 not utf-8", "not JSON"),
@@ -146,8 +148,6 @@ GARBAGE: list[tuple[bytes, str]] = [
      "unknown entry format version 2"),
     (b'{"v": "1", "m": "d_rides", "o": "u", "k": 1, "f": {"counter": 1}, "t": 1}',
      "unknown entry format version '1'"),
-    (b'{"v": 1, "m": "no_such_table", "o": "c", "k": 1, "f": {"id": 1}, "t": 1}',
-     "no model registered for table 'no_such_table'"),
     (b'{"v": 1, "m": "d_rides", "o": "x", "k": 1, "f": {"id": 1}, "t": 1}', "bad model"),
     (b'{"v": 1, "m": "d_rides", "o": "u", "k": [1], "f": {"counter": 1}, "t": 1}', "bad key"),
     (b'{"v": 1, "m": "d_rides", "o": "u", "k": 1, "f": {"nope": 1}, "t": 1}',
