@@ -105,7 +105,27 @@ def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) ->
                     sql.Identifier(info.table), _column_def(info)
                 )
             )
+            _add_missing_columns(conn, info)
     check_tables(conn, infos)
+
+
+def _add_missing_columns(conn: psycopg.Connection[Any], info: ModelInfo) -> None:
+    """Expand only: add the model's columns a table lacks when they may be NULL.
+
+    A rolling deploy adds an Optional field; the new drainers' ``--create-tables``
+    adds its column, and entries of the older model drain with NULL there.  A
+    missing NOT NULL column is left to the table check (it needs a value for
+    the rows already there: the operator's migration).  Nothing is dropped or
+    retyped, ever.
+    """
+    described = _describe(conn, info.table)
+    if described is None:
+        return
+    columns, _ = described
+    for f in info.fields:
+        if f.column not in columns and f.nullable:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                sql.Identifier(info.table), sql.Identifier(f.column), type_sql(f.ftype)))
 
 
 def _describe(conn: psycopg.Connection[Any], table: str) -> tuple[dict[str, Any], list[str]] | None:

@@ -200,3 +200,20 @@ def test_a_key_postgresql_cannot_index_is_refused_at_the_producer(
         with pytest.raises(ValidationError, match=r"Named\.name"):
             named.update("é" * (MAX_KEY_BYTES // 2 + 1), n=3)
         assert named.get_by_id("ok") is None  # the batch wrote nothing
+
+
+def test_create_tables_adds_a_new_optional_field_and_never_drops_or_retypes(
+    pg: psycopg.Connection[Any], settings: kvfast.Settings, client: kvfast.Client,
+) -> None:
+    v1 = fare_v1()
+    create_tables(pg, v1)
+    with kvfast.Repository(v1, client=client) as fares:
+        fares.create_many(v1(id=i, cents=i) for i in range(5))
+    drain(settings)
+    v2 = fare_v2()
+    kvfast.create_tables(pg, [kvfast.model_info(v2)])  # the new deploy's --create-tables
+    assert rows(pg, "t_hold_fares") == {i: (i, i, None) for i in range(5)}
+    columns = [r[0] for r in pg.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 't_hold_fares'::regclass "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum")]
+    assert columns == ["id", "cents", "note"]
