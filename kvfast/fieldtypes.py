@@ -27,6 +27,7 @@ import datetime as dt
 import enum
 import math
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -276,7 +277,26 @@ class BoolType(FieldType):
         return raw == b"1"
 
 
-class DateTimeType(FieldType):
+class IsoType(FieldType):
+    """Dates and times: ISO 8601 text in the hash and on the wire (``parse`` reads it)."""
+
+    #: the type's ``fromisoformat`` (a staticmethod in each subclass)
+    parse: Callable[[str], Any]
+
+    def to_hash(self, value: Any) -> str:
+        return value.isoformat()  # type: ignore[no-any-return]
+
+    def from_hash(self, raw: bytes) -> Any:
+        return self.parse(raw.decode("ascii"))
+
+    def to_wire(self, value: Any) -> Any:
+        return value.isoformat()
+
+    def from_wire(self, raw: Any) -> Any:
+        return self.parse(raw)
+
+
+class DateTimeType(IsoType):
     pg_type = "timestamp with time zone"
     copy_type = "timestamptz"
     python_type = dt.datetime
@@ -298,23 +318,13 @@ class DateTimeType(FieldType):
             )
         return value
 
-    def to_hash(self, value: Any) -> str:
-        return value.isoformat()  # type: ignore[no-any-return]
-
-    def from_hash(self, raw: bytes) -> dt.datetime:
-        return dt.datetime.fromisoformat(raw.decode("ascii"))
-
-    def to_wire(self, value: Any) -> Any:
-        return value.isoformat()
-
-    def from_wire(self, raw: Any) -> Any:
-        return dt.datetime.fromisoformat(raw)
+    parse = staticmethod(dt.datetime.fromisoformat)
 
     def from_pg(self, value: Any) -> Any:
         return value.astimezone(_UTC)
 
 
-class DateType(FieldType):
+class DateType(IsoType):
     pg_type = "date"
     copy_type = "date"
     python_type = dt.date
@@ -326,17 +336,7 @@ class DateType(FieldType):
             value = dt.date(value.year, value.month, value.day)
         return value
 
-    def to_hash(self, value: Any) -> str:
-        return value.isoformat()  # type: ignore[no-any-return]
-
-    def from_hash(self, raw: bytes) -> dt.date:
-        return dt.date.fromisoformat(raw.decode("ascii"))
-
-    def to_wire(self, value: Any) -> Any:
-        return value.isoformat()
-
-    def from_wire(self, raw: Any) -> Any:
-        return dt.date.fromisoformat(raw)
+    parse = staticmethod(dt.date.fromisoformat)
 
 
 class DecimalType(FieldType):

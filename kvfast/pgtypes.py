@@ -30,7 +30,7 @@ import struct
 from decimal import Decimal
 from typing import Any
 
-from kvfast.fieldtypes import DecimalType, FieldType, FloatType, Reject
+from kvfast.fieldtypes import DecimalType, FieldType, FloatType, IsoType, Reject
 
 __all__ = ["IntervalType", "NumericType", "PgEnumType", "RealType", "TimeType",
            "TimestampType"]
@@ -121,7 +121,7 @@ def _shortest(rounded: float, bits: bytes) -> float:
     return rounded  # pragma: no cover - 9 significant digits always identify a float32
 
 
-class TimestampType(FieldType):
+class TimestampType(IsoType):
     """timestamp without time zone: naive datetimes only, stored as given."""
 
     pg_type = "timestamp without time zone"
@@ -139,20 +139,10 @@ class TimestampType(FieldType):
                                 value.second, value.microsecond)
         return value
 
-    def to_hash(self, value: Any) -> str:
-        return value.isoformat()  # type: ignore[no-any-return]
-
-    def from_hash(self, raw: bytes) -> dt.datetime:
-        return dt.datetime.fromisoformat(raw.decode("ascii"))
-
-    def to_wire(self, value: Any) -> Any:
-        return value.isoformat()
-
-    def from_wire(self, raw: Any) -> Any:
-        return dt.datetime.fromisoformat(raw)
+    parse = staticmethod(dt.datetime.fromisoformat)
 
 
-class TimeType(FieldType):
+class TimeType(IsoType):
     """time without time zone: naive ``datetime.time`` values."""
 
     pg_type = "time without time zone"
@@ -168,17 +158,7 @@ class TimeType(FieldType):
             value = dt.time(value.hour, value.minute, value.second, value.microsecond)
         return value
 
-    def to_hash(self, value: Any) -> str:
-        return value.isoformat()  # type: ignore[no-any-return]
-
-    def from_hash(self, raw: bytes) -> dt.time:
-        return dt.time.fromisoformat(raw.decode("ascii"))
-
-    def to_wire(self, value: Any) -> Any:
-        return value.isoformat()
-
-    def from_wire(self, raw: Any) -> Any:
-        return dt.time.fromisoformat(raw)
+    parse = staticmethod(dt.time.fromisoformat)
 
 
 _MICROSECOND = dt.timedelta(microseconds=1)

@@ -20,8 +20,9 @@ MULTI: it will raise ``PartialWrite`` naming the keys written.
 
 Commands are packed by hand (per-model RESP templates, hiredis for the
 rest) into buffers on a raw socket; redis-py's per-command pipeline objects cost
-more than the Redis work itself (bench/test_1_producer.py: `create_many` runs at
-3–5x the redis-py pipeline of the same records in the same run).  A create batch is sent in pieces while it is still being encoded
+more than the Redis work itself (bench/test_1_producer.py: ``create_many`` runs
+at 3–5x the redis-py pipeline of the same records in the same run).  A create
+batch is sent in pieces while it is still being encoded
 (``create_pieces``): Redis queues the commands on its own core meanwhile, and
 only the EXEC waits until every record is validated; a record refused half-way
 turns it into DISCARD.
