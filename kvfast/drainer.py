@@ -15,6 +15,11 @@ Connection errors (Redis or PostgreSQL) are retried with capped exponential
 backoff; the batch stays in flight and nothing is lost.  Rows PostgreSQL
 rejects, and entries that do not decode, go to the partition's dead-letter list
 with the reason; the rest of the batch commits.
+
+Over 400 lines on purpose: the loop, its retry points (claim, apply, rebase,
+ack) and the stale-partition handling share the claim in hand and the lease
+keeper; held tables (``holding``), ack marks (``acks``) and leases (``claims``)
+are already out.
 """
 
 from __future__ import annotations
