@@ -126,7 +126,7 @@ KVFAST_COMMANDS = (
     "ping", "multi", "exec", "discard", "evalsha", "script|load", "info",
     "del", "exists", "expire", "time", "set", "incr",
     "hset", "hsetnx", "hget", "hmget", "hgetall", "hexists", "hdel", "hincrby",
-    "rpush", "lrange", "llen", "lrem", "lindex", "lpop",
+    "rpush", "lrange", "llen", "lrem", "lindex", "lpop", "ltrim", "hlen", "persist",
 )
 
 
@@ -207,7 +207,8 @@ def test_data_path_with_a_redis_password_and_a_scram_postgres_role(
                 # The role owns kvfast's tables and nothing else; other tables are
                 # out of its reach.
                 with psycopg.connect(fault_servers.superuser_dsn_for("kvfast_test")) as su:
-                    assert owned_tables(su, PG_ROLE) == {"d_rides", "d_drivers", "kvfast_fence"}
+                    assert owned_tables(su, PG_ROLE) == {"d_rides", "d_drivers", "kvfast_fence",
+                                                         "kvfast_models"}
                     hba = su.execute(
                         "SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE type = 'host'"
                     ).fetchall()
@@ -554,7 +555,7 @@ def test_hostile_table_and_column_names_drain_and_inject_nothing(
     converged(fr, fpg, settings, models=[model])
     tables = {name for (name,) in fpg.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
-    assert tables == {HOSTILE_TABLE, "kvfast_fence", "victims"}
+    assert tables == {HOSTILE_TABLE, "kvfast_fence", "kvfast_models", "victims"}
     columns = {name for (name,) in fpg.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0",
         (sql.Identifier(HOSTILE_TABLE).as_string(fpg),)).fetchall()}
