@@ -313,7 +313,8 @@ class Drainer:
             else:
                 self._drop_pg()
 
-        applied = retry(attempt, retry_on=_PG_RETRY, what=describe, log=log, on_retry=on_retry)
+        applied = retry(attempt, retry_on=_PG_RETRY, what=describe, log=log, on_retry=on_retry,
+                        sleep=self._pause)
         return applied, parts, prepared
 
     def _after_stale(self, exc: StaleEpoch, parts: list[Part]) -> set[int]:
@@ -338,6 +339,7 @@ class Drainer:
     def _rebase(self, part: Part, newest: int) -> int:
         call = Rebase.call(self.keys, part.partition, self.owner, part.epoch, newest)
         return retry(lambda: Rebase.decode(self.client.evalsha(Rebase.name, *call)),
+                     sleep=self._pause,
                      retry_on=_REDIS_RETRY, what="Redis unavailable", log=log)
 
     def _ack_with_retry(self, prepared: Prepared, applied: Applied, parts: list[Part],
@@ -370,6 +372,7 @@ class Drainer:
 
         try:
             return retry(attempt, retry_on=_REDIS_RETRY, what="ack failed", log=log,
+                         sleep=self._pause,
                          on_retry=forget_lost)
         except _GiveUp:
             return False
@@ -407,7 +410,7 @@ class Drainer:
             try:
                 while not self.should_stop():
                     try:
-                        claim = retry(claim_next, retry_on=_REDIS_RETRY,
+                        claim = retry(claim_next, retry_on=_REDIS_RETRY, sleep=self._pause,
                                       what="Redis unavailable", log=log, on_retry=claim_failed)
                     except _GiveUp:
                         break
@@ -420,11 +423,23 @@ class Drainer:
                     # Tracked from here: the lease must not run out while queued.
                     self._keeper.track(claim.parts)
                     prepared = retry(functools.partial(self.prepare, claim.parts),
+                                     sleep=self._pause,
                                      retry_on=_REDIS_RETRY, what="Redis unavailable", log=log)
                     finish()
                     pending = pool.submit(self.process, claim, prepared)
             finally:
                 finish()
+
+    def _pause(self, delay: float) -> None:
+        """A backoff wait that ends early when a stop is asked: a drainer waiting
+        for a server with nothing in hand exits at once on SIGTERM, one with a
+        batch tries to finish it sooner (the supervisor kills it a lease later)."""
+        end = time.monotonic() + delay
+        while not self.should_stop():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.05, left))
 
     def _stop_if_asked(self, exc: BaseException) -> None:
         if self.should_stop():
