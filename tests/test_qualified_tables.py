@@ -1,4 +1,4 @@
-"""Tables in other schemas: ``table="atlas_app.fit"`` and ``schema=``."""
+"""Tables in other schemas: ``table="atlas_app.fit"``, ``schema=``, a DSN's search_path."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import kvfast
 from kvfast.drainer import Drainer
+from kvfast.drivers import pg_connect_kwargs
 
 Conn = psycopg.Connection[Any]
 
@@ -28,6 +30,12 @@ class Fit:
 
 @kvfast.model(schema=ODD_SCHEMA, table="odd.fit", key="id")
 class OddFit:
+    id: int
+    name: str
+
+
+@kvfast.model(table="sp_fit", key="id")
+class SearchPathFit:
     id: int
     name: str
 
@@ -67,6 +75,8 @@ def test_the_table_string_names_schema_and_table() -> None:
     assert (fit.table, fit.pg_name) == ("atlas_app.fit", ("atlas_app", "fit"))
     odd = kvfast.model_info(OddFit)
     assert (odd.table, odd.pg_name) == (f"{ODD_SCHEMA}.odd.fit", (ODD_SCHEMA, "odd.fit"))
+    plain = kvfast.model_info(SearchPathFit)
+    assert (plain.table, plain.pg_name) == ("sp_fit", ("sp_fit",))
 
 
 @pytest.mark.parametrize("table", ["a.b.c", ".fit", "atlas_app.", "s." + "x" * 64])
@@ -132,3 +142,39 @@ def test_odd_characters_in_schema_and_table_are_quoted(
         assert repo.get_by_id(1) == OddFit(1, "c")
     assert rows(pg, ODD_SCHEMA, "odd.fit") == [(1, "c")]
 
+
+# -- search_path in the DSN ----------------------------------------------------
+
+
+def with_options(dsn: str, options: str, *, url: bool) -> str:
+    if url:
+        return dsn + ("&" if "?" in dsn else "?") + "options=" + options.replace(
+            " ", "%20").replace("=", "%3D")
+    return make_conninfo(**{**conninfo_to_dict(dsn), "options": options})
+
+
+@pytest.mark.parametrize("url", [True, False], ids=["url", "conninfo"])
+def test_the_dsn_search_path_is_kept_and_timezone_is_utc(
+    schemas: Conn, settings: kvfast.Settings, url: bool
+) -> None:
+    assert settings.pg_dsn and settings.pg_dsn.startswith("postgres")  # a URL: tools/services
+    theirs = "-c search_path=atlas_app -c timezone=Asia/Kolkata"
+    dsn = with_options(settings.pg_dsn, theirs, url=url)
+    settings = dataclasses.replace(settings, pg_dsn=dsn)
+    with psycopg.connect(**pg_connect_kwargs(settings)) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("atlas_app",)
+        assert conn.execute("SHOW timezone").fetchone() == ("UTC",)
+        kvfast.create_tables(conn, [kvfast.model_info(SearchPathFit)])
+    assert tables_named(schemas, "sp_fit") == [SCHEMA]
+    with kvfast.Client(settings) as client, Drainer(settings) as drainer:
+        repo = kvfast.Repository(SearchPathFit, client=client)
+        repo.create(SearchPathFit(1, "a"))
+        repo.create(SearchPathFit(2, "b"))
+        drainer.drain_until_empty()
+        repo.delete(2)
+        drainer.drain_until_empty()
+        client.redis.flushdb()
+        assert repo.get_by_id(1) == SearchPathFit(1, "a")
+        assert client.pg().execute("SHOW timezone").fetchone() == ("UTC",)
+    assert rows(schemas, SCHEMA, "sp_fit") == [(1, "a")]
+    assert tables_named(schemas, "sp_fit") == [SCHEMA]
