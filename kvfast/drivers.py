@@ -136,17 +136,32 @@ def pg_connect_kwargs(settings: Settings, *, autocommit: bool = True) -> dict[st
 
     UTC, so timestamptz values come back as UTC datetimes; a connect timeout
     (``settings.pg_connect_timeout``), so an unreachable server is an error rather
-    than a hang.
+    than a hang.  The DSN's own ``options`` (``-c search_path=atlas_app``) are
+    kept: kvfast's come after them, so only ``timezone`` is kvfast's to decide.
     """
     if not settings.pg_dsn:
         raise PostgresUnavailable("no PostgreSQL DSN configured (KVFAST_PG_DSN / pg_dsn)")
     return {
         "conninfo": settings.pg_dsn,
         "autocommit": autocommit,
-        "options": "-c timezone=UTC",
+        "options": _options(settings.pg_dsn, _KVFAST_OPTIONS),
         "application_name": "kvfast",
         "connect_timeout": settings.pg_connect_timeout,
     }
+
+
+#: what kvfast sets on every connection (psycopg's ``options=`` keyword replaces the
+#: DSN's, so ``_options`` joins the two)
+_KVFAST_OPTIONS = "-c timezone=UTC"
+
+
+def _options(dsn: str, ours: str) -> str:
+    """The DSN's ``options`` followed by ``ours`` (a later ``-c`` wins in PostgreSQL)."""
+    try:
+        theirs = psycopg.conninfo.conninfo_to_dict(dsn).get("options")
+    except psycopg.ProgrammingError:
+        return ours  # a malformed DSN: psycopg.connect says what is wrong with it
+    return f"{theirs} {ours}" if theirs else ours
 
 
 def scrub(text: str, secret: str | None) -> str:

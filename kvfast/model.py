@@ -10,6 +10,16 @@ The decorator turns the class into a dataclass (if it is not one already),
 maps every field to a ``FieldType`` (an unsupported annotation is a ``ModelError``
 naming the field) and registers the model by table name, which is how queue
 entries name it.  Nothing in the core knows any particular model.
+
+Table names: ``table="fit"`` is the table ``fit`` wherever the connection's
+``search_path`` finds it (``public`` by default; a DSN may set another);
+``table="atlas_app.fit"`` is the table ``fit`` in the schema ``atlas_app``: one
+dot separates schema and table.  A name with more dots is refused; a table (or
+schema) whose own name contains a dot is named with ``schema=``:
+``@model(schema="atlas_app", table="fit.v2")``, whose table string is then
+``"atlas_app.fit.v2"``.  Every SQL statement quotes each part on its own; the
+table string (``ModelInfo.table``) is what names the model in Redis keys, queue
+entries, holds and the model-version registry.
 """
 
 from __future__ import annotations
@@ -56,11 +66,14 @@ class ModelInfo:
     """Everything kvfast derives from a model class, computed once."""
 
     def __init__(
-        self, cls: type, table: str, key: str, ttl: int | None, fields: list[FieldInfo]
+        self, cls: type, table: str, key: str, ttl: int | None, fields: list[FieldInfo],
+        pg_name: tuple[str, ...] | None = None,
     ) -> None:
         self.cls = cls
         self.name = cls.__name__
         self.table = table
+        #: the table in SQL: ``(schema, table)``, or ``(table,)`` for the search_path's
+        self.pg_name = pg_name or (table,)
         self.key = key
         self.ttl = ttl
         self.fields = tuple(fields)
@@ -191,9 +204,33 @@ def _check_identifier(what: str, name: str, where: str) -> None:
         )
 
 
-def _build(cls: type, table: str, key: str, ttl: int | None) -> ModelInfo:
+def _pg_name(table: str, schema: str | None, where: str) -> tuple[str, tuple[str, ...]]:
+    """(the table string, its SQL name parts) by the rule in the module docstring."""
+    if schema is not None:
+        _check_identifier("schema", schema, where)
+        _check_identifier("table", table, where)
+        return f"{schema}.{table}", (schema, table)
+    parts = table.split(".") if isinstance(table, str) else [table]
+    if len(parts) == 1:
+        _check_identifier("table", table, where)
+    elif len(parts) > 2:
+        raise ModelError(
+            f"{where}: table {table!r} has more than one dot; name a table whose name "
+            "contains a dot with schema=: @kvfast.model(schema=\"s\", table=\"a.b\")")
+    else:
+        if not all(parts):
+            raise ModelError(f"{where}: table {table!r} needs a schema and a table name "
+                             "around its dot")
+        _check_identifier("schema", parts[0], where)
+        _check_identifier("table", parts[1], where)
+    return table, tuple(parts)
+
+
+def _build(
+    cls: type, table: str, key: str, ttl: int | None, schema: str | None = None
+) -> ModelInfo:
     where = f"model {cls.__name__}"
-    _check_identifier("table", table, where)
+    table, pg_name = _pg_name(table, schema, where)
     if ttl is not None and (type(ttl) is not int or ttl <= 0):
         raise ModelError(f"{where}: ttl must be a positive int (seconds) or None, got {ttl!r}")
     try:
@@ -236,12 +273,19 @@ def _build(cls: type, table: str, key: str, ttl: int | None) -> ModelInfo:
         raise ModelError(
             f"{where}: key field {key!r} must be an int, str or UUID column (not Optional)"
         )
-    return ModelInfo(cls, table, key, ttl, fields)
+    return ModelInfo(cls, table, key, ttl, fields, pg_name)
 
 
 @dataclass_transform()
-def model(*, table: str, key: str = "id", ttl: int | None = None) -> Callable[[type[T]], type[T]]:
+def model(
+    *, table: str, key: str = "id", ttl: int | None = None, schema: str | None = None
+) -> Callable[[type[T]], type[T]]:
     """Declare a model: ``@model(table="bookings", key="id", ttl=None)``.
+
+    ``table="atlas_app.fit"`` is the table ``fit`` in the schema ``atlas_app`` (one
+    dot separates them); without a dot the connection's ``search_path`` decides.
+    ``schema="atlas_app", table="fit.v2"`` names a table whose name itself holds a
+    dot (the model's table string is then ``"atlas_app.fit.v2"``).
 
     ``ttl`` (seconds) expires the Redis copy of each object after its last
     write; reads then fall back to PostgreSQL.  Keep it well above the drain lag.
@@ -250,13 +294,13 @@ def model(*, table: str, key: str = "id", ttl: int | None = None) -> Callable[[t
     def decorate(cls: type[T]) -> type[T]:
         if not dataclasses.is_dataclass(cls):
             cls = dataclasses.dataclass(cls)
-        info = _build(cls, table, key, ttl)
-        previous = _REGISTRY.get(table)
+        info = _build(cls, table, key, ttl, schema)
+        previous = _REGISTRY.get(info.table)
         if previous is not None and previous.cls.__qualname__ != cls.__qualname__:
             raise ModelError(
-                f"model {cls.__name__}: table {table!r} is already used by {previous.name}"
+                f"model {cls.__name__}: table {info.table!r} is already used by {previous.name}"
             )
-        _REGISTRY[table] = info
+        _REGISTRY[info.table] = info
         cls.__kvfast_model__ = info  # type: ignore[attr-defined]
         return cls
 

@@ -35,7 +35,7 @@ from psycopg import sql
 from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp, ModelOps
 from kvfast.holds import TABLE
 from kvfast.model import ModelInfo
-from kvfast.schema import FENCE_TABLE, type_sql
+from kvfast.schema import FENCE_TABLE, table_sql, type_sql
 from kvfast.versions import Versions
 
 __all__ = ["ROW_ERRORS", "Applied", "Applier", "StaleEpoch", "StatementTimeout", "is_table_error"]
@@ -95,7 +95,7 @@ class _Stmts:
     def __init__(self, conn: psycopg.Connection[Any], info: ModelInfo, n: int) -> None:
         self.info = info
         self.stage = sql.Identifier(f"_kvfast_stage_{n}")
-        table = sql.Identifier(info.table)
+        table = table_sql(info)  # schema-qualified when the model names one
         key = sql.Identifier(info.key_column)
         names = [f.name for f in info.fields]
         #: field name → its column's identifier (a field may map to another column name)

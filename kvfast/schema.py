@@ -3,7 +3,10 @@
 A table that exists but does not match its model is a ``SchemaMismatch`` at
 start-up, naming the table and every difference, instead of a failure at drain
 time.  All identifiers go through ``psycopg.sql.Identifier``: a table or column
-named ``select`` or ``my "odd" col`` works and cannot inject SQL.
+named ``select`` or ``my "odd" col`` works and cannot inject SQL.  A model's
+table is ``table_sql(info)``: ``"schema"."table"`` for ``table="schema.table"``
+(each part quoted on its own, see ``kvfast.model``), else the bare name the
+search_path resolves.  kvfast's own tables (fence, model versions) are unqualified.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from kvfast.model import FieldInfo, ModelInfo
 from kvfast.pgtypes import PgEnumType
 
 __all__ = ["FENCE_TABLE", "MODELS_TABLE", "check_tables", "create_tables", "select_rows",
-           "select_rows_sql", "type_sql"]
+           "select_rows_sql", "table_sql", "type_sql"]
 
 #: One row per (namespace, partition): the newest epoch that committed a batch,
 #: and the drainer (owner) that committed it.
@@ -45,6 +48,11 @@ def type_sql(ftype: FieldType, stage: bool = False) -> sql.Composable:
     if isinstance(ftype, PgEnumType):
         return sql.Identifier(*_enum_name_parts(ftype.pg_type))
     return sql.SQL(ftype.stage_type if stage else ftype.pg_type)
+
+
+def table_sql(info: ModelInfo) -> sql.Identifier:
+    """The model's table in SQL, schema-qualified when the model names a schema."""
+    return sql.Identifier(*info.pg_name)
 
 
 def _enum_name_parts(name: str) -> list[str]:
@@ -100,13 +108,26 @@ def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) ->
         )
         _create_enum_types(conn, infos)
         for info in infos:
+            _check_schema(conn, info)
             conn.execute(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-                    sql.Identifier(info.table), _column_def(info)
+                    table_sql(info), _column_def(info)
                 )
             )
             _add_missing_columns(conn, info)
     check_tables(conn, infos)
+
+
+def _check_schema(conn: psycopg.Connection[Any], info: ModelInfo) -> None:
+    """A model's schema must exist: kvfast creates tables in it, never the schema."""
+    if len(info.pg_name) == 1:
+        return
+    name = sql.Identifier(info.pg_name[0]).as_string(conn)
+    row = conn.execute("SELECT to_regnamespace(%s)", (name,)).fetchone()
+    if row is None or row[0] is None:
+        raise SchemaMismatch(
+            f"table {info.table!r} (model {info.name}): schema {info.pg_name[0]!r} does not "
+            "exist (kvfast creates tables, not schemas: CREATE SCHEMA it first)")
 
 
 def _add_missing_columns(conn: psycopg.Connection[Any], info: ModelInfo) -> None:
@@ -118,19 +139,21 @@ def _add_missing_columns(conn: psycopg.Connection[Any], info: ModelInfo) -> None
     the rows already there: the operator's migration).  Nothing is dropped or
     retyped, ever.
     """
-    described = _describe(conn, info.table)
+    described = _describe(conn, info)
     if described is None:
         return
     columns, _ = described
     for f in info.fields:
         if f.column not in columns and f.nullable:
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                sql.Identifier(info.table), sql.Identifier(f.column), type_sql(f.ftype)))
+                table_sql(info), sql.Identifier(f.column), type_sql(f.ftype)))
 
 
-def _describe(conn: psycopg.Connection[Any], table: str) -> tuple[dict[str, Any], list[str]] | None:
+def _describe(
+    conn: psycopg.Connection[Any], info: ModelInfo
+) -> tuple[dict[str, Any], list[str]] | None:
     """(columns {name: (type, not null, has default)}, primary key columns) or None."""
-    regclass = sql.Identifier(table).as_string(conn)
+    regclass = table_sql(info).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s)::oid", (regclass,)).fetchone()
     if row is None or row[0] is None:
         return None
@@ -195,7 +218,7 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
     """Raise SchemaMismatch listing every table that does not fit its model."""
     problems: list[str] = []
     for info in models:
-        described = _describe(conn, info.table)
+        described = _describe(conn, info)
         if described is None:
             problems.append(
                 f"table {info.table!r} (model {info.name}) does not exist: create it with "
@@ -260,7 +283,7 @@ def select_rows_sql(info: ModelInfo) -> sql.Composed:
 
     return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::{}[])").format(
         sql.SQL(", ").join(column(f) for f in info.fields),
-        sql.Identifier(info.table),
+        table_sql(info),
         sql.Identifier(info.key_column),
         type_sql(info.key_field.ftype),
     )
