@@ -44,7 +44,7 @@ _RETRY_CAP_MS = 30_000
 
 
 def retry_delay_ms(tries: int) -> int:
-    return int(min(_RETRY_CAP_MS, _RETRY_BASE_MS * 2 ** min(tries, 20)))
+    return int(min(_RETRY_CAP_MS, _RETRY_BASE_MS * 2 ** min(max(tries, 0), 20)))
 
 
 @dataclass(slots=True)
@@ -56,7 +56,8 @@ class Hold:
     reason: str
     #: unix time (s) the hold began
     since: float
-    #: failed attempts to apply the held entries
+    #: failed attempts to apply the held entries; -1 once a try applied again (the
+    #: rest of the list then drains a batch at a time)
     tries: int = 0
     #: VERSION holds: the model version the first held entry was written by
     version: str | None = None
@@ -145,10 +146,10 @@ class HeldTable:
         push = self.folded[max(len(self.chunk), self.applied):] + self.waiting
         if failed is not None:
             if self.hold is not None and failed.kind == self.hold.kind:
-                failed.since, failed.tries = self.hold.since, self.hold.tries + 1
+                failed.since, failed.tries = self.hold.since, max(0, self.hold.tries) + 1
             return trim, push, failed
         if self.list_len - trim + len(push) == 0:
             return trim, push, None  # everything held has drained: the hold ends
         if self.hold is not None and self.applied:
-            self.hold.tries = 0  # it applies again: the rest of the list is due at once
+            self.hold.tries = -1  # it applies again: the rest is due at once, a batch at a time
         return trim, push, self.hold
