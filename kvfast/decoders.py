@@ -35,7 +35,8 @@ def decode_value(info: ModelInfo, f: FieldInfo, raw: Any) -> Any:
     try:
         value = raw if f.ftype.wire_is_value else f.ftype.from_wire(raw)
         return f.ftype.to_copy(f.ftype.check(value))
-    except (Reject, ValueError, TypeError, KeyError, AttributeError) as exc:
+    # ArithmeticError: decimal.InvalidOperation ("twelve" as a Decimal) is one.
+    except (Reject, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
         raise DecodeError(f"{info.name}.{f.name} = {raw!r}: {exc}") from None
 
 

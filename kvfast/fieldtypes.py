@@ -392,7 +392,9 @@ class BytesType(FieldType):
         return base64.b64encode(value).decode("ascii")
 
     def from_wire(self, raw: Any) -> Any:
-        return base64.b64decode(raw)
+        # validate: without it, characters outside the alphabet are dropped and
+        # garbage decodes to other bytes instead of failing (binascii.Error).
+        return base64.b64decode(raw, validate=True)
 
 
 class UUIDType(FieldType):

@@ -227,8 +227,6 @@ def test_every_bad_raw_value_is_a_decode_error_naming_its_field(
             decode(wire)
 
 
-@pytest.mark.xfail(strict=True, reason="decode_value lets decimal.InvalidOperation through "
-                   "(not a ValueError): reported to the lead")
 def test_a_decimal_that_is_not_a_number_is_a_decode_error(
     encode: Callable[[Any], Any], decode: Callable[[dict[str, Any]], list[Any]]
 ) -> None:
@@ -238,8 +236,6 @@ def test_a_decimal_that_is_not_a_number_is_a_decode_error(
         decode(wire)
 
 
-@pytest.mark.xfail(strict=True, reason="bytes from_wire decodes base64 without validation, "
-                   "so garbage becomes other bytes: reported to the lead")
 def test_bytes_that_are_not_base64_are_a_decode_error(
     encode: Callable[[Any], Any], decode: Callable[[dict[str, Any]], list[Any]]
 ) -> None:
