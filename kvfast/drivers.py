@@ -11,6 +11,7 @@ message.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -137,7 +138,9 @@ def pg_connect_kwargs(settings: Settings, *, autocommit: bool = True) -> dict[st
     UTC, so timestamptz values come back as UTC datetimes; a connect timeout
     (``settings.pg_connect_timeout``), so an unreachable server is an error rather
     than a hang.  The DSN's own ``options`` (``-c search_path=atlas_app``) are
-    kept: kvfast's come after them, so only ``timezone`` is kvfast's to decide.
+    kept, and so is ``PGOPTIONS`` from the environment when the DSN has none (libpq's
+    own rule, which psycopg's ``options=`` keyword would otherwise override): kvfast's
+    come after them, so only ``timezone`` is kvfast's to decide.
     """
     if not settings.pg_dsn:
         raise PostgresUnavailable("no PostgreSQL DSN configured (KVFAST_PG_DSN / pg_dsn)")
@@ -156,11 +159,14 @@ _KVFAST_OPTIONS = "-c timezone=UTC"
 
 
 def _options(dsn: str, ours: str) -> str:
-    """The DSN's ``options`` followed by ``ours`` (a later ``-c`` wins in PostgreSQL)."""
+    """The DSN's ``options`` (else ``PGOPTIONS``) followed by ``ours`` (a later ``-c``
+    wins in PostgreSQL)."""
     try:
         theirs = psycopg.conninfo.conninfo_to_dict(dsn).get("options")
     except psycopg.ProgrammingError:
         return ours  # a malformed DSN: psycopg.connect says what is wrong with it
+    if not theirs:
+        theirs = os.environ.get("PGOPTIONS")
     return f"{theirs} {ours}" if theirs else ours
 
 

@@ -178,3 +178,20 @@ def test_the_dsn_search_path_is_kept_and_timezone_is_utc(
         assert client.pg().execute("SHOW timezone").fetchone() == ("UTC",)
     assert rows(schemas, SCHEMA, "sp_fit") == [(1, "a")]
     assert tables_named(schemas, "sp_fit") == [SCHEMA]
+
+
+def test_pgoptions_in_the_environment_is_kept_when_the_dsn_has_no_options(
+    schemas: Conn, settings: kvfast.Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq reads PGOPTIONS only when no options are given; kvfast always gives its
+    # own, so it must carry PGOPTIONS over itself (and still have the last word on
+    # the timezone).
+    assert "options" not in conninfo_to_dict(settings.pg_dsn or "")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=atlas_app -c timezone=Asia/Kolkata")
+    with psycopg.connect(**pg_connect_kwargs(settings)) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("atlas_app",)
+        assert conn.execute("SHOW timezone").fetchone() == ("UTC",)
+    # the DSN's own options win over PGOPTIONS, as in libpq
+    dsn = with_options(settings.pg_dsn or "", "-c search_path=public", url=True)
+    with psycopg.connect(**pg_connect_kwargs(dataclasses.replace(settings, pg_dsn=dsn))) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("public",)
