@@ -49,7 +49,7 @@ def reference_batches(queues: Sequence[Sequence[bytes]], batch_size: int) -> lis
                 if op == "c":
                     wire = e["f"]
                     row = [_wire_to_value(info, f.name, wire.get(f.name)) for f in info.fields]
-                    ops[row[info.key_field.index]] = ["upsert", row]
+                    ops[info.key_from_values(row)] = ["upsert", row]
                     continue
                 key = _wire_to_value(info, info.key, e["k"])
                 if op == "d":

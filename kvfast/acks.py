@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvfast.batch import Batch
-from kvfast.keys import Keys
+from kvfast.keys import Keys, key_string
 from kvfast.pgcopy import Applied
 
 __all__ = ["ack_marks"]
@@ -42,5 +42,5 @@ def ack_marks(keys: Keys, batch: Batch, applied: Applied,
         for op in mops.ops.values():
             if op.mark is not None and id(op) not in rejected and op.partition in expires:
                 expires[op.partition].append(
-                    (keys.obj(op.partition, info.table, str(op.key)), info.ttl, op.mark))
+                    (keys.obj(op.partition, info.table, key_string(op.key)), info.ttl, op.mark))
     return tombs, expires

@@ -22,7 +22,7 @@ from kvfast.errors import RedisFull
 from kvfast.model import model_info
 from kvfast.producer import WriteBuilder, gc_paused
 from kvfast.resp import check_replies, pack
-from kvfast.schema import select_rows_sql
+from kvfast.schema import rows_by_key, select_rows_params, select_rows_sql
 from kvfast.settings import Settings
 
 # AsyncClient, AsyncConnection and run live in kvfast.aioclient (the transport).
@@ -122,7 +122,6 @@ class AsyncRepository(Generic[M]):
         conn = await self.client.pg()
         query = select_rows_sql(self.info)
         with pg_errors(self.client.settings):
-            cur = await conn.execute(query, (keys,))
+            cur = await conn.execute(query, select_rows_params(self.info, keys))
             rows = await cur.fetchall()
-        index = self.info.key_field.index
-        return {row[index]: row for row in rows}
+        return rows_by_key(self.info, rows)

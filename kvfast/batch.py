@@ -36,6 +36,7 @@ from kvfast.decoders import build_row_decoder, decode_value
 from kvfast.errors import DecodeError
 from kvfast.fieldtypes import Reject
 from kvfast.holds import MODEL, VERSION, Hold
+from kvfast.keys import key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, ModelInfo, get_model, model_version
 
 __all__ = ["DELETE", "UPDATE", "UPSERT", "Batch", "Hashes", "KeyOp", "ModelOps", "build_batch"]
@@ -108,20 +109,10 @@ def _decode_changes(info: ModelInfo, wire: dict[str, Any]) -> dict[str, Any]:
         f = by_name.get(name)
         if f is None:
             raise DecodeError(f"{info.name} has no field {name!r}")
-        if name == info.key:
+        if name in info.key_names:
             raise DecodeError(f"{info.name}: an update cannot change the key")
         out[name] = decode_value(info, f, raw)
     return out
-
-
-def _decode_key(info: ModelInfo, raw: Any) -> Any:
-    try:
-        value = raw if type(raw) is info.key_field.ftype.python_type else (
-            info.key_field.ftype.from_wire(raw)
-        )
-        return info.key_field.ftype.check(value)
-    except (Reject, ValueError, TypeError) as exc:
-        raise DecodeError(f"{info.name} key {raw!r}: {exc}") from None
 
 
 _row_decoders: dict[int, tuple[ModelInfo, Callable[[dict[str, Any]], list[Any]]]] = {}
@@ -242,17 +233,17 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes], hashes: Hashes | N
                 fields = _adapt(info, op_kind, fields, version)
             if op_kind == codec.OP_CREATE:
                 row: Any = _row_decoder(info)(fields)
-                key = row[info.key_field.index]
-                if key != entry_key and str(key) != entry_key:
+                key = info.key_from_values(row)
+                if key != entry_key and key_wire(key) != entry_key:
                     raise DecodeError(f"{info.name} create: key {entry_key!r} != key field")
             elif op_kind == codec.OP_UPDATE:
-                key = _decode_key(info, entry_key)
+                key = info.key_from_wire(entry_key)
                 row = _decode_changes(info, fields)
             else:
-                key = _decode_key(info, entry_key)
+                key = info.key_from_wire(entry_key)
                 row = None
                 if op_kind == codec.OP_RESYNC:
-                    row = _resync_row(info, raw, hashes, str(entry_key))
+                    row = _resync_row(info, raw, hashes, key_string(entry_key))
         except _Held as exc:
             assert table is not None
             batch.hold(p, table, exc.hold, raw)
@@ -268,7 +259,7 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes], hashes: Hashes | N
             assert op is not None
             op.entries.append(raw)
             if op_kind == codec.OP_DELETE and mark_id is not None:
-                batch.tombstones.append((p, info, str(key), mark_id))
+                batch.tombstones.append((p, info, key_string(key), mark_id))
         elif op_kind == codec.OP_RESYNC:
             if _resync_op(mops, key, row, p, raw, op):
                 settled.add((table, key))
@@ -295,7 +286,7 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes], hashes: Hashes | N
                 op.mark = mark_id
         else:
             assert mark_id is not None
-            batch.tombstones.append((p, info, str(key), mark_id))
+            batch.tombstones.append((p, info, key_string(key), mark_id))
             if op is None:
                 mops.ops[key] = KeyOp(DELETE, key, None, p, [raw])
             else:

@@ -143,6 +143,12 @@ def parse(raw: bytes) -> Any:
         raise DecodeError(f"entry is not JSON: {exc}") from None
 
 
+def _composite_key(key: Any) -> bool:
+    """A composite key's wire form (``keys.key_wire``): a list of two or more ints/strs."""
+    return (type(key) is list and len(key) > 1
+            and all(type(part) is int or type(part) is str for part in key))
+
+
 def check(obj: Any) -> tuple[str, str, Any, dict[str, Any], int, str | None]:
     """A parsed entry's (table, op, key, fields, write time, mark id), checked.
 
@@ -157,7 +163,7 @@ def check(obj: Any) -> tuple[str, str, Any, dict[str, Any], int, str | None]:
         raise DecodeError(f"unknown entry format version {version!r}")
     if type(table) is not str or op not in _OPS:
         raise DecodeError(f"entry has a bad model {table!r} or op {op!r}")
-    if type(key) is not int and type(key) is not str:
+    if type(key) is not int and type(key) is not str and not _composite_key(key):
         raise DecodeError(f"entry has a bad key {key!r}")
     if type(t_us) is not int:
         raise DecodeError(f"entry has a bad timestamp {t_us!r}")

@@ -35,6 +35,7 @@ from kvfast.client import Client
 from kvfast.deadletters import DeadLetter, parse
 from kvfast.drivers import redis_errors
 from kvfast.errors import DecodeError, KvfastError
+from kvfast.keys import key_string
 from kvfast.scripts import Requeue
 from kvfast.settings import Settings
 
@@ -102,7 +103,7 @@ def resync_of(dl: DeadLetter, t_us: int) -> tuple[tuple[str, str], bytes] | None
     # A resync of a dead-lettered delete (or a resync of one) keeps saying so.
     gone = op == codec.OP_DELETE or (op == codec.OP_RESYNC and
                                      codec.parse(entry).get("g") is True)
-    return (table, str(key)), codec.encode_resync(table, key, t_us, gone=gone)
+    return (table, key_string(key)), codec.encode_resync(table, key, t_us, gone=gone)
 
 
 def requeue(client: Client, letters: Sequence[DeadLetter]) -> Requeued:
@@ -154,7 +155,8 @@ def purge(client: Client, letters: Sequence[DeadLetter]) -> int:
 
 def _line(dl: DeadLetter, width: int = 100) -> str:
     error = str(dl.doc.get("error", "")).replace("\n", " ")
-    head = f"{dl.ident:>8}  {dl.model or '?':<16} "
+    key = dl.key
+    head = f"{dl.ident:>8}  {dl.model or '?':<16} {'?' if key is None else repr(key):<12} "
     return (head + error)[:width]
 
 

@@ -68,14 +68,24 @@ class DeadLetter:
 
     @property
     def model(self) -> str | None:
+        value = self._entry_field("m")
+        return value if isinstance(value, str) else None
+
+    @property
+    def key(self) -> Any:
+        """The entry's key as the application names it: a composite key (a JSON
+        array in the entry) as a tuple; None when the entry is unreadable."""
+        value = self._entry_field("k")
+        return tuple(value) if isinstance(value, list) else value
+
+    def _entry_field(self, name: str) -> Any:
         entry = self.entry
         if entry is None:
             return None
         try:
-            value = orjson.loads(entry).get("m")
+            return orjson.loads(entry).get(name)
         except (orjson.JSONDecodeError, AttributeError):
             return None
-        return value if isinstance(value, str) else None
 
     @property
     def ident(self) -> str:

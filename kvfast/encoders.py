@@ -116,7 +116,9 @@ def build_create_encoder(info: ModelInfo) -> Callable[[Any], Encoded]:
     lines.append(f"    h = TEMPLATE % ({', '.join(fixed)},)")
     lines.append(f"    n = {len(fixed)}")
     lines += optional
-    lines.append(f"    return v{info.key_field.index}, h, n, {{{', '.join(wire)}}}")
+    # The key as check_key normalizes it: a composite key is a tuple of its parts.
+    key = ", ".join(f"v{f.index}" for f in info.key_fields) + ("," if info.composite else "")
+    lines.append(f"    return ({key}), h, n, {{{', '.join(wire)}}}")
     encode: Callable[[Any], Encoded] = build_function(
         "\n".join(lines), f"<kvfast encoder {info.name}>", ns, "encode")
     return encode

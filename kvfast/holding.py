@@ -19,6 +19,7 @@ from kvfast.client import Client
 from kvfast.drivers import redis_errors
 from kvfast.errors import DecodeError
 from kvfast.holds import MODEL, TABLE, HeldTable, Hold, retry_delay_ms, table_of
+from kvfast.keys import key_string
 from kvfast.model import get_model, model_version
 from kvfast.pgcopy import Applied
 from kvfast.scripts import HoldAction, Part
@@ -226,7 +227,8 @@ def resync_hashes(client: Client, slices: Sequence[tuple[int, Sequence[bytes]]])
             except DecodeError:
                 continue  # build_batch dead-letters it
             if op == codec.OP_RESYNC:
-                wanted[(table, str(key))] = client.keys.obj(p, table, str(key))
+                key_str = key_string(key)
+                wanted[(table, key_str)] = client.keys.obj(p, table, key_str)
     if not wanted:
         return None
     with redis_errors(client.settings):

@@ -19,6 +19,14 @@ Cluster slot and every script touches one slot only)::
     {ns:p}:h:<table>         list   a held table's entries, in queue order (kvfast.holds)
     ns:meta                  hash   partitions (fixed once data exists), layout
 
+``<key>`` is ``key_string(key)``: a key's text (``str(key)``), or a composite
+key's parts %-escaped like the table and joined by ':' (``(7, "a:b")`` is
+``7:a%3Ab``, so ``("a:b", "c")`` and ``("a", "b:c")`` are different objects).
+Queue entries carry ``key_wire(key)``: the key itself as JSON (a UUID as its
+text), a composite key as a JSON array of its parts; ``key_string`` of either
+form gives the same text, so a process without the model (the requeue tool)
+names the same hash.
+
 Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table NUL key``).
 ``ns:meta`` also records ``layout`` (this layout's version): a process that
 would read another layout refuses to start instead of missing every object.
@@ -26,7 +34,12 @@ would read another layout refuses to start instead of missing every object.
 
 from __future__ import annotations
 
-__all__ = ["LAYOUT_VERSION", "MAX_KEY_BYTES", "WRITE_FIELD", "Keys", "escape_table"]
+from typing import Any
+
+__all__ = [
+    "LAYOUT_VERSION", "MAX_KEY_BYTES", "WRITE_FIELD", "Keys", "escape_table", "key_string",
+    "key_wire",
+]
 
 #: bump when key names or the partition function change
 LAYOUT_VERSION = 2
@@ -74,6 +87,22 @@ class Keys:
 
 def escape_table(table: str) -> str:
     return table.replace("%", "%25").replace(":", "%3A")
+
+
+def key_string(key: Any) -> str:
+    """A key's text in object names (see the module docstring): a normalized key
+    (a tuple for a composite one) or its ``key_wire`` form (a list)."""
+    if type(key) is tuple or type(key) is list:
+        return ":".join(escape_table(str(part)) for part in key)
+    return str(key)
+
+
+def key_wire(key: Any) -> Any:
+    """A normalized key as queue entries carry it: an int as itself, a str or UUID
+    as text, a composite key as a list of those."""
+    if type(key) is tuple:
+        return [part if type(part) is int else str(part) for part in key]
+    return key if type(key) is int else str(key)
 
 
 def _glob_escape(text: str) -> str:

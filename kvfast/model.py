@@ -28,13 +28,13 @@ import dataclasses
 import hashlib
 import typing
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, dataclass_transform
 
 from kvfast.columns import SpecError, resolve
 from kvfast.errors import DecodeError, ModelError, ValidationError
 from kvfast.fieldtypes import FieldType, IntType, Reject, StrType, UUIDType
-from kvfast.keys import MAX_KEY_BYTES
+from kvfast.keys import MAX_KEY_BYTES, key_string
 
 __all__ = ["FieldInfo", "ModelInfo", "get_model", "model", "model_info", "registered_models"]
 
@@ -66,20 +66,26 @@ class ModelInfo:
     """Everything kvfast derives from a model class, computed once."""
 
     def __init__(
-        self, cls: type, table: str, key: str, ttl: int | None, fields: list[FieldInfo],
-        pg_name: tuple[str, ...] | None = None,
+        self, cls: type, table: str, key: str | tuple[str, ...], ttl: int | None,
+        fields: list[FieldInfo], pg_name: tuple[str, ...] | None = None,
     ) -> None:
         self.cls = cls
         self.name = cls.__name__
         self.table = table
         #: the table in SQL: ``(schema, table)``, or ``(table,)`` for the search_path's
         self.pg_name = pg_name or (table,)
+        #: the key as declared: a field name, or a tuple of them (a composite key)
         self.key = key
         self.ttl = ttl
         self.fields = tuple(fields)
         self.by_name = {f.name: f for f in fields}
-        self.key_field = self.by_name[key]
-        self.key_column = self.key_field.column
+        #: a composite key's value is a tuple of its parts in ``key_names`` order
+        self.composite = isinstance(key, tuple)
+        self.key_names: tuple[str, ...] = key if isinstance(key, tuple) else (key,)
+        self.key_fields = tuple(self.by_name[n] for n in self.key_names)
+        self.key_columns = tuple(f.column for f in self.key_fields)
+        self._key_label = (self.key_names[0] if not self.composite
+                           else "(" + ", ".join(self.key_names) + ")")
         self.field_names = tuple(f.name for f in fields)
         self.table_bytes = table.encode("utf-8")
         self._crc_prefix = self.table_bytes + b"\x00"
@@ -91,23 +97,74 @@ class ModelInfo:
     # -- keys and partitions -------------------------------------------------
 
     def check_key(self, key: Any) -> Any:
-        """The key normalized, or ValidationError naming the key field."""
-        if key is None:
-            raise ValidationError(self.name, self.key, key, "the key may not be None")
+        """The key normalized, or ValidationError naming the key field.
+
+        A composite key is a tuple (a list is taken too) of its parts in
+        ``key_names`` order; each part is checked as its field, and the error of
+        a bad part names that field."""
+        if not self.composite:
+            checked = self._check_key_part(self.key_fields[0], key, key)
+            if type(checked) is str and len(checked) * 4 > MAX_KEY_BYTES:
+                self.check_key_size(checked.encode("utf-8"), key)
+            return checked
+        if not isinstance(key, (tuple, list)) or len(key) != len(self.key_fields):
+            raise ValidationError(self.name, self._key_label, key, (
+                f"a key of {self.name} is a tuple of {len(self.key_fields)} values "
+                f"{self._key_label}"))
+        parts = tuple(self._check_key_part(f, part, key)
+                      for f, part in zip(self.key_fields, key, strict=True))
+        if sum(len(p) for p in parts if type(p) is str) * 4 > MAX_KEY_BYTES:
+            self.check_key_size(key_string(parts).encode("utf-8"), key)
+        return parts
+
+    def _check_key_part(self, f: FieldInfo, part: Any, key: Any) -> Any:
+        if part is None:
+            raise ValidationError(self.name, f.name, key, "the key may not be None")
         try:
-            checked = self.key_field.ftype.check(key)
+            return f.ftype.check(part)
         except Reject as exc:
-            raise ValidationError(self.name, self.key, key, str(exc)) from None
-        if type(checked) is str and len(checked) * 4 > MAX_KEY_BYTES:
-            self.check_key_size(checked.encode("utf-8"), key)
-        return checked
+            raise ValidationError(self.name, f.name, part, str(exc)) from None
 
     def check_key_size(self, key_bytes: bytes, key: Any) -> None:
         """ValidationError for a key PostgreSQL could not index (see keys.MAX_KEY_BYTES)."""
         if len(key_bytes) > MAX_KEY_BYTES:
-            raise ValidationError(self.name, self.key, key, (
+            raise ValidationError(self.name, self._key_label, key, (
                 f"a key of {len(key_bytes)} bytes is longer than PostgreSQL can index "
                 f"(at most {MAX_KEY_BYTES} bytes in UTF-8)"))
+
+    def key_of(self, obj: Any) -> Any:
+        """The key of an instance (a tuple for a composite key)."""
+        if not self.composite:
+            return getattr(obj, self.key_names[0])
+        return tuple(getattr(obj, n) for n in self.key_names)
+
+    def key_parts(self, key: Any) -> tuple[Any, ...]:
+        """A normalized key as its column values, in ``key_columns`` order."""
+        return key if self.composite else (key,)
+
+    def key_from_values(self, values: Sequence[Any]) -> Any:
+        """The key in a row of every field's value in field order (a SELECT row)."""
+        if not self.composite:
+            return values[self.key_fields[0].index]
+        return tuple(values[f.index] for f in self.key_fields)
+
+    def key_from_wire(self, raw: Any) -> Any:
+        """The key named by a queue entry (``keys.key_wire``'s form), checked; a
+        DecodeError naming the model if it is not one of this model's keys."""
+        try:
+            if not self.composite:
+                return self._key_from_wire(self.key_fields[0], raw)
+            if type(raw) is not list or len(raw) != len(self.key_fields):
+                raise ValueError(f"expected a list of {len(self.key_fields)} key parts")
+            return tuple(self._key_from_wire(f, part)
+                         for f, part in zip(self.key_fields, raw, strict=True))
+        except (Reject, ValueError, TypeError) as exc:
+            raise DecodeError(f"{self.name} key {raw!r}: {exc}") from None
+
+    @staticmethod
+    def _key_from_wire(f: FieldInfo, raw: Any) -> Any:
+        ftype = f.ftype
+        return ftype.check(raw if type(raw) is ftype.python_type else ftype.from_wire(raw))
 
     def partition_of(self, key_str: str, partitions: int) -> int:
         """Stable partition of a key: crc32 of ``table NUL key``, the same in every process.
@@ -141,7 +198,7 @@ class ModelInfo:
             f = self.by_name.get(name)
             if f is None:
                 raise ValidationError(self.name, name, value, "no such field")
-            if name == self.key:
+            if name in self.key_names:
                 raise ValidationError(self.name, name, value, "the key cannot be updated")
             out[name] = self.check_value(f, value)
         return out
@@ -227,9 +284,11 @@ def _pg_name(table: str, schema: str | None, where: str) -> tuple[str, tuple[str
 
 
 def _build(
-    cls: type, table: str, key: str, ttl: int | None, schema: str | None = None
+    cls: type, table: str, key: str | tuple[str, ...] | list[str], ttl: int | None,
+    schema: str | None = None,
 ) -> ModelInfo:
     where = f"model {cls.__name__}"
+    key = _key_names(key, where)
     table, pg_name = _pg_name(table, schema, where)
     if ttl is not None and (type(ttl) is not int or ttl <= 0):
         raise ModelError(f"{where}: ttl must be a positive int (seconds) or None, got {ttl!r}")
@@ -266,21 +325,39 @@ def _build(
             )
         by_column[f.column] = f.name
     by_name = {f.name: f for f in fields}
-    if key not in by_name:
-        raise ModelError(f"{where}: key {key!r} is not a field")
-    key_field = by_name[key]
-    if key_field.nullable or not isinstance(key_field.ftype, (IntType, StrType, UUIDType)):
-        raise ModelError(
-            f"{where}: key field {key!r} must be an int, str or UUID column (not Optional)"
-        )
+    for name in key if isinstance(key, tuple) else (key,):
+        if name not in by_name:
+            raise ModelError(f"{where}: key {name!r} is not a field")
+        key_field = by_name[name]
+        if key_field.nullable or not isinstance(key_field.ftype, (IntType, StrType, UUIDType)):
+            raise ModelError(
+                f"{where}: key field {name!r} must be an int, str or UUID column (not Optional)"
+            )
     return ModelInfo(cls, table, key, ttl, fields, pg_name)
+
+
+def _key_names(key: object, where: str) -> str | tuple[str, ...]:
+    """A declared key as ModelInfo holds it: a field name, or a tuple of two or more."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (tuple, list)) and key and all(isinstance(k, str) for k in key):
+        if len(set(key)) != len(key):
+            raise ModelError(f"{where}: key {key!r} names a field twice")
+        return tuple(key) if len(key) > 1 else key[0]
+    raise ModelError(f"{where}: key must be a field name or a tuple of field names "
+                     f"(a composite primary key), got {key!r}")
 
 
 @dataclass_transform()
 def model(
-    *, table: str, key: str = "id", ttl: int | None = None, schema: str | None = None
+    *, table: str, key: str | tuple[str, ...] = "id", ttl: int | None = None,
+    schema: str | None = None,
 ) -> Callable[[type[T]], type[T]]:
     """Declare a model: ``@model(table="bookings", key="id", ttl=None)``.
+
+    ``key=("driver_id", "rider_id")`` declares a composite primary key: its value
+    is then a tuple of those fields' values, in that order, in every repository
+    method (``repo.get_by_id((7, "r-1"))``).
 
     ``table="atlas_app.fit"`` is the table ``fit`` in the schema ``atlas_app`` (one
     dot separates them); without a dot the connection's ``search_path`` decides.

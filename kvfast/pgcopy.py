@@ -7,6 +7,8 @@ Per model and kind, one COPY into a temporary staging table and one statement:
              (one round per distinct set of changed columns)
     delete   DELETE FROM t USING stage s WHERE t.key = s.key
 
+(``t.key = s.key`` is ``t.a = s.a AND t.b = s.b`` for a composite key.)
+
 The staging table is a temporary table with the model's column types and no
 constraints, ``ON COMMIT DELETE ROWS`` (emptied by every commit).  A row
 PostgreSQL rejects (constraint, type, foreign key) is found by re-running the
@@ -96,7 +98,10 @@ class _Stmts:
         self.info = info
         self.stage = sql.Identifier(f"_kvfast_stage_{n}")
         table = table_sql(info)  # schema-qualified when the model names one
-        key = sql.Identifier(info.key_column)
+        keys = [sql.Identifier(c) for c in info.key_columns]
+        key_list = sql.SQL(", ").join(keys)
+        #: ``t.a = s.a AND t.b = s.b``: the stage row's key in the target
+        joined = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys)
         names = [f.name for f in info.fields]
         #: field name → its column's identifier (a field may map to another column name)
         self.col = {f.name: sql.Identifier(f.column) for f in info.fields}
@@ -112,7 +117,7 @@ class _Stmts:
                 ),
             )
         )
-        non_key = [self.col[c] for c in names if c != info.key]
+        non_key = [self.col[c] for c in names if c not in info.key_names]
         conflict: sql.Composable
         if non_key:
             conflict = sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
@@ -121,10 +126,10 @@ class _Stmts:
         else:
             conflict = sql.SQL("DO NOTHING")
         self.upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
-            table, cols, cols, self.stage, key, conflict
+            table, cols, cols, self.stage, key_list, conflict
         )
-        self.delete = sql.SQL("DELETE FROM {} t USING {} s WHERE t.{} = s.{}").format(
-            table, self.stage, key, key
+        self.delete = sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(
+            table, self.stage, joined
         )
         self.clear = sql.SQL("DELETE FROM {}").format(self.stage)
         # The stage may hold rows of an earlier group of this transaction (it
@@ -132,9 +137,10 @@ class _Stmts:
         # the next COPY into it: a batch of creates only never pays a DELETE.
         self.dirty = False
         self.table = table
-        self.key = key
+        self.joined = joined
+        self.returning = sql.SQL(", ").join(sql.SQL("t.{}").format(k) for k in keys)
         #: RETURNING gives a character(n) key padded: compare it as the model's value
-        self.key_from_pg = info.key_field.ftype.from_pg
+        self.key_from_pg = [f.ftype.from_pg for f in info.key_fields]
         self._copy: dict[tuple[str, ...], sql.Composed] = {}
         self._update: dict[tuple[str, ...], sql.Composed] = {}
         self.all_columns = tuple(names)
@@ -155,8 +161,8 @@ class _Stmts:
                 sql.SQL("{0} = s.{0}").format(self.col[c]) for c in columns
             )
             stmt = self._update[columns] = sql.SQL(
-                "UPDATE {} t SET {} FROM {} s WHERE t.{} = s.{} RETURNING t.{}"
-            ).format(self.table, sets, self.stage, self.key, self.key, self.key)
+                "UPDATE {} t SET {} FROM {} s WHERE {} RETURNING {}"
+            ).format(self.table, sets, self.stage, self.joined, self.returning)
         return stmt
 
 
@@ -393,15 +399,22 @@ class Applier:
 
     def _update(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
         changed = tuple(ops[0].row)
-        columns = (stmts.info.key, *changed)
-        self._copy(stmts, columns, [[op.key, *op.row.values()] for op in ops])
-        key_from_pg = stmts.key_from_pg
-        found = {key_from_pg(r[0]) for r in self.conn.execute(stmts.update(changed)).fetchall()}
+        info = stmts.info
+        columns = (*info.key_names, *changed)
+        parts = info.key_parts
+        self._copy(stmts, columns, [[*parts(op.key), *op.row.values()] for op in ops])
+        from_pg = stmts.key_from_pg
+        returned = self.conn.execute(stmts.update(changed)).fetchall()
+        if info.composite:
+            found = {tuple(f(v) for f, v in zip(from_pg, r, strict=True)) for r in returned}
+        else:
+            found = {from_pg[0](r[0]) for r in returned}
         return [(op, "update of a row that is not in PostgreSQL") for op in ops
                 if op.key not in found]
 
     def _delete(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
-        self._copy(stmts, (stmts.info.key,), [[op.key] for op in ops])
+        info = stmts.info
+        self._copy(stmts, info.key_names, [list(info.key_parts(op.key)) for op in ops])
         self.conn.execute(stmts.delete)
         return []
 

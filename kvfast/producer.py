@@ -47,7 +47,7 @@ import orjson
 from kvfast import codec
 from kvfast.encoders import build_create_encoder
 from kvfast.errors import RedisFull
-from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD
+from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, model_version
 from kvfast.resp import EXEC as _EXEC
 from kvfast.resp import MULTI as _MULTI
@@ -139,10 +139,9 @@ class WriteBuilder:
 
     def locate(self, key: Any) -> tuple[Any, int, str]:
         """(wire key, partition, object hash name) of a normalized key."""
-        key_str = str(key)
+        key_str = key_string(key)
         p = self._partition_of(key_str, self._partitions)
-        wire = key if type(key) is int else key_str
-        return wire, p, self._obj_prefix[p] + key_str
+        return key_wire(key), p, self._obj_prefix[p] + key_str
 
     @staticmethod
     def check_block_replies(replies: list[Any]) -> None:
@@ -200,6 +199,11 @@ class WriteBuilder:
             if type(key) is int:
                 key_b = b"%d" % key
                 wire_key = key_b
+            elif type(key) is tuple:  # a composite key (keys.key_string's rule)
+                key_b = key_string(key).encode()
+                if len(key_b) > max_key:
+                    self.info.check_key_size(key_b, key)
+                wire_key = dumps(key_wire(key))
             else:
                 key_s = key if type(key) is str else str(key)  # UUID keys: their text
                 key_b = key_s.encode()

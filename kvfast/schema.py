@@ -66,7 +66,8 @@ def _column_def(info: ModelInfo) -> sql.Composed:
         cols.append(
             sql.SQL("{} {}{}").format(sql.Identifier(f.column), type_sql(f.ftype), null)
         )
-    cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.Identifier(info.key_column)))
+    cols.append(sql.SQL("PRIMARY KEY ({})").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in info.key_columns)))
     return sql.SQL(", ").join(cols)
 
 
@@ -243,11 +244,11 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
                     f"{where}: column is {ctype}, model {info.name} needs "
                     f"{f.ftype.pg_type}{_hint(f, ctype)}"
                 )
-            if f.nullable and notnull and f.name != info.key:
+            if f.nullable and notnull and f.name not in info.key_names:
                 problems.append(
                     f"{where}: column is NOT NULL but the model field is Optional"
                 )
-            if not f.nullable and not notnull and f.name != info.key:
+            if not f.nullable and not notnull and f.name not in info.key_names:
                 problems.append(
                     f"{where}: column is nullable but model {info.name}'s field is not "
                     "Optional: a NULL would not load (make the field `T | None`, or the "
@@ -259,21 +260,23 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
                     f"{info.table}.{name}: extra NOT NULL column without a default "
                     f"(model {info.name} never writes it)"
                 )
-        if pk != [info.key_column]:
+        if pk != list(info.key_columns):
             problems.append(
                 f"{info.table}: primary key is {pk or 'missing'}, model {info.name} needs "
-                f"[{info.key_column!r}]"
+                f"{list(info.key_columns)}"
             )
     if problems:
         raise SchemaMismatch("tables do not match their models:\n  " + "\n  ".join(problems))
 
 
 def select_rows_sql(info: ModelInfo) -> sql.Composed:
-    """``SELECT <every column in field order> FROM t WHERE key = ANY(%s)``.
+    """``SELECT <every column in field order> FROM t WHERE key = ANY(%s)``; for a
+    composite key ``WHERE (a, b) IN (SELECT * FROM unnest(%s, %s))``, one array
+    per key column (``select_rows_params``).
 
     A character(n) column is read ``::text``, which drops its padding (the rule in
     ``StrType``): a key read back equals the key asked for.  The keys are cast to
-    the key column's type so that its index serves the lookup."""
+    the key columns' types so that the primary key's index serves the lookup."""
 
     def column(f: FieldInfo) -> sql.Composable:
         ident = sql.Identifier(f.column)
@@ -281,12 +284,31 @@ def select_rows_sql(info: ModelInfo) -> sql.Composed:
             return sql.SQL("{}::text").format(ident)
         return ident
 
-    return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::{}[])").format(
-        sql.SQL(", ").join(column(f) for f in info.fields),
-        table_sql(info),
-        sql.Identifier(info.key_column),
-        type_sql(info.key_field.ftype),
+    columns = sql.SQL(", ").join(column(f) for f in info.fields)
+    if not info.composite:
+        return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::{}[])").format(
+            columns, table_sql(info), sql.Identifier(info.key_columns[0]),
+            type_sql(info.key_fields[0].ftype),
+        )
+    return sql.SQL("SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+        columns, table_sql(info),
+        sql.SQL(", ").join(sql.Identifier(c) for c in info.key_columns),
+        sql.SQL(", ").join(sql.SQL("%s::{}[]").format(type_sql(f.ftype))
+                           for f in info.key_fields),
     )
+
+
+def select_rows_params(info: ModelInfo, keys: Sequence[Any]) -> tuple[list[Any], ...]:
+    """The parameters of ``select_rows_sql`` for normalized ``keys``: one list per
+    key column."""
+    if not info.composite:
+        return (list(keys),)
+    return tuple([key[i] for key in keys] for i in range(len(info.key_fields)))
+
+
+def rows_by_key(info: ModelInfo, rows: Iterable[tuple[Any, ...]]) -> dict[Any, tuple[Any, ...]]:
+    """``select_rows_sql``'s rows by their (normalized) key."""
+    return {info.key_from_values(row): row for row in rows}
 
 
 def select_rows(
@@ -295,7 +317,5 @@ def select_rows(
     """Rows for ``keys`` (all columns in field order), by key."""
     if not keys:
         return {}
-    query = select_rows_sql(info)
-    key_index = info.key_field.index
-    rows = conn.execute(query, (list(keys),)).fetchall()
-    return {row[key_index]: row for row in rows}
+    rows = conn.execute(select_rows_sql(info), select_rows_params(info, keys)).fetchall()
+    return rows_by_key(info, rows)

@@ -243,7 +243,7 @@ def redis_objects(
         if r.hexists(name, TOMBSTONE_FIELD):
             tombstones.append(text)
         else:
-            live.append(info.key_field.ftype.from_hash(key_str.encode()))
+            live.append(info.key_fields[0].ftype.from_hash(key_str.encode()))
     redis_only = dataclasses.replace(settings, pg_dsn=None)
     with kvfast.Repository(model, redis_only) as repo:
         objs = repo.get_many(live)

@@ -106,7 +106,7 @@ def test_two_fields_on_one_column_are_a_model_error() -> None:
 def test_declared_int_and_str_columns_can_be_keys(key: Any) -> None:
     cls: Any = kvfast.model(table="t_keyed_decl", key="id")(
         dataclasses.make_dataclass("KeyedDecl", [("id", key)]))
-    assert kvfast.model_info(cls).key_field.ftype.pg_type in (
+    assert kvfast.model_info(cls).key_fields[0].ftype.pg_type in (
         "character(36)", "integer", "character varying(10)", "smallint")
 
 

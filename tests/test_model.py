@@ -66,8 +66,8 @@ def test_model_info_describes_table_key_ttl_and_field_order() -> None:
     assert info.field_names == tuple(f.name for f in dataclasses.fields(Everything))
     assert [f.index for f in info.fields] == list(range(len(info.fields)))
     assert kvfast.model_info(Session).ttl == 1
-    assert kvfast.model_info(Token).key_field.ftype.pg_type == "uuid"
-    assert kvfast.model_info(Account).key_field.ftype.pg_type == "text"
+    assert kvfast.model_info(Token).key_fields[0].ftype.pg_type == "uuid"
+    assert kvfast.model_info(Account).key_fields[0].ftype.pg_type == "text"
     assert "t_everything" in repr(info)
 
 

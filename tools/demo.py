@@ -94,7 +94,7 @@ def compare(
         rows = conn.execute(psycopg.sql.SQL("SELECT {} FROM {}").format(
             psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(f.name) for f in info.fields),
             psycopg.sql.Identifier(info.table))).fetchall()
-        pg_objs = {r[info.key_field.index]: info.from_pg_row(r) for r in rows}
+        pg_objs = {info.key_from_values(r): info.from_pg_row(r) for r in rows}
         differ = sum(1 for k, o in redis_objs.items() if pg_objs.get(k) != o)
         differ += sum(1 for k in pg_objs if k not in redis_objs)
         out[info.table] = (len(redis_objs), len(pg_objs), differ)

@@ -31,10 +31,12 @@ class ModelLoad:
     def of(cls, model: type, values: Callable[[random.Random], dict[str, Any]], *,
            key: Callable[[int], Any] = lambda i: i + 1, weight: float = 1.0) -> ModelLoad:
         """Objects ``model(key(i), **values(rng))``; changes drawn from ``values`` too."""
-        name = kvfast.model_info(model).key
+        info = kvfast.model_info(model)
 
         def make(i: int, rng: random.Random) -> Any:
-            return model(**{name: key(i)}, **values(rng))
+            # key(i) is a tuple for a composite key: its parts in key_names order
+            parts = info.key_parts(key(i))
+            return model(**dict(zip(info.key_names, parts, strict=True)), **values(rng))
 
         return cls(model, key, make, values, weight)
 
