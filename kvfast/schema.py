@@ -171,7 +171,8 @@ def _describe(
         r[0]
         for r in conn.execute(
             "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary",
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary "
+            "ORDER BY array_position(i.indkey::int2[], a.attnum)",
             (oid,),
         ).fetchall()
     ]
@@ -260,7 +261,9 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
                     f"{info.table}.{name}: extra NOT NULL column without a default "
                     f"(model {info.name} never writes it)"
                 )
-        if pk != list(info.key_columns):
+        # The same columns in any order: ON CONFLICT and the key lookups need the
+        # set, and a composite key's tuple order is the model's to choose.
+        if sorted(pk) != sorted(info.key_columns):
             problems.append(
                 f"{info.table}: primary key is {pk or 'missing'}, model {info.name} needs "
                 f"{list(info.key_columns)}"
