@@ -22,7 +22,7 @@ from redis.connection import parse_url
 
 from kvfast import memory, meta
 from kvfast.drivers import pg_connect_kwargs, pg_errors
-from kvfast.errors import KvfastError, RedisFull, RedisUnavailable, WriteOutcomeUnknown
+from kvfast.errors import ConfigError, KvfastError, RedisFull, RedisUnavailable, WriteOutcomeUnknown
 from kvfast.keys import Keys
 from kvfast.resp import REPLY_ERRORS, pack, reply_exception, unavailable_reply
 from kvfast.scripts import Call, EvalBatch
@@ -196,6 +196,12 @@ class AsyncClient:
 
     async def check_partitions(self) -> None:
         """The start-up check of ``kvfast.meta`` (eviction policy, partitions, layout)."""
+        (info,) = await self.conn.execute(pack(("INFO", "cluster")), 1)
+        if isinstance(info, bytes) and b"cluster_enabled:1" in info:
+            raise ConfigError(
+                f"Redis at {redact(self.settings.redis_url)} is a Redis Cluster node: "
+                "kvfast.aio runs on one Redis only so far; use kvfast.Repository (it "
+                "routes by slot) on a cluster")
         plan = meta.check_plan(self.settings, self.keys)
         try:
             payload, nreplies = next(plan)

@@ -12,16 +12,78 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from kvfast.cluster import redirected
+from kvfast.errors import RedisCommandError, WriteOutcomeUnknown
+from kvfast.keys import Keys
+from kvfast.resp import REPLY_ERRORS, pack
 from kvfast.retry import Backoff
-from kvfast.scripts import Claim, Part, Renew
+from kvfast.scripts import Claim, Part, Renew, pack_eval, source
 
 if TYPE_CHECKING:
+    from redis import ConnectionPool
+
     from kvfast.client import Client
 
 # Claim and Part (claim.lua's reply) live in kvfast.scripts; they stay importable here.
-__all__ = ["Claim", "LeaseKeeper", "Part"]
+__all__ = ["Claim", "LeaseKeeper", "Part", "claim_routed"]
 
 log = logging.getLogger("kvfast.drainer")
+
+
+def claim_routed(client: Client, keys: Keys, order: list[int], owner: str, lease_ms: int,
+                 batch_size: int, *, recover: bool = False) -> tuple[Claim | None, bool]:
+    """A claim on a Redis Cluster: one claim.lua call per node, over the partitions
+    that node serves (in ``order``), all nodes in one round trip; the parts of
+    every node's reply make one claim.  Returns (the claim, whether a node may
+    have run its call without its reply arriving: the caller recovers then).
+
+    Each node's call fills up to its share of ``batch_size``, so a claim stays
+    within it however many nodes answer.  A node whose reply is a redirection
+    (its slots moved) or that cannot be reached gives nothing this time; the
+    slot map is refreshed for the next claim.
+    """
+    topology = client.topology
+    assert topology is not None
+    groups: dict[int, tuple[ConnectionPool, list[int]]] = {}
+    for p in order:
+        pool = topology.pool_of_slot(topology.partition_slots[p])
+        groups.setdefault(id(pool), (pool, []))[1].append(p)
+    share = -(-batch_size // max(1, len(groups)))
+    calls = [(pool, part_order, Claim.call(keys, part_order, owner, lease_ms, share,
+                                           recover=recover, one_slot=True))
+             for pool, part_order in groups.values()]
+    parts: list[Part] = []
+    maybe_ran = refresh = False
+    for attempt in range(2):  # the second round only loads the script where it was missing
+        jobs = [(pool, pack_eval(Claim.name, *call), 1) for pool, _, call in calls]
+        results = client.send_many(jobs)
+        missing = []
+        for (pool, part_order, call), result in zip(calls, results, strict=True):
+            if isinstance(result, BaseException):
+                maybe_ran = maybe_ran or isinstance(result, WriteOutcomeUnknown)
+                refresh = True
+                log.warning("claim on a cluster node failed (%s); its partitions wait", result)
+                continue
+            reply = result[0]
+            if isinstance(reply, REPLY_ERRORS):
+                if str(reply).startswith("NOSCRIPT") and attempt == 0:
+                    missing.append((pool, part_order, call))
+                elif redirected([reply]):
+                    refresh = True
+                else:
+                    raise RedisCommandError(f"Redis refused claim.lua: {reply}") from reply
+                continue
+            claim = Claim.from_reply(reply, part_order)
+            if claim is not None:
+                parts += claim.parts
+        if not missing:
+            break
+        load = pack(("SCRIPT", "LOAD", source(Claim.name)))
+        client.send_many([(pool, load, 1) for pool, _, _ in missing])
+        calls = missing
+    if refresh:
+        topology.refresh()
+    return (Claim(parts) if parts else None), maybe_ran
 
 
 class LeaseKeeper(threading.Thread):

@@ -4,28 +4,38 @@ Several repositories can share one ``Client``.  Driver errors are translated
 into the ``KvfastError`` tree by ``kvfast.drivers`` (passwords redacted); packed
 batches travel on a pooled redis-py socket and their replies are read by
 ``kvfast.resp``.
+
+The client finds out by itself whether the URL names a Redis Cluster node (its
+first use asks ``INFO cluster``).  On a cluster ``redis`` is a redis-py
+``RedisCluster`` (whose pipelines route each command by slot) and ``topology``
+routes kvfast's own packed payloads: ``execute_units`` sends each unit to the
+node serving its slot, one payload per node, all nodes at once (``kvfast.cluster``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import redis
+from redis import ConnectionPool
+from redis.cluster import RedisCluster
 
 from kvfast import memory, meta
+from kvfast.cluster import Topology, Unit, is_cluster
+from kvfast.cluster import redirected as _redirected
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
 from kvfast.errors import KvfastError, RedisFull, WriteOutcomeUnknown
 from kvfast.holds import parse_holds
 from kvfast.keys import Keys
 from kvfast.resp import DISCARD, Piece, read_replies, reply_exception, unavailable_reply
-from kvfast.scripts import Call, EvalBatch
+from kvfast.scripts import Call, EvalBatch, pack_eval
 from kvfast.settings import Settings, redact
 
 # pg_errors and redis_errors live in kvfast.drivers; they stay importable from here.
-__all__ = ["Client", "connect_pg", "pg_errors", "redis_errors"]
+__all__ = ["Client", "cluster_client", "connect_pg", "pg_errors", "redis_client", "redis_errors"]
 
 
 def _execute_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
@@ -46,21 +56,76 @@ def connect_pg(settings: Settings, *, autocommit: bool = True) -> psycopg.Connec
         return psycopg.connect(**kwargs)
 
 
+def _timeouts(settings: Settings) -> dict[str, Any]:
+    return {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_keepalive": True,
+    }
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """The redis-py client of one Redis, with kvfast's timeouts (no I/O yet)."""
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=30,
+                                **_timeouts(settings))
+
+
+def cluster_client(settings: Settings) -> RedisCluster:
+    """redis-py's cluster client (it reads the slot map from the node in the URL)."""
+    with redis_errors(settings):
+        return RedisCluster.from_url(settings.redis_url, **_timeouts(settings))
+
+
+def busy_is_redirect(reply: Any) -> bool:
+    """TRYAGAIN / CLUSTERDOWN are "cannot serve now" and redirections at once: the
+    cluster router sends the unit again instead of failing the call."""
+    return _redirected([reply])
+
+
 class Client:
     """Redis client + Lua scripts + key layout, and an optional PostgreSQL connection."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.keys = Keys(self.settings.namespace, self.settings.partitions)
-        self.redis = redis.Redis.from_url(
-            self.settings.redis_url,
-            socket_timeout=self.settings.redis_socket_timeout,
-            socket_connect_timeout=self.settings.redis_connect_timeout,
-            socket_keepalive=True,
-            health_check_interval=30,
-        )
+        self._redis: redis.Redis | None = None
+        self._topology: Topology | None = None
         self._pg: psycopg.Connection[Any] | None = None
         self._partitions_checked = False
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The redis-py client: a ``RedisCluster`` on a cluster (same command methods;
+        its pipelines route by slot), found out on first use."""
+        if self._redis is None:
+            self._connect()
+            assert self._redis is not None
+        return self._redis
+
+    @property
+    def topology(self) -> Topology | None:
+        """The slot map on a Redis Cluster, None on one Redis (found out on first use)."""
+        if self._redis is None:
+            self._connect()
+        return self._topology
+
+    def _connect(self) -> None:
+        plain = redis_client(self.settings)
+        try:
+            with redis_errors(self.settings):
+                cluster = is_cluster(plain)
+        except BaseException:
+            plain.close()
+            raise
+        if not cluster:
+            self._redis = plain
+            return
+        plain.close()
+        node = cluster_client(self.settings)
+        self._topology = Topology(node, self.keys.tags)
+        # RedisCluster is not a redis.Redis subclass, but it has the same command
+        # methods and pipeline(): everything kvfast calls on ``redis``.
+        self._redis = cast(redis.Redis, node)
 
     def __repr__(self) -> str:
         return f"<kvfast.Client {self.settings!r}>"
@@ -74,19 +139,34 @@ class Client:
         if self._partitions_checked:
             return
         plan = meta.check_plan(self.settings, self.keys)
+        pool = self._pool_of(self.keys.meta)
         try:
             payload, nreplies = next(plan)
             while True:
-                payload, nreplies = plan.send(self._send([Piece(payload, nreplies, 0, False)])[0])
+                payload, nreplies = plan.send(
+                    self._send([Piece(payload, nreplies, 0, False)], pool)[0])
         except StopIteration:
             pass
         self._partitions_checked = True
 
+    def _pool_of(self, key: str) -> ConnectionPool:
+        """The connection pool of the node serving ``key`` (the only one on one Redis)."""
+        conn = self.redis
+        if self.topology is None:
+            return conn.connection_pool
+        return self.topology.pool_of_slot(self.topology.slot_of_key(key))
+
     def full(self, exc: RedisFull) -> RedisFull:
         """``exc`` with the backlog that waits for the drain in its message (best effort)."""
         try:
-            payload, nreplies = meta.backlog_payload(self.keys)
-            backlog = meta.backlog_from(self._send([Piece(payload, nreplies, 0, False)])[0])
+            backlog: memory.Backlog | None
+            if self.topology is not None:  # a payload over every partition spans slots
+                queued, _, dead = self.backlog()
+                backlog = memory.Backlog(queued, None, dead, None, None)
+            else:
+                payload, nreplies = meta.backlog_payload(self.keys)
+                backlog = meta.backlog_from(
+                    self._send([Piece(payload, nreplies, 0, False)])[0])
         except KvfastError:
             backlog = None
         return RedisFull(memory.full_message(str(exc), backlog))
@@ -132,11 +212,15 @@ class Client:
         if first is None:
             return [], 0
         self.check_partitions()
+        if self.topology is not None:
+            raise RuntimeError("execute_pieces on a Redis Cluster: use execute_units")
         return self._send(itertools.chain((first,), it))
 
-    def _send(self, pieces: Iterable[Piece]) -> tuple[list[Any], int]:
-        """``execute_pieces`` without the start-up check."""
-        pool = self.redis.connection_pool
+    def _send(self, pieces: Iterable[Piece],
+              pool: ConnectionPool | None = None) -> tuple[list[Any], int]:
+        """``execute_pieces`` without the start-up check (on ``pool``'s node)."""
+        if pool is None:
+            pool = self.redis.connection_pool
         with redis_errors(self.settings):
             conn = pool.get_connection()
             try:
@@ -196,16 +280,90 @@ class Client:
             "sent; it may have been applied")
 
     def eval_many(self, script: str, calls: Sequence[Call]) -> list[Any]:
-        """Pipelined EVALSHA calls in one round trip (SCRIPT LOAD on NOSCRIPT)."""
+        """Pipelined EVALSHA calls in one round trip (SCRIPT LOAD on NOSCRIPT).
+
+        On a cluster each call goes to the node of its first key's slot (every
+        kvfast script keeps its keys in one partition, or on one node)."""
         if not calls:
             return []
         batch = EvalBatch(script, calls)
         try:
+            if self.topology is not None:
+                self._eval_routed(batch)
+                return batch.results
             while batch.take(self.execute(batch.payload(), len(batch.pending))):
                 self.execute(batch.load_command, 1)
         except RedisFull as exc:
             raise self.full(exc) from exc.__cause__
         return batch.results
+
+    def _eval_routed(self, batch: EvalBatch) -> None:
+        topology = self.topology
+        assert topology is not None
+        while True:
+            units = [Unit(topology.slot_of_key(batch.calls[i][0][0]),
+                          pack_eval(batch.name, *batch.calls[i]), 1) for i in batch.pending]
+            if not batch.take([replies[0] for replies in self.execute_units(units)]):
+                return
+            # A node without the script (restarted, or a replica just promoted):
+            # load it on every master, it is one small command each.
+            for pool in topology.primary_pools():
+                self._send([Piece(batch.load_command, 1, 0, False)], pool)
+
+    def execute_units(self, units: Sequence[Unit]) -> list[list[Any]]:
+        """Each unit's replies (cluster only); the first failure is raised."""
+        results = self.send_units(units)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return cast(list[list[Any]], results)
+
+    def send_units(self, units: Sequence[Unit]) -> list[list[Any] | BaseException]:
+        """Each unit's replies, or the error of the node it went to (cluster only):
+        the caller tells written from not written (``PartialWrite``)."""
+        assert self.topology is not None, "send_units is for a Redis Cluster"
+        with redis_errors(self.settings):
+            return self.topology.run(units, self.send_many)
+
+    def send_many(
+        self, jobs: list[tuple[ConnectionPool, bytes, int]]
+    ) -> list[list[Any] | BaseException]:
+        """Send every job's payload to its node first, then read every node's replies:
+        one round trip however many nodes.  A node's failure is its result (an
+        exception): ``RedisUnavailable`` when nothing was sent, ``WriteOutcomeUnknown``
+        once it may have been."""
+        out: list[list[Any] | BaseException | None] = [None] * len(jobs)
+        held: list[tuple[int, ConnectionPool, Any]] = []
+        try:
+            for i, (pool, payload, _) in enumerate(jobs):
+                try:
+                    with redis_errors(self.settings):
+                        conn = pool.get_connection()
+                except KvfastError as exc:
+                    out[i] = exc
+                    continue
+                held.append((i, pool, conn))
+                try:
+                    getattr(conn, "_sock", None).sendall(payload)  # type: ignore[union-attr]
+                except (OSError, AttributeError) as exc:
+                    conn.disconnect()  # type: ignore[no-untyped-call]
+                    out[i] = self._outcome_unknown(exc)
+            for i, _, conn in held:
+                if out[i] is not None:
+                    continue
+                try:
+                    replies = read_replies(conn._sock, jobs[i][2])
+                except (OSError, ConnectionError) as exc:
+                    conn.disconnect()
+                    out[i] = self._outcome_unknown(exc)
+                    continue
+                busy = unavailable_reply(replies)
+                out[i] = replies if busy is None or busy_is_redirect(busy) else reply_exception(
+                    busy, "a batch", redact(self.settings.redis_url))
+        finally:
+            for _, pool, conn in held:
+                pool.release(conn)
+        return [r for r in out if r is not None]
 
     def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:
         return self.eval_many(script, [(keys, args)])[0]
@@ -253,8 +411,12 @@ class Client:
         if self._pg is not None:
             self._pg.close()
             self._pg = None
-        self.redis.close()
-        self.redis.connection_pool.disconnect()
+        conn, self._redis, self._topology = self._redis, None, None
+        if conn is None:
+            return
+        conn.close()
+        if isinstance(conn, redis.Redis):
+            conn.connection_pool.disconnect()
 
     def __enter__(self) -> Client:
         return self

@@ -39,7 +39,7 @@ import psycopg
 
 from kvfast import deadletters
 from kvfast.acks import ack_marks
-from kvfast.claims import LeaseKeeper
+from kvfast.claims import LeaseKeeper, claim_routed
 from kvfast.client import Client, connect_pg
 from kvfast.drivers import pg_errors
 from kvfast.errors import ConnectionFailed, PostgresQueryError, SchemaMismatch
@@ -176,15 +176,23 @@ class Drainer:
         """
         n = self.keys.partitions
         order = [(self._offset + i) % n for i in range(n)]
-        call = Claim.call(self.keys, order, self.owner, self.settings.lease_ms,
-                          self.settings.batch_size, recover=recover)
-        try:
-            claim = Claim.from_reply(self.client.evalsha(Claim.name, *call), order)
-        except ConnectionFailed:
-            self._recover = True  # the claim may have run: its partitions are ours
-            raise
+        if self.client.topology is not None:  # one call per node (kvfast.claims)
+            claim, maybe_ran = claim_routed(
+                self.client, self.keys, order, self.owner, self.settings.lease_ms,
+                self.settings.batch_size, recover=recover)
+        else:
+            maybe_ran = False
+            call = Claim.call(self.keys, order, self.owner, self.settings.lease_ms,
+                              self.settings.batch_size, recover=recover)
+            try:
+                claim = Claim.from_reply(self.client.evalsha(Claim.name, *call), order)
+            except ConnectionFailed:
+                self._recover = True  # the claim may have run: its partitions are ours
+                raise
         if recover and (claim is None or not any(part.retaken for part in claim.parts)):
             self._recover = False
+        if maybe_ran:  # a node took the call and its reply was lost
+            self._recover = True
         if claim is None:
             return None
         parts = claim.parts

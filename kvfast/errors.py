@@ -131,12 +131,16 @@ class RedisFull(RedisCommandError):
 class PartialWrite(KvfastError):
     """A batch of which only part was written; ``written_keys`` names exactly which.
 
-    Never raised on one Redis, where every batch is one MULTI/EXEC: kept for
-    Redis Cluster, where one call may span several slots.
+    Never raised on one Redis, where every batch is one MULTI/EXEC.  On a Redis
+    Cluster a batch is one MULTI/EXEC per partition, sent to several nodes; when
+    one node fails the others' blocks stay written.
     """
 
-    def __init__(self, message: str, written_keys: list[Any]) -> None:
+    def __init__(self, message: str, written_keys: list[Any],
+                 unknown_keys: list[Any] | None = None) -> None:
         self.written_keys = written_keys
+        #: keys whose node took the request and then failed: written or not
+        self.unknown_keys = unknown_keys or []
         super().__init__(message)
 
 

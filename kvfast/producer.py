@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kvfast import codec
+from kvfast.cluster import Unit
 from kvfast.encoders import build_create_encoder
-from kvfast.errors import RedisFull
+from kvfast.errors import KvfastError, PartialWrite, RedisFull, WriteOutcomeUnknown
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, model_version
 from kvfast.resp import EXEC as _EXEC
@@ -247,6 +248,28 @@ class WriteBuilder:
             _close_block(commands, entries, queues)
             yield _piece(commands, piece_keys, in_piece, opens=opens, ends=True)
 
+    def by_partition(self, objs: Iterable[Any]) -> dict[int, list[Any]]:
+        """Objects grouped by the partition of their key (for a Redis Cluster, where
+        each partition's MULTI block goes to the node of its slot).
+
+        An object whose key does not check raises the encoder's own error (the
+        same ValidationError a create on one Redis gives)."""
+        info = self.info
+        groups: dict[int, list[Any]] = {}
+        for obj in objs:
+            try:
+                key = info.check_key(info.key_of(obj))
+            except (KvfastError, AttributeError) as exc:
+                self._encode(obj)  # raises the error that names field and value
+                raise exc  # pragma: no cover - the encoder refuses what check_key refuses
+            p = self.locate(key)[1]
+            group = groups.get(p)
+            if group is None:
+                groups[p] = [obj]
+            else:
+                group.append(obj)
+        return groups
+
     def build_delete(self, keys: Iterable[Any]) -> Request:
         """Validate and pack a delete batch (no I/O)."""
         info = self.info
@@ -318,17 +341,65 @@ class Producer(WriteBuilder):
         self.client = client
 
     def create(self, objs: Iterable[Any]) -> int:
+        if self.client.topology is not None:
+            with gc_paused():
+                groups = self.by_partition(objs)
+                blocks = [(p, self.build_create(group), [self.info.key_of(o) for o in group])
+                          for p, group in groups.items()]
+            return self._send_blocks(blocks)
         with gc_paused():
             replies, records = self.client.execute_pieces(self.create_pieces(objs))
         self._check(replies)
         return records
 
     def delete(self, keys: Iterable[Any]) -> int:
+        if self.client.topology is not None:
+            info = self.info
+            groups: dict[int, list[Any]] = {}
+            for key in [info.check_key(k) for k in keys]:  # all checked before any write
+                groups.setdefault(self.locate(key)[1], []).append(key)
+            return self._send_blocks([(p, self.build_delete(group), group)
+                                      for p, group in groups.items()])
         with gc_paused():
             request = self.build_delete(keys)
         if request.records:
             self._check(self.client.execute(request.payload, request.nreplies))
         return request.records
+
+    def _send_blocks(self, blocks: list[tuple[int, Request, list[Any]]]) -> int:
+        """One MULTI block per partition, each to the node of its slot, all at once.
+
+        A node that fails leaves the other nodes' blocks written: ``PartialWrite``
+        then names exactly the keys written (and those whose outcome is unknown)."""
+        self.client.check_partitions()
+        topology = self.client.topology
+        assert topology is not None
+        slots = topology.partition_slots
+        results = self.client.send_units(
+            [Unit(slots[p], request.payload, request.nreplies) for p, request, _ in blocks])
+        written: list[Any] = []
+        unknown: list[Any] = []
+        first: BaseException | None = None
+        for (_, _, keys), result in zip(blocks, results, strict=True):
+            if not isinstance(result, BaseException):
+                try:
+                    self._check(result)
+                    written += keys
+                    continue
+                except KvfastError as exc:
+                    result = exc
+            first = first or result
+            if isinstance(result, WriteOutcomeUnknown):
+                unknown += keys
+        if first is None:
+            return sum(request.records for _, request, _ in blocks)
+        if not written and not unknown:
+            raise first
+        total = sum(len(keys) for _, _, keys in blocks)
+        raise PartialWrite(
+            f"{self.info.name}: {len(written)} of {total} keys were written, "
+            f"{len(unknown)} may have been, the rest were not: {first}",
+            written, unknown) from first
 
     def _check(self, replies: list[Any]) -> None:
         try:

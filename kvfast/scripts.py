@@ -123,7 +123,8 @@ class Claim:
     KEYS, one group of five per candidate partition, in the order tried: queue
     ``{ns:p}:q``, in-flight list ``:f``, in-flight meta ``:fm``, epoch ``:e``,
     holds ``:h``.  ARGV: owner, lease (ms), batch size, "1" to take back the
-    caller's own in-flight partitions first (its last claim's reply was lost).
+    caller's own in-flight partitions first (its last claim's reply was lost),
+    then, on a Redis Cluster, the groups after the first.
     Reply: nil, or ``{n, g1, epoch1, retaken1, count1, nhold1, …, entries of g1 …,
     entries of g2 …, hold fields of g1 (2·nhold1 values) …}``, g the 0-based group.
     """
@@ -133,12 +134,17 @@ class Claim:
 
     @staticmethod
     def call(keys: Keys, order: Sequence[int], owner: str, lease_ms: int,
-             batch_size: int, *, recover: bool = False) -> Call:
+             batch_size: int, *, recover: bool = False, one_slot: bool = False) -> Call:
+        """``one_slot``: declare only the first group as KEYS and pass the others in
+        ARGV (a Redis Cluster refuses declared KEYS of several slots)."""
         key_list: list[Any] = []
         for p in order:
             key_list += (keys.queues[p], keys.inflight[p], keys.inflight_meta[p], keys.epochs[p],
                          keys.holds[p])
-        return key_list, [owner, lease_ms, batch_size, "1" if recover else "0"]
+        args: list[Any] = [owner, lease_ms, batch_size, "1" if recover else "0"]
+        if one_slot:
+            return key_list[:5], args + key_list[5:]
+        return key_list, args
 
     @classmethod
     def from_reply(cls, reply: Any, order: Sequence[int]) -> Claim | None:

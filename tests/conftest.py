@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 import kvfast
 
@@ -25,18 +26,21 @@ PG_DSN = os.environ.get(
     "KVFAST_TEST_PG_DSN", "postgresql://kvfast:kvfast@127.0.0.1:15432/kvfast_test"
 )
 REQUIRE = bool(os.environ.get("CI") or os.environ.get("KVFAST_REQUIRE_SERVICES"))
+# A Redis Cluster (`tools/services up cluster`): database 0 only, flushed per test.
+CLUSTER_URL = os.environ.get("KVFAST_TEST_CLUSTER_URL", "redis://127.0.0.1:17001/0")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
-        f"kvfast: redis={kvfast.settings.redact(REDIS_URL)} pg={kvfast.settings.redact(PG_DSN)}",
+        f"kvfast: redis={kvfast.settings.redact(REDIS_URL)} pg={kvfast.settings.redact(PG_DSN)} "
+        f"cluster={kvfast.settings.redact(CLUSTER_URL)}",
         f"kvfast: psycopg implementation={psycopg.pq.__impl__}, "
         f"redis-py hiredis={redis.utils.HIREDIS_AVAILABLE}",
     ]
 
 
-def _missing(what: str, exc: Exception) -> None:
-    message = f"{what} is not reachable ({exc}); start it with `tools/services up`"
+def _missing(what: str, exc: Exception, start: str = "tools/services up") -> None:
+    message = f"{what} is not reachable ({exc}); start it with `{start}`"
     if REQUIRE:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -61,6 +65,34 @@ def pg_server() -> str:
     except psycopg.OperationalError as exc:
         _missing("PostgreSQL", exc)
     return PG_DSN
+
+
+@pytest.fixture(scope="session")
+def cluster_server() -> Iterator[RedisCluster]:
+    try:
+        client = RedisCluster.from_url(CLUSTER_URL, socket_connect_timeout=3)
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        _missing("Redis Cluster", exc, "tools/services up cluster")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def rc(cluster_server: RedisCluster) -> RedisCluster:
+    """The test cluster, every master flushed (a failover test may have moved them)."""
+    cluster_server.nodes_manager.initialize()
+    cluster_server.flushall(target_nodes=RedisCluster.PRIMARIES)
+    return cluster_server
+
+
+@pytest.fixture
+def cluster_settings(rc: RedisCluster, pg: psycopg.Connection[Any]) -> kvfast.Settings:
+    """Settings for the test cluster: 16 partitions, so every master has some."""
+    return kvfast.Settings(
+        redis_url=CLUSTER_URL, pg_dsn=PG_DSN, partitions=16, batch_size=500, lease_ms=2000,
+        drain_interval_ms=20, workers=2,
+    )
 
 
 @pytest.fixture

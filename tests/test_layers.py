@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("encoders", "decoders", "schema", "demo"),
     ("resp",),                                  # the Redis wire
-    ("drivers", "meta"),                        # driver errors in, connect options
+    ("drivers", "meta", "cluster"),             # driver errors in, connect options, slots
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
     ("client", "aioclient"),                    # transports
     ("producer", "batch", "versions", "pgcopy"),  # write plans; drain batches

@@ -4,6 +4,7 @@ the error tree and the translation of connection errors."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,6 +18,7 @@ import redis
 from models import Everything
 
 import kvfast
+from kvfast.client import redis_client
 from kvfast.options import Opt
 from kvfast.settings import SupervisorOptions, redact, settings_table
 
@@ -198,11 +200,13 @@ def test_a_bad_redis_url_error_does_not_show_its_password() -> None:
 def test_rediss_urls_are_accepted_and_use_tls() -> None:
     s = kvfast.Settings.from_env({"KVFAST_REDIS_URL": f"rediss://app:{SECRET}@cache:6380/1"})
     assert s.redis_url == f"rediss://app:{SECRET}@cache:6380/1"
-    with kvfast.Client(s) as client:  # builds the pool, connects lazily
-        pool = client.redis.connection_pool
+    with kvfast.Client(s) as client:
+        assert SECRET not in repr(client)
+    # what Client connects with (no I/O yet: no server needed)
+    with contextlib.closing(redis_client(s)) as conn:
+        pool = conn.connection_pool
         assert issubclass(pool.connection_class, redis.SSLConnection)
         assert pool.connection_kwargs["password"] == SECRET
-        assert SECRET not in repr(client)
 
 
 @pytest.mark.parametrize(
@@ -450,8 +454,8 @@ def test_timeouts_reach_the_drivers() -> None:
     s = kvfast.Settings(redis_socket_timeout=2.5, redis_connect_timeout=1.5,
                         pg_connect_timeout=4, pg_dsn="host=db dbname=app")
     assert s.redis_socket_timeout == 2.5
-    with kvfast.Client(s) as client:
-        kwargs = client.redis.connection_pool.connection_kwargs
+    with contextlib.closing(redis_client(s)) as conn:  # what Client connects with
+        kwargs = conn.connection_pool.connection_kwargs
         assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (2.5, 1.5)
     assert pg_connect_kwargs(s)["connect_timeout"] == 4
     for bad in ({"redis_socket_timeout": 0}, {"pg_connect_timeout": 0},

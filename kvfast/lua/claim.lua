@@ -1,9 +1,12 @@
-#!lua flags=allow-oom
+#!lua flags=allow-oom,allow-cross-slot-keys
 -- claim.lua: hand a drainer a batch, taken from one or more partitions, recorded
 -- as in flight.
 --
--- KEYS come in groups of five, one group per candidate partition (the caller
--- passes one group on Redis Cluster, several on a standalone Redis):
+-- KEYS come in groups of five, one group per candidate partition (on a Redis
+-- Cluster, the partitions one node serves: KEYS hold the first group, the
+-- others follow in ARGV[5..], since a cluster refuses declared KEYS of several
+-- slots, and allow-cross-slot-keys lets the script reach the other slots of
+-- its own node; kvfast.claims.claim_routed):
 --   KEYS[5i+1]  queue            {ns:p}:q    entries waiting (producers RPUSH)
 --   KEYS[5i+2]  in-flight list   {ns:p}:f    the partition's share of a batch
 --   KEYS[5i+3]  in-flight meta   {ns:p}:fm   hash: owner, epoch, deadline (ms)
@@ -13,6 +16,7 @@
 -- ARGV[2]  lease in milliseconds
 -- ARGV[3]  batch size (max entries handed out)
 -- ARGV[4]  "1" to take back, first, any partition this owner holds in flight
+-- ARGV[5..] more groups of five key names (Redis Cluster: see above)
 --          (the reply of its previous claim was lost: those partitions are its
 --          own, nobody else may take them before their lease runs out)
 --
@@ -51,6 +55,13 @@ local owner = ARGV[1]
 local lease = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local recover = ARGV[4] == '1'
+-- every group's keys, the declared ones and those passed in ARGV (a cluster node)
+local K = KEYS
+if #ARGV > 4 then
+  K = {}
+  for i = 1, #KEYS do K[i] = KEYS[i] end
+  for i = 5, #ARGV do K[#K + 1] = ARGV[i] end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -58,16 +69,16 @@ local G = 5
 
 local function lease_out(g)
   local base = g * G
-  local epoch = redis.call('INCR', KEYS[base + 4])
-  redis.call('HSET', KEYS[base + 3], 'owner', owner, 'epoch', epoch, 'deadline', now + lease)
+  local epoch = redis.call('INCR', K[base + 4])
+  redis.call('HSET', K[base + 3], 'owner', owner, 'epoch', epoch, 'deadline', now + lease)
   return epoch
 end
 
 local function holds(g)
-  if redis.call('EXISTS', KEYS[g * G + 5]) == 0 then
+  if redis.call('EXISTS', K[g * G + 5]) == 0 then
     return {}
   end
-  return redis.call('HGETALL', KEYS[g * G + 5])
+  return redis.call('HGETALL', K[g * G + 5])
 end
 
 local function append(out, values)
@@ -80,7 +91,7 @@ end
 -- One partition handed out again, whole: its lease expired, or its owner lost
 -- the reply of the claim that gave it out.
 local function retake(g)
-  local entries = redis.call('LRANGE', KEYS[g * G + 2], 0, -1)
+  local entries = redis.call('LRANGE', K[g * G + 2], 0, -1)
   local held = holds(g)
   local out = { 1, g, lease_out(g), 1, #entries, #held / 2 }
   append(out, entries)
@@ -88,10 +99,10 @@ local function retake(g)
   return out
 end
 
-local groups = #KEYS / G
+local groups = #K / G
 local free = {}
 for g = 0, groups - 1 do
-  local meta = redis.call('HMGET', KEYS[g * G + 3], 'deadline', 'owner')
+  local meta = redis.call('HMGET', K[g * G + 3], 'deadline', 'owner')
   local deadline = meta[1]
   if deadline then
     if tonumber(deadline) < now or (recover and meta[2] == owner) then
@@ -110,20 +121,20 @@ for _, g in ipairs(free) do
   if left <= 0 then
     break
   end
-  local popped = redis.call('LPOP', KEYS[g * G + 1], left)
+  local popped = redis.call('LPOP', K[g * G + 1], left)
   local hold = {}
   if popped then
     -- Copy in chunks: unpack() fails beyond a few thousand values (LUAI_MAXCSTACK).
     local i = 1
     while i <= #popped do
       local j = math.min(i + 999, #popped)
-      redis.call('RPUSH', KEYS[g * G + 2], unpack(popped, i, j))
+      redis.call('RPUSH', K[g * G + 2], unpack(popped, i, j))
       i = j + 1
     end
     hold = holds(g)
   else
     popped = {}
-    local next_try = redis.call('HGET', KEYS[g * G + 5], 'next')
+    local next_try = redis.call('HGET', K[g * G + 5], 'next')
     if next_try and tonumber(next_try) <= now then
       hold = holds(g)
     end

@@ -1,0 +1,165 @@
+"""Redis Cluster: which node serves a partition, and sending to several nodes at once.
+
+kvfast's keys are laid out per partition (``{ns:p}`` is every key's hash tag), so
+each partition is one slot and every script and MULTI block already touches one
+slot.  What a cluster adds is routing: a batch is split by partition, the
+partitions are grouped by the node that serves their slot, and each node gets
+one pipelined payload, all nodes at once (send to every node, then read every
+node): one round trip for the whole batch.
+
+redis-py's ``RedisCluster`` keeps the slot map (it is what ``Client.redis`` is on
+a cluster, so ordinary pipelines route themselves); kvfast sends its own packed
+payloads on the raw sockets of that map's per-node connection pools, as it does
+on one Redis.  A unit whose reply is a redirection (``MOVED``: the slot moved;
+``ASK``/``TRYAGAIN``: it is moving; ``CLUSTERDOWN``: a failover is under way)
+was not applied - a MULTI block with such a reply aborts at EXEC, a script never
+ran - so the map is refreshed and the unit sent again, to its new node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis import ConnectionPool
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from kvfast.errors import RedisUnavailable, WriteOutcomeUnknown
+from kvfast.resp import REPLY_ERRORS
+
+__all__ = ["REDIRECT_PREFIXES", "Topology", "Unit", "is_cluster", "redirected"]
+
+#: replies that mean "not applied here, ask the slot map again"
+REDIRECT_PREFIXES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+#: how often a redirected unit is sent again before the call gives up (a
+#: failover takes about cluster-node-timeout plus an election: seconds)
+_ATTEMPTS = 40
+_PAUSE_S = (0.01, 0.05, 0.1, 0.25, 0.5)
+
+
+def is_cluster(conn: redis.Redis) -> bool:
+    """Whether the server ``conn`` talks to runs in cluster mode.
+
+    A user whose ACL refuses INFO is taken to be on one Redis: the start-up
+    check then says what that user lacks (kvfast needs INFO to read the
+    eviction policy anyway), and a cluster would answer MOVED, a clear error."""
+    try:
+        info = conn.info("cluster")
+    except redis.ResponseError:
+        return False
+    return bool(info.get("cluster_enabled"))
+
+
+def redirected(replies: Sequence[Any]) -> bool:
+    """Whether any reply (or any reply inside an EXEC array) is a redirection."""
+    for reply in replies:
+        if isinstance(reply, REPLY_ERRORS):
+            text = str(reply)
+            if text.startswith(REDIRECT_PREFIXES) or (
+                    text.startswith("EXECABORT") and "MOVED" in text):
+                return True
+        elif isinstance(reply, list) and redirected(reply):
+            return True
+    return False
+
+
+@dataclass(slots=True)
+class Unit:
+    """What must reach one slot whole: a MULTI block, or pipelined scripts of one slot."""
+
+    slot: int
+    payload: bytes
+    nreplies: int
+
+
+#: sends payloads to several nodes at once: ``[(pool, payload, nreplies)]`` →
+#: one reply list per payload, or the exception that node's send raised
+SendMany = Callable[[list[tuple[ConnectionPool, bytes, int]]], list[list[Any] | BaseException]]
+
+
+class Topology:
+    """The slot map of one cluster (kept by redis-py) and the partitions' slots."""
+
+    def __init__(self, cluster: RedisCluster, tags: Sequence[str]) -> None:
+        self.cluster = cluster
+        #: the slot of each partition (every key of partition p has tag tags[p])
+        self.partition_slots = [key_slot(tag.encode()) for tag in tags]
+
+    def pool_of_slot(self, slot: int) -> ConnectionPool:
+        node = self.cluster.nodes_manager.get_node_from_slot(slot)
+        conn = node.redis_connection
+        if conn is None:  # pragma: no cover - redis-py creates it with the node
+            raise RedisUnavailable(f"Redis Cluster: no connection to the node of slot {slot}")
+        pool: ConnectionPool = conn.connection_pool
+        return pool
+
+    def primary_pools(self) -> list[ConnectionPool]:
+        """The connection pool of every master."""
+        nodes = self.cluster.get_primaries()  # type: ignore[no-untyped-call]
+        return [n.redis_connection.connection_pool for n in nodes
+                if n.redis_connection is not None]
+
+    def slot_of_key(self, key: str | bytes) -> int:
+        return key_slot(key.encode() if isinstance(key, str) else key)
+
+    def refresh(self) -> None:
+        """Re-read the slot map (after a redirection or a node failure)."""
+        self.cluster.nodes_manager.initialize()
+
+    def run(self, units: Sequence[Unit], send_many: SendMany) -> list[list[Any] | BaseException]:
+        """Every unit's replies, in order, one pipelined payload per node per round.
+
+        A unit whose replies are a redirection is sent again after a refresh of
+        the slot map; a node that failed (an exception) gives that exception for
+        each of its units, so the caller can tell what was written from what was
+        not.  A node that refused the connection before anything was sent is
+        retried the same way, so a failover is ridden out.
+        """
+        out: list[list[Any] | BaseException | None] = [None] * len(units)
+        pending = list(range(len(units)))
+        for attempt in range(_ATTEMPTS):
+            by_pool: dict[int, tuple[ConnectionPool, list[int]]] = {}
+            for i in pending:
+                pool = self.pool_of_slot(units[i].slot)
+                by_pool.setdefault(id(pool), (pool, []))[1].append(i)
+            groups = list(by_pool.values())
+            results = send_many([
+                (pool, b"".join(units[i].payload for i in idx), sum(units[i].nreplies for i in idx))
+                for pool, idx in groups])
+            again: list[int] = []
+            for (_, idx), result in zip(groups, results, strict=True):
+                if isinstance(result, BaseException):
+                    for i in idx:
+                        out[i] = result
+                    # Nothing was sent (the node refused the connection: it died
+                    # and its replica is taking over): safe to send again.
+                    if not isinstance(result, WriteOutcomeUnknown):
+                        again += idx
+                    continue
+                at = 0
+                for i in idx:
+                    n = units[i].nreplies
+                    replies = result[at:at + n]
+                    at += n
+                    if redirected(replies):
+                        again.append(i)
+                        out[i] = RedisUnavailable(
+                            f"Redis Cluster: slot {units[i].slot} was still redirected after "
+                            f"{_ATTEMPTS} attempts (a failover or a resharding that does not "
+                            "end)")
+                    else:
+                        out[i] = replies
+            if not again:
+                break
+            time.sleep(_PAUSE_S[min(attempt, len(_PAUSE_S) - 1)])
+            # every node unreachable for now: the next attempt tells
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.refresh()
+            pending = again
+        assert all(r is not None for r in out)
+        return [r for r in out if r is not None]

@@ -1,0 +1,188 @@
+"""kvfast on a real Redis Cluster (3 masters, 3 replicas: ``tools/services up cluster``).
+
+The same data path as on one Redis: the client finds out it is on a cluster by
+itself; batches are split by partition, one MULTI per partition, each sent to the
+node of its slot; claims go to every node at once; the drain reaches PostgreSQL
+exactly.  A node that stops answering mid-batch gives ``PartialWrite`` naming the
+keys written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from redis.cluster import RedisCluster
+
+import kvfast
+import kvfast.aio
+from kvfast import deadletter
+from kvfast.drainer import Drainer
+from kvfast.model import TOMBSTONE_FIELD
+
+Conn = psycopg.Connection[Any]
+
+
+@kvfast.model(table="cl_rides", key="id")
+class Ride:
+    id: int
+    status: str
+    fare: int | None = None
+
+
+@kvfast.model(table="cl_pairs", key=("driver", "rider"))
+class Pair:
+    driver: int
+    rider: str
+    n: int
+
+
+def drain(settings: kvfast.Settings) -> int:
+    drainer = Drainer(settings)
+    try:
+        return drainer.drain_until_empty()
+    finally:
+        drainer.close()
+
+
+def keys_per_master(rc: RedisCluster) -> dict[str, int]:
+    return {n.name: int(n.redis_connection.dbsize())
+            for n in rc.get_primaries() if n.redis_connection is not None}
+
+
+@pytest.fixture
+def tables(pg: Conn) -> Conn:
+    kvfast.create_tables(pg, [kvfast.model_info(Ride), kvfast.model_info(Pair)])
+    return pg
+
+
+def test_the_client_finds_the_cluster_by_itself(cluster_settings: kvfast.Settings) -> None:
+    with kvfast.Client(cluster_settings) as client:
+        assert isinstance(client.redis, RedisCluster)
+        assert client.topology is not None
+        slots = client.topology.partition_slots
+        assert len(slots) == 16 and len(set(slots)) == 16
+
+
+def test_writes_reads_and_the_drain_on_a_cluster(cluster_settings: kvfast.Settings,
+                                                  rc: RedisCluster, tables: Conn) -> None:
+    with kvfast.Repository(Ride, cluster_settings) as repo:
+        assert repo.create_many([Ride(i, "new", fare=i) for i in range(500)]) == 500
+        repo.update_many({i: {"status": "on trip"} for i in range(0, 500, 7)})
+        assert repo.delete_many(list(range(0, 500, 11))) == 46
+        repo.create(Ride(1000, "late"))
+        # every master holds some of it: the batch really was split by slot
+        assert all(n > 0 for n in keys_per_master(rc).values()), keys_per_master(rc)
+        got = repo.get_many(range(501))
+        want = {i: Ride(i, "on trip" if i % 7 == 0 else "new", fare=i)
+                for i in range(500) if i % 11}
+        assert {o.id: o for o in got if o is not None} == want
+        drain(cluster_settings)
+        rows = tables.execute("SELECT id, status, fare FROM cl_rides ORDER BY id").fetchall()
+        want[1000] = Ride(1000, "late")
+        assert [Ride(*row) for row in rows] == [want[k] for k in sorted(want)]
+        # the tombstones went with their drained deletes, on every node
+        assert not [k for k in rc.scan_iter(match="*:o:cl_rides:*", target_nodes=rc.PRIMARIES)
+                    if rc.hexists(k, TOMBSTONE_FIELD)]
+        # the fallback read and the hydrating update once the Redis copies are gone
+        for node in rc.get_primaries():
+            node.redis_connection.flushall()
+        assert repo.get_by_id(3) == want[3]
+        repo.update(3, fare=33)
+    drain(cluster_settings)
+    assert tables.execute("SELECT fare FROM cl_rides WHERE id = 3").fetchone() == (33,)
+
+
+def test_composite_keys_on_a_cluster(cluster_settings: kvfast.Settings, tables: Conn) -> None:
+    with kvfast.Repository(Pair, cluster_settings) as repo:
+        repo.create_many([Pair(d, f"r:{i}", i) for d in range(3) for i in range(40)])
+        repo.delete((1, "r:5"))
+        drain(cluster_settings)
+        assert repo.get_by_id((2, "r:7")) == Pair(2, "r:7", 7)
+    count = tables.execute("SELECT count(*) FROM cl_pairs").fetchone()
+    assert count == (119,)
+
+
+def test_a_bad_record_writes_nothing_on_any_node(cluster_settings: kvfast.Settings,
+                                                 rc: RedisCluster) -> None:
+    with kvfast.Repository(Ride, cluster_settings) as repo:
+        with pytest.raises(kvfast.ValidationError) as err:
+            repo.create_many([*(Ride(i, "ok") for i in range(100)), Ride(7, None)])  # type: ignore[arg-type]
+        assert err.value.field == "status"
+        with pytest.raises(kvfast.ValidationError) as err:
+            repo.create_many([Ride(1, "ok"), Ride("x", "bad key")])  # type: ignore[arg-type]
+        assert err.value.field == "id"
+    counts = keys_per_master(rc)
+    # only the meta hash kvfast writes at its first start-up check
+    assert sum(counts.values()) <= 1, counts
+
+
+def test_a_supervisor_drains_a_cluster(cluster_settings: kvfast.Settings, tables: Conn) -> None:
+    from drainprocs import run_supervisor
+
+    with kvfast.Repository(Ride, cluster_settings) as repo:
+        repo.create_many([Ride(i, "new") for i in range(2000)])
+        repo.update_many({i: {"fare": i} for i in range(0, 2000, 3)})
+    code, out = run_supervisor(cluster_settings, "--drain-until-empty", workers=2,
+                               models=("test_cluster",), timeout=120)
+    assert code == 0, out[-3000:]
+    rows = tables.execute("SELECT count(*), count(fare) FROM cl_rides").fetchone()
+    assert rows == (2000, 667)
+
+
+def test_the_dead_letter_tool_counts_on_a_cluster(cluster_settings: kvfast.Settings,
+                                                  tables: Conn,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    tables.execute("ALTER TABLE cl_rides ADD CONSTRAINT fare_ok CHECK (fare >= 0)")
+    with kvfast.Repository(Ride, cluster_settings) as repo:
+        repo.create_many([Ride(1, "a", fare=-1), Ride(2, "b", fare=2)])
+    drain(cluster_settings)
+    args = ["--redis-url", cluster_settings.redis_url, "--partitions", "16"]
+    assert deadletter.main([*args, "count"]) == 0
+    assert "total: 1" in capsys.readouterr().out
+    assert deadletter.main([*args, "list"]) == 0
+    assert "cl_rides" in capsys.readouterr().out
+
+
+def test_the_async_repository_says_it_does_not_run_on_a_cluster_yet(
+        cluster_settings: kvfast.Settings) -> None:
+    async def go() -> None:
+        await kvfast.aio.AsyncRepository.open(Ride, cluster_settings)
+
+    with pytest.raises(kvfast.ConfigError, match=r"Redis Cluster node: kvfast\.aio runs on one"):
+        asyncio.run(go())
+
+
+def test_a_node_that_stops_answering_gives_a_partial_write(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    """SIGSTOP one master for less than the failover timeout: its blocks time out
+    (their outcome is unknown), every other node's blocks are written; the error
+    names both sets, and what it calls written is in Redis and drains."""
+    quick = dataclasses.replace(cluster_settings, redis_socket_timeout=0.5)
+    victim = rc.get_primaries()[0]
+    pid = int(victim.redis_connection.info("server")["process_id"])
+    rides = [Ride(i, "new") for i in range(300)]
+    with kvfast.Repository(Ride, quick) as repo:
+        repo.get_by_id(0)  # the start-up check, before the node stops
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(kvfast.PartialWrite) as err:
+                repo.create_many(rides)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        written, unknown = set(err.value.written_keys), set(err.value.unknown_keys)
+        assert written and unknown and not written & unknown
+        assert written | unknown == set(range(300))
+        assert f"{len(written)} of 300 keys were written" in str(err.value)
+        time.sleep(0.2)
+        got = repo.get_many(sorted(written))
+        assert all(o is not None for o in got)
+    drain(cluster_settings)
+    stored = {r[0] for r in tables.execute("SELECT id FROM cl_rides").fetchall()}
+    assert written <= stored  # and the unknown ones: whatever the stopped node applied
