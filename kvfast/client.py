@@ -15,7 +15,7 @@ node serving its slot, one payload per node, all nodes at once (``kvfast.cluster
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import psycopg
@@ -27,10 +27,18 @@ from kvfast import memory, meta
 from kvfast.cluster import Topology, Unit, is_cluster
 from kvfast.cluster import redirected as _redirected
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
-from kvfast.errors import KvfastError, RedisFull, WriteOutcomeUnknown
+from kvfast.errors import KvfastError, NotReplicated, RedisFull, WriteOutcomeUnknown
 from kvfast.holds import parse_holds
 from kvfast.keys import Keys
-from kvfast.resp import DISCARD, Piece, read_replies, reply_exception, unavailable_reply
+from kvfast.resp import (
+    DISCARD,
+    REPLY_ERRORS,
+    Piece,
+    pack,
+    read_replies,
+    reply_exception,
+    unavailable_reply,
+)
 from kvfast.scripts import Call, EvalBatch, pack_eval
 from kvfast.settings import Settings, redact
 
@@ -279,51 +287,98 @@ class Client:
             f"Redis at {redact(self.settings.redis_url)}: {what} after the request was "
             "sent; it may have been applied")
 
-    def eval_many(self, script: str, calls: Sequence[Call]) -> list[Any]:
+    def eval_many(self, script: str, calls: Sequence[Call],
+                  wait_keys: Sequence[Any] | None = None) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip (SCRIPT LOAD on NOSCRIPT).
 
         On a cluster each call goes to the node of its first key's slot (every
-        kvfast script keeps its keys in one partition, or on one node)."""
+        kvfast script keeps its keys in one partition, or on one node).
+        ``wait_keys`` (the application's key of each call): the calls are writes,
+        ``wait_replicas`` applies (``NotReplicated`` names the keys concerned)."""
         if not calls:
             return []
         batch = EvalBatch(script, calls)
+        tail = self.wait_command if wait_keys is not None else b""
         try:
             if self.topology is not None:
-                self._eval_routed(batch)
+                self._eval_routed(batch, tail, wait_keys or [])
                 return batch.results
-            while batch.take(self.execute(batch.payload(), len(batch.pending))):
+            while True:
+                replies = self.execute(batch.payload() + tail, len(batch.pending) + bool(tail))
+                waited = replies.pop() if tail else None
+                if not batch.take(replies):
+                    break
                 self.execute(batch.load_command, 1)
         except RedisFull as exc:
             raise self.full(exc) from exc.__cause__
+        if tail:
+            self.check_wait(waited, lambda: list(wait_keys or []), f"{script}.lua")
         return batch.results
 
-    def _eval_routed(self, batch: EvalBatch) -> None:
+    def _eval_routed(self, batch: EvalBatch, tail: bytes, wait_keys: Sequence[Any]) -> None:
         topology = self.topology
         assert topology is not None
+        short: list[Any] = []
         while True:
+            pending = batch.pending
             units = [Unit(topology.slot_of_key(batch.calls[i][0][0]),
-                          pack_eval(batch.name, *batch.calls[i]), 1) for i in batch.pending]
-            if not batch.take([replies[0] for replies in self.execute_units(units)]):
-                return
+                          pack_eval(batch.name, *batch.calls[i]), 1) for i in pending]
+            results = self.execute_units(units, wait=bool(tail))
+            if tail:
+                for i, replies in zip(pending, results, strict=True):
+                    if not isinstance(replies[-1], int) or replies[-1] < (
+                            self.settings.wait_replicas):
+                        short.append((i, replies[-1]))
+            if not batch.take([replies[0] for replies in results]):
+                break
             # A node without the script (restarted, or a replica just promoted):
             # load it on every master, it is one small command each.
             for pool in topology.primary_pools():
                 self._send([Piece(batch.load_command, 1, 0, False)], pool)
+        done = [(i, n) for i, n in short if i not in batch.pending]
+        if done:
+            self.check_wait(min(n for _, n in done) if all(isinstance(n, int) for _, n in done)
+                            else next(n for _, n in done if not isinstance(n, int)),
+                            lambda: [wait_keys[i] for i, _ in done], f"{batch.name}.lua")
 
-    def execute_units(self, units: Sequence[Unit]) -> list[list[Any]]:
+    def execute_units(self, units: Sequence[Unit], wait: bool = False) -> list[list[Any]]:
         """Each unit's replies (cluster only); the first failure is raised."""
-        results = self.send_units(units)
+        results = self.send_units(units, wait)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return cast(list[list[Any]], results)
 
-    def send_units(self, units: Sequence[Unit]) -> list[list[Any] | BaseException]:
+    def send_units(self, units: Sequence[Unit],
+                   wait: bool = False) -> list[list[Any] | BaseException]:
         """Each unit's replies, or the error of the node it went to (cluster only):
-        the caller tells written from not written (``PartialWrite``)."""
+        the caller tells written from not written (``PartialWrite``).  ``wait``: each
+        node's payload ends with ``WAIT`` (``wait_command``), whose reply ends the
+        replies of each of its units."""
         assert self.topology is not None, "send_units is for a Redis Cluster"
+        tail = self.wait_command if wait else b""
         with redis_errors(self.settings):
-            return self.topology.run(units, self.send_many)
+            return self.topology.run(units, self.send_many, tail)
+
+    @property
+    def wait_command(self) -> bytes:
+        """``WAIT wait_replicas wait_timeout_ms``, or nothing without ``wait_replicas``.
+
+        It must ride on the connection that wrote (WAIT waits for that connection's
+        last write), so it is sent in the write's own payload."""
+        n = self.settings.wait_replicas
+        return pack(("WAIT", n, self.settings.wait_timeout_ms)) if n else b""
+
+    def check_wait(self, reply: Any, keys: Callable[[], list[Any]], what: str) -> None:
+        """``NotReplicated`` when ``reply`` (to ``wait_command``) counts too few replicas."""
+        if isinstance(reply, REPLY_ERRORS):
+            raise reply_exception(reply, "WAIT") from reply
+        need = self.settings.wait_replicas
+        if int(reply) < need:
+            raise NotReplicated(
+                f"{what}: written, but {int(reply)} of the {need} replicas asked for "
+                f"(wait_replicas) confirmed it within {self.settings.wait_timeout_ms} ms: a "
+                "failover now could lose it (write it again, or check the replicas)", keys())
 
     def send_many(
         self, jobs: list[tuple[ConnectionPool, bytes, int]]

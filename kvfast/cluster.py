@@ -111,7 +111,8 @@ class Topology:
         """Re-read the slot map (after a redirection or a node failure)."""
         self.cluster.nodes_manager.initialize()
 
-    def run(self, units: Sequence[Unit], send_many: SendMany) -> list[list[Any] | BaseException]:
+    def run(self, units: Sequence[Unit], send_many: SendMany,
+            tail: bytes = b"") -> list[list[Any] | BaseException]:
         """Every unit's replies, in order, one pipelined payload per node per round.
 
         A unit whose replies are a redirection is sent again after a refresh of
@@ -119,7 +120,11 @@ class Topology:
         each of its units, so the caller can tell what was written from what was
         not.  A node that refused the connection before anything was sent is
         retried the same way, so a failover is ridden out.
+
+        ``tail`` (one command, e.g. ``WAIT``) ends each node's payload; its reply
+        is appended to the replies of every unit of that node.
         """
+        extra = 1 if tail else 0
         out: list[list[Any] | BaseException | None] = [None] * len(units)
         pending = list(range(len(units)))
         for attempt in range(_ATTEMPTS):
@@ -129,7 +134,8 @@ class Topology:
                 by_pool.setdefault(id(pool), (pool, []))[1].append(i)
             groups = list(by_pool.values())
             results = send_many([
-                (pool, b"".join(units[i].payload for i in idx), sum(units[i].nreplies for i in idx))
+                (pool, b"".join([*(units[i].payload for i in idx), tail]),
+                 sum(units[i].nreplies for i in idx) + extra)
                 for pool, idx in groups])
             again: list[int] = []
             for (_, idx), result in zip(groups, results, strict=True):
@@ -146,6 +152,8 @@ class Topology:
                     n = units[i].nreplies
                     replies = result[at:at + n]
                     at += n
+                    if extra:
+                        replies.append(result[-1])
                     if redirected(replies):
                         again.append(i)
                         out[i] = RedisUnavailable(

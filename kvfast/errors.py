@@ -164,6 +164,17 @@ class AuthenticationFailed(ConfigError):
     """Redis or PostgreSQL refused the credentials: retrying will not help, fix the settings."""
 
 
+class NotReplicated(KvfastError):
+    """A write Redis applied but fewer replicas than ``wait_replicas`` confirmed in
+    ``wait_timeout_ms``: it is in the master's memory, and a failover now could lose it.
+    ``keys`` names the writes concerned (an application may write them again: a
+    create or an update of the same values is safe to repeat)."""
+
+    def __init__(self, message: str, keys: list[Any]) -> None:
+        self.keys = keys
+        super().__init__(message)
+
+
 class WriteOutcomeUnknown(RedisUnavailable):
     """The request reached the socket but its reply never came (timeout, connection lost).
 

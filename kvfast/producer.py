@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -341,29 +342,52 @@ class Producer(WriteBuilder):
         self.client = client
 
     def create(self, objs: Iterable[Any]) -> int:
-        if self.client.topology is not None:
+        client = self.client
+        if client.topology is not None:
             with gc_paused():
                 groups = self.by_partition(objs)
                 blocks = [(p, self.build_create(group), [self.info.key_of(o) for o in group])
                           for p, group in groups.items()]
             return self._send_blocks(blocks)
+        wait = client.wait_command
+        if wait:  # WAIT rides at the end of the batch's own payload (same connection)
+            objs = list(objs)
+            if not objs:
+                return 0
+            pieces: Iterable[Piece] = itertools.chain(self.create_pieces(objs),
+                                                      [Piece(wait, 1, 0, False)])
+        else:
+            pieces = self.create_pieces(objs)
         with gc_paused():
-            replies, records = self.client.execute_pieces(self.create_pieces(objs))
-        self._check(replies)
+            replies, records = client.execute_pieces(pieces)
+        if wait:
+            waited = replies.pop()
+            self._check(replies)
+            client.check_wait(waited, lambda: [self.info.key_of(o) for o in objs],
+                              f"{self.info.name} create")
+        else:
+            self._check(replies)
         return records
 
     def delete(self, keys: Iterable[Any]) -> int:
-        if self.client.topology is not None:
+        client = self.client
+        if client.topology is not None:
             info = self.info
             groups: dict[int, list[Any]] = {}
             for key in [info.check_key(k) for k in keys]:  # all checked before any write
                 groups.setdefault(self.locate(key)[1], []).append(key)
             return self._send_blocks([(p, self.build_delete(group), group)
                                       for p, group in groups.items()])
+        keys = list(keys)
         with gc_paused():
             request = self.build_delete(keys)
         if request.records:
-            self._check(self.client.execute(request.payload, request.nreplies))
+            wait = client.wait_command
+            replies = client.execute(request.payload + wait, request.nreplies + bool(wait))
+            waited = replies.pop() if wait else None
+            self._check(replies)
+            if wait:
+                client.check_wait(waited, lambda: keys, f"{self.info.name} delete")
         return request.records
 
     def _send_blocks(self, blocks: list[tuple[int, Request, list[Any]]]) -> int:
@@ -375,16 +399,24 @@ class Producer(WriteBuilder):
         topology = self.client.topology
         assert topology is not None
         slots = topology.partition_slots
+        wait = bool(self.client.wait_command)
         results = self.client.send_units(
-            [Unit(slots[p], request.payload, request.nreplies) for p, request, _ in blocks])
+            [Unit(slots[p], request.payload, request.nreplies) for p, request, _ in blocks],
+            wait)
         written: list[Any] = []
         unknown: list[Any] = []
+        unreplicated: list[Any] = []
         first: BaseException | None = None
+        need = fewest = self.client.settings.wait_replicas
         for (_, _, keys), result in zip(blocks, results, strict=True):
             if not isinstance(result, BaseException):
+                waited = result.pop() if wait else None
                 try:
                     self._check(result)
                     written += keys
+                    if wait and (not isinstance(waited, int) or waited < need):
+                        unreplicated += keys
+                        fewest = min(fewest, waited if isinstance(waited, int) else 0)
                     continue
                 except KvfastError as exc:
                     result = exc
@@ -392,6 +424,8 @@ class Producer(WriteBuilder):
             if isinstance(result, WriteOutcomeUnknown):
                 unknown += keys
         if first is None:
+            if unreplicated:
+                self.client.check_wait(fewest, lambda: unreplicated, f"{self.info.name} write")
             return sum(request.records for _, request, _ in blocks)
         if not written and not unknown:
             raise first
@@ -409,11 +443,13 @@ class Producer(WriteBuilder):
 
     def update(self, changes: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[int]:
         """Apply partial updates; returns update.lua's status per change (1, 0, -1)."""
-        replies = self.client.eval_many(Update.name, self.build_update(changes))
+        replies = self.client.eval_many(Update.name, self.build_update(changes),
+                                        wait_keys=[key for key, _ in changes])
         return [Update.decode(r) for r in replies]
 
     def hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[int]:
         """Load rows read from PostgreSQL into Redis where Redis has nothing."""
-        replies = self.client.eval_many(Hydrate.name, self.build_hydrate(rows))
+        replies = self.client.eval_many(Hydrate.name, self.build_hydrate(rows),
+                                        wait_keys=[key for key, _ in rows])
         return [Hydrate.decode(r) for r in replies]
 

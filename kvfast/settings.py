@@ -131,6 +131,14 @@ class Settings(Declared):
         "seconds to wait for a Redis connection",
         env="KVFAST_REDIS_CONNECT_TIMEOUT", flag="--redis-connect-timeout", metavar="S",
         **_in_range(0.01, 3600, "a number of seconds")))
+    wait_replicas: int = field(default=0, metadata=opt(
+        "replicas every write waits for (Redis WAIT) before it returns; 0: none.  With 1, "
+        "a write that returned survives its master's failover (replication is asynchronous)",
+        env="KVFAST_WAIT_REPLICAS", flag="--wait-replicas", metavar="N", **_in_range(0, 64)))
+    wait_timeout_ms: int = field(default=1000, metadata=opt(
+        "milliseconds a write waits for its replicas; past it the write raises NotReplicated",
+        env="KVFAST_WAIT_TIMEOUT_MS", flag="--wait-timeout-ms", metavar="MS",
+        **_in_range(1, 600_000)))
     pg_dsn: str | None = field(default=None, metadata=opt(
         "PostgreSQL DSN or URL; without it reads do not fall back and nothing drains",
         env="KVFAST_PG_DSN", flag="--pg-dsn", metavar="DSN", expected="a PostgreSQL DSN",

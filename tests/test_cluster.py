@@ -186,3 +186,80 @@ def test_a_node_that_stops_answering_gives_a_partial_write(
     drain(cluster_settings)
     stored = {r[0] for r in tables.execute("SELECT id FROM cl_rides").fetchall()}
     assert written <= stored  # and the unknown ones: whatever the stopped node applied
+
+
+# -- WAIT: a write that returned survives a failover ---------------------------------------
+
+def test_wait_replicas_confirms_each_write_on_a_cluster(cluster_settings: kvfast.Settings,
+                                                        tables: Conn) -> None:
+    waiting = dataclasses.replace(cluster_settings, wait_replicas=1, wait_timeout_ms=2000)
+    with kvfast.Repository(Ride, waiting) as repo:  # every master has one replica
+        assert repo.create_many([Ride(i, "new") for i in range(200)]) == 200
+        repo.update_many({i: {"status": "x"} for i in range(0, 200, 2)})
+        assert repo.delete_many([1, 3, 5]) == 3
+    waiting2 = dataclasses.replace(waiting, wait_replicas=2, wait_timeout_ms=50)
+    with kvfast.Repository(Ride, waiting2) as repo, pytest.raises(kvfast.NotReplicated) as err:
+        repo.create_many([Ride(i, "two") for i in range(10)])  # only one replica each
+    assert sorted(err.value.keys) == list(range(10))
+    assert "1 of the 2 replicas asked for" in str(err.value)
+
+
+def restart_cluster() -> None:
+    """Bring every node of the test cluster back (a killed master rejoins as a replica)."""
+    import subprocess
+    from pathlib import Path
+
+    services = Path(__file__).resolve().parent.parent / "tools" / "services"
+    out = subprocess.run([str(services), "up", "cluster"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_master_killed_under_load_loses_no_write_that_returned(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    """kill -9 of a master while a producer writes with wait_replicas=1: its replica
+    takes over (cluster-node-timeout 2 s); every write that returned is in
+    PostgreSQL at the end, with its last returned value."""
+    waiting = dataclasses.replace(cluster_settings, wait_replicas=1, wait_timeout_ms=2000,
+                                  redis_socket_timeout=1.0)
+    victim = rc.get_primaries()[0]
+    pid = int(victim.redis_connection.info("server")["process_id"])
+    returned: dict[int, int] = {}   # key -> the fare of its last write that returned
+    failed = 0
+    try:
+        with kvfast.Repository(Ride, waiting) as repo:
+            deadline = time.monotonic() + 12
+            round_no = 0
+            killed_at = None
+            while time.monotonic() < deadline:
+                round_no += 1
+                if round_no == 20:
+                    os.kill(pid, signal.SIGKILL)
+                    killed_at = time.monotonic()
+                batch = [Ride(k, "new", fare=round_no) for k in range(round_no % 5 * 100,
+                                                                      round_no % 5 * 100 + 100)]
+                try:
+                    repo.create_many(batch)
+                except kvfast.PartialWrite as exc:
+                    failed += 1
+                    for k in exc.written_keys:
+                        returned[k] = round_no
+                    continue
+                except (kvfast.RedisUnavailable, kvfast.NotReplicated):
+                    failed += 1
+                    continue
+                for ride in batch:
+                    returned[ride.id] = round_no
+            assert killed_at is not None
+        restart_cluster()
+        drain(cluster_settings)
+    finally:
+        restart_cluster()
+    rows = dict(tables.execute("SELECT id, fare FROM cl_rides").fetchall())
+    lost = {k: v for k, v in returned.items() if rows.get(k) is None}
+    # A key whose later write did not return may hold that later value: never an older one.
+    older = {k: (v, rows[k]) for k, v in returned.items() if k in rows and rows[k] < v}
+    assert not lost and not older, (len(lost), dict(list(older.items())[:5]), failed)
+    print(f"rounds {round_no}, failed {failed}, keys {len(returned)}")
+    assert round_no > 25  # the producer kept writing after the failover
