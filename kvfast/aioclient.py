@@ -196,6 +196,9 @@ class AsyncClient:
 
     async def check_partitions(self) -> None:
         """The start-up check of ``kvfast.meta`` (eviction policy, partitions, layout)."""
+        if self.settings.wait_replicas:
+            raise ConfigError("kvfast.aio does not wait for replicas (wait_replicas / "
+                              "KVFAST_WAIT_REPLICAS) yet: use kvfast.Repository for that")
         (info,) = await self.conn.execute(pack(("INFO", "cluster")), 1)
         if isinstance(info, bytes) and b"cluster_enabled:1" in info:
             raise ConfigError(

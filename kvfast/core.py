@@ -35,6 +35,8 @@ class Eval:
 
     script: str
     calls: Sequence[Call]
+    #: the calls are writes of these keys (one per call): ``wait_replicas`` applies
+    wait_keys: Sequence[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,8 @@ class RepositoryCore(Generic[M]):
         into Redis and updated again; keys in neither store raise ``NotFound``."""
         info = self.info
         items = list(changes.items() if isinstance(changes, Mapping) else changes)
-        replies = yield Eval(Update.name, self.builder.build_update(items))
+        replies = yield Eval(Update.name, self.builder.build_update(items),
+                             [key for key, _ in items])
         status = [Update.decode(r) for r in replies]
         missing = [i for i, s in enumerate(status) if s == 0]
         if missing and self.has_pg:
@@ -81,7 +84,8 @@ class RepositoryCore(Generic[M]):
             retry = [i for i in missing if info.check_key(items[i][0]) in loaded]
             if retry:
                 again = yield Eval(Update.name,
-                                   self.builder.build_update([items[i] for i in retry]))
+                                   self.builder.build_update([items[i] for i in retry]),
+                                   [items[i][0] for i in retry])
                 for i, reply in zip(retry, again, strict=True):
                     status[i] = Update.decode(reply)
         not_found = [items[i][0] for i, s in enumerate(status) if s != 1]

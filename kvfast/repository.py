@@ -124,7 +124,7 @@ class Repository(Generic[M]):
 
     def _perform(self, step: Step) -> Any:
         if isinstance(step, Eval):
-            return self.client.eval_many(step.script, step.calls)
+            return self.client.eval_many(step.script, step.calls, step.wait_keys)
         if isinstance(step, ReadHashes):
             self.client.check_partitions()
             with redis_errors(self.client.settings):
