@@ -28,21 +28,35 @@ form gives the same text, so a process without the model (the requeue tool)
 names the same hash.
 
 Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table NUL key``).
+
+The tag of partition ``p`` is ``{ns:p}``, or ``{ns:p:k}`` with the smallest ``k``
+that puts it in the ``p``-th of ``partitions`` equal slot ranges
+(``partition_tags``): the partitions' Redis Cluster slots are then evenly spaced,
+so any number of masters with equal slot ranges serves an equal share of them
+(``{ns:p}`` alone lands on correlated slots: the busiest of 10 masters had 1.41x
+its share of 64 partitions).  Up to 1,024 partitions; more keep ``{ns:p}``, whose
+spread is even enough at that count.
 ``ns:meta`` also records ``layout`` (this layout's version): a process that
 would read another layout refuses to start instead of missing every object.
 """
 
 from __future__ import annotations
 
+import binascii
+import functools
 from typing import Any
 
 __all__ = [
-    "LAYOUT_VERSION", "MAX_KEY_BYTES", "WRITE_FIELD", "Keys", "escape_table", "key_string",
-    "key_wire",
+    "LAYOUT_VERSION", "MAX_KEY_BYTES", "SLOTS", "WRITE_FIELD", "Keys", "escape_table",
+    "key_string", "key_wire", "partition_tags",
 ]
 
-#: bump when key names or the partition function change
-LAYOUT_VERSION = 2
+#: bump when key names or the partition function change (3: evenly spaced tags)
+LAYOUT_VERSION = 3
+#: Redis Cluster's slot count
+SLOTS = 16384
+#: above this many partitions the tags are not spread (a search of ~N tries each)
+SPREAD_MAX_PARTITIONS = 1024
 #: hash field of an object of a model with a TTL: the id of its last write.  ack.lua
 #: gives the object its TTL only while the field still holds the id of the write it
 #: acks (a newer write, not yet drained, keeps the object without a TTL).
@@ -60,7 +74,7 @@ class Keys:
     def __init__(self, namespace: str, partitions: int) -> None:
         self.namespace = namespace
         self.partitions = partitions
-        self.tags = [f"{{{namespace}:{p}}}" for p in range(partitions)]
+        self.tags = [f"{{{tag}}}" for tag in partition_tags(namespace, partitions)]
         self._obj_prefix = [f"{t}:o:" for t in self.tags]
         self.queues = [f"{t}:q" for t in self.tags]
         self.inflight = [f"{t}:f" for t in self.tags]
@@ -83,6 +97,26 @@ class Keys:
         if partition is None:
             return f"{{{_glob_escape(self.namespace)}:*}}:o:*"
         return f"{_glob_escape(self.tags[partition])}:o:*"
+
+
+@functools.cache
+def partition_tags(namespace: str, partitions: int) -> tuple[str, ...]:
+    """The hash tag (without braces) of each partition: see the module docstring.
+
+    A pure function of its arguments, so every process derives the same names;
+    about 4 ms for 64 partitions, cached per process."""
+    if partitions > SPREAD_MAX_PARTITIONS:
+        return tuple(f"{namespace}:{p}" for p in range(partitions))
+    out = []
+    for p in range(partitions):
+        low, high = p * SLOTS // partitions, (p + 1) * SLOTS // partitions
+        tag = f"{namespace}:{p}"
+        k = 0
+        while not low <= binascii.crc_hqx(tag.encode(), 0) % SLOTS < high:
+            tag = f"{namespace}:{p}:{k}"
+            k += 1
+        out.append(tag)
+    return tuple(out)
 
 
 def escape_table(table: str) -> str:

@@ -3,14 +3,33 @@ so the tests check that layout rather than echo kvfast's own code."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
+
+from redis.crc import key_slot
 
 import kvfast
 
 
+@functools.cache
+def _tags(namespace: str, n: int) -> list[str]:
+    """The documented rule, with redis-py's CRC16 (kvfast uses binascii's): ``{ns:p}``,
+    else ``{ns:p:k}`` with the smallest k whose slot is in the p-th of n equal ranges."""
+    out = []
+    for p in range(n):
+        low, high = p * 16384 // n, (p + 1) * 16384 // n
+        name, k = f"{namespace}:{p}", 0
+        while not low <= key_slot(name.encode()) < high:
+            name, k = f"{namespace}:{p}:{k}", k + 1
+        out.append("{" + name + "}")
+    return out
+
+
 def tag(settings: kvfast.Settings, p: int) -> str:
-    return f"{{{settings.namespace}:{p}}}"
+    if settings.partitions > 1024:
+        return f"{{{settings.namespace}:{p}}}"
+    return _tags(settings.namespace, settings.partitions)[p]
 
 
 def _key(suffix: str) -> Callable[[kvfast.Settings, int], str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import redis
+from drainkeys import tag
 from models import Color, Everything
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -36,11 +37,11 @@ def partition(settings: kvfast.Settings, model: type, key: Any) -> int:
 
 def obj_key(settings: kvfast.Settings, model: type, key: Any) -> str:
     table = kvfast.model_info(model).table.replace("%", "%25").replace(":", "%3A")
-    return f"{{{settings.namespace}:{partition(settings, model, key)}}}:o:{table}:{key}"
+    return f"{tag(settings, partition(settings, model, key))}:o:{table}:{key}"
 
 
 def queue_key(settings: kvfast.Settings, p: int) -> str:
-    return f"{{{settings.namespace}:{p}}}:q"
+    return f"{tag(settings, p)}:q"
 
 
 def queue_lengths(r: redis.Redis, settings: kvfast.Settings) -> list[int]:

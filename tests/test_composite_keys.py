@@ -18,6 +18,7 @@ import orjson
 import psycopg
 import pytest
 import redis
+from drainkeys import tag
 from psycopg import sql
 
 import kvfast
@@ -136,8 +137,7 @@ def test_the_key_size_limit_counts_every_part(settings: kvfast.Settings,
             repo.create(Assignment(1, half + half, "too long"))
         with pytest.raises(kvfast.ValidationError, match="longer than PostgreSQL can index"):
             repo.get_by_id((1, half + half))
-    assert r.llen(f"{{{settings.namespace}:0}}:q") + sum(
-        r.llen(f"{{{settings.namespace}:{p}}}:q") for p in range(1, settings.partitions)) == 1
+    assert sum(r.llen(f"{tag(settings, p)}:q") for p in range(settings.partitions)) == 1
 
 
 # -- key text and wire form ---------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_queue_entries_carry_the_key_as_a_json_array(settings: kvfast.Settings,
         repo.update((7, "r-1"), status="on trip")
         repo.delete((7, "r-1"))
     entries = [orjson.loads(raw) for p in range(settings.partitions)
-               for raw in r.lrange(f"{{{settings.namespace}:{p}}}:q", 0, -1)]
+               for raw in r.lrange(f"{tag(settings, p)}:q", 0, -1)]
     assert [(e["o"], e["k"]) for e in entries] == [
         ("c", [7, "r-1"]), ("u", [7, "r-1"]), ("d", [7, "r-1"])]
     assert all(codec.check(e)[2] == [7, "r-1"] for e in entries)

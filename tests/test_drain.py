@@ -48,6 +48,7 @@ from drainhelpers import (
     wait_idle,
     wait_lease_expired,
 )
+from drainkeys import tag
 from drainmodels import DDriver, DRide
 
 import kvfast
@@ -302,7 +303,7 @@ def test_drain_resumes_after_redis_rolls_back_its_epochs(
     create_tables(pg)
     p = 1
     key = keys_in_partition(settings, DRide, p, 1)[0]
-    epoch_key = f"{{{settings.namespace}:{p}}}:e"
+    epoch_key = f"{tag(settings, p)}:e"
     drainer = Drainer(settings)
     try:
         with kvfast.Repository(DRide, settings) as rides:
@@ -373,7 +374,7 @@ def test_rejected_rows_are_dead_lettered_and_the_rest_lands(
             assert entry["m"] == "d_rides" and entry["o"] == "c"
             assert partition_of(settings, DRide, entry["k"]) == p
             assert "d_rides_fare_nonneg" in doc["error"] and "23514" in doc["error"], doc
-        counted = sum(int(r.hget(f"{{{settings.namespace}:{p}}}:s", "dead") or 0)
+        counted = sum(int(r.hget(f"{tag(settings, p)}:s", "dead") or 0)
                       for p in range(settings.partitions))
         assert counted == len(bad)
 

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import drainkeys
 import psycopg
 import pytest
 import redis
@@ -431,7 +432,7 @@ def test_object_and_queue_share_a_hash_tag_and_a_slot(
     written = [(Everything, k) for k in range(-50, 50)] + [(Account, n) for n in names]
     for model, key in written:
         p = partition(settings, model, key)
-        tag = f"{{{settings.namespace}:{p}}}"
+        tag = drainkeys.tag(settings, p)
         okey = obj_key(settings, model, key)
         assert okey.startswith(tag + ":o:")
         assert r.exists(okey) == 1, okey

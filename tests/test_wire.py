@@ -120,22 +120,28 @@ def test_claim_from_reply_maps_groups_back_to_partitions() -> None:
 
 def test_each_wrapper_builds_the_keys_and_argv_its_script_documents() -> None:
     keys = Keys("ns", 8)
+    T = keys.tags  # partition tags are not {ns:p} (keys.partition_tags)
     ks, args = Claim.call(keys, [3, 4], "me", 2000, 500)
-    assert ks == ["{ns:3}:q", "{ns:3}:f", "{ns:3}:fm", "{ns:3}:e", "{ns:3}:h",
-                  "{ns:4}:q", "{ns:4}:f", "{ns:4}:fm", "{ns:4}:e", "{ns:4}:h"]
+    assert ks == [T[3] + ":q", T[3] + ":f", T[3] + ":fm", T[3] + ":e", T[3] + ":h",
+                  T[4] + ":q", T[4] + ":f", T[4] + ":fm", T[4] + ":e", T[4] + ":h"]
     assert args == ["me", 2000, 500, "0"]
     assert Claim.call(keys, [3], "me", 2000, 500, recover=True)[1] == ["me", 2000, 500, "1"]
-    ks, args = Ack.call(keys, 2, "me", 9, "_tomb", 5, [b"d1"], ["{ns:2}:o:t:1"], ["id1"],
+    # on a cluster node: the first group declared, the others in ARGV
+    ks, args = Claim.call(keys, [3, 4], "me", 2000, 500, one_slot=True)
+    assert ks == [T[3] + ":q", T[3] + ":f", T[3] + ":fm", T[3] + ":e", T[3] + ":h"]
+    assert args == ["me", 2000, 500, "0",
+                    T[4] + ":q", T[4] + ":f", T[4] + ":fm", T[4] + ":e", T[4] + ":h"]
+    ks, args = Ack.call(keys, 2, "me", 9, "_tomb", 5, [b"d1"], [T[2] + ":o:t:1"], ["id1"],
                         [HoldAction("rides", 3, [b"e9"], b"{}")], 500,
-                        [("{ns:2}:o:t:7", 60, "w1")])
-    assert ks == ["{ns:2}:f", "{ns:2}:fm", "{ns:2}:d", "{ns:2}:s", "{ns:2}:h", "{ns:2}:o:t:1",
-                  "{ns:2}:h:rides", "{ns:2}:o:t:7"]
+                        [(T[2] + ":o:t:7", 60, "w1")])
+    assert ks == [T[2] + ":f", T[2] + ":fm", T[2] + ":d", T[2] + ":s", T[2] + ":h", T[2] + ":o:t:1",
+                  T[2] + ":h:rides", T[2] + ":o:t:7"]
     assert args == ["me", 9, "_tomb", 5, 1, 1, 1, WRITE_FIELD, 500, b"d1", "id1",
                     "t:rides", 3, b"{}", 1, b"e9", 60, "w1"]
-    assert Renew.call(keys, 1, "me", 3, 2000) == (["{ns:1}:fm"], ["me", 3, 2000])
-    assert Rebase.call(keys, 1, "me", 3, 40) == (["{ns:1}:fm", "{ns:1}:e"], ["me", 3, 40])
+    assert Renew.call(keys, 1, "me", 3, 2000) == ([T[1] + ":fm"], ["me", 3, 2000])
+    assert Rebase.call(keys, 1, "me", 3, 40) == ([T[1] + ":fm", T[1] + ":e"], ["me", 3, 40])
     assert Requeue.call(keys, 1, [(b"doc", b"entry")]) == (
-        ["{ns:1}:d", "{ns:1}:q", "{ns:1}:s"], [b"doc", b"entry"])
+        [T[1] + ":d", T[1] + ":q", T[1] + ":s"], [b"doc", b"entry"])
     assert Update.call("o", "q", "_tomb", None, b"e", [("a", "1")], ["b"]) == (
         ["o", "q"], ["_tomb", "", "", b"e", 1, "a", "1", "b"])
     assert Update.call("o", "q", "_tomb", "w7", b"e", [], ["b"]) == (

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import redis
 from drainhelpers import busy_partitions, inflight_meta_key, wait_stopped
+from drainkeys import tag
 
 import kvfast
 
@@ -89,7 +90,7 @@ def test_drainers_killed_repeatedly_during_200k_writes(
 def _queued(r: redis.Redis, settings: kvfast.Settings) -> int:
     pipe = r.pipeline(transaction=False)
     for p in range(settings.partitions):
-        pipe.llen(f"{{{settings.namespace}:{p}}}:q")
+        pipe.llen(f"{tag(settings, p)}:q")
     return sum(pipe.execute())
 
 
@@ -278,5 +279,5 @@ def _lock_waiters(pg: psycopg.Connection[Any]) -> int:
 def _drained(r: redis.Redis, settings: kvfast.Settings) -> int:
     pipe = r.pipeline(transaction=False)
     for p in range(settings.partitions):
-        pipe.hget(f"{{{settings.namespace}:{p}}}:s", "drained")
+        pipe.hget(f"{tag(settings, p)}:s", "drained")
     return sum(int(x or 0) for x in pipe.execute())

@@ -46,6 +46,7 @@ from drainhelpers import (
     queue_key,
     ride,
 )
+from drainkeys import tag
 from drainmodels import DRide
 
 import kvfast
@@ -368,7 +369,7 @@ def test_a_claim_redis_lost_cannot_overwrite_newer_rows(
     p = 0
     keys = keys_in_partition(fsettings, DRide, p, 20)
     names = [queue_key(fsettings, p), inflight_key(fsettings, p),
-             inflight_meta_key(fsettings, p), f"{{{fsettings.namespace}:{p}}}:e"]
+             inflight_meta_key(fsettings, p), f"{tag(fsettings, p)}:e"]
     with kvfast.Repository(DRide, fsettings) as rides:
         rides.create_many(ride(k, counter=1) for k in keys)
         on_disk = {name: fr.dump(name) for name in names}  # the AOF ends here
