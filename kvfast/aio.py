@@ -19,6 +19,7 @@ from kvfast.aioclient import AsyncClient, AsyncConnection, run
 from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, Step, hash_of
 from kvfast.drivers import pg_errors
 from kvfast.errors import RedisFull
+from kvfast.find import FindPlan, SelectWhere, find_plan
 from kvfast.model import model_info
 from kvfast.producer import WriteBuilder, gc_paused
 from kvfast.resp import check_replies, pack
@@ -98,9 +99,13 @@ class AsyncRepository(Generic[M]):
     async def get_many(self, keys: Iterable[Any]) -> list[M | None]:
         return await self._run(self.core.get_plan(keys))
 
+    async def find(self, **conditions: Any) -> list[M]:
+        """``Repository.find``, awaited."""
+        return await self._run(find_plan(self.core, conditions))
+
     # -- the I/O of the plans ----------------------------------------------------
 
-    async def _run(self, plan: Plan[T]) -> T:
+    async def _run(self, plan: Plan[T] | FindPlan[Any]) -> T:
         try:
             step = next(plan)
             while True:
@@ -108,7 +113,7 @@ class AsyncRepository(Generic[M]):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    async def _perform(self, step: Step) -> Any:
+    async def _perform(self, step: Step | SelectWhere) -> Any:
         if isinstance(step, Eval):
             return await self.client.eval_many(step.script, step.calls)
         if isinstance(step, ReadHashes):
@@ -116,6 +121,11 @@ class AsyncRepository(Generic[M]):
             replies = await self.client.conn.execute(payload, len(step.obj_keys))
             check_replies(replies, "HGETALL")
             return [hash_of(flat) for flat in replies]
+        if isinstance(step, SelectWhere):
+            conn = await self.client.pg()
+            with pg_errors(self.client.settings):
+                cur = await conn.execute(step.query, step.params)
+                return await cur.fetchall()
         return await self._select(step.keys)
 
     async def _select(self, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:

@@ -17,7 +17,16 @@ Cluster slot and every script touches one slot only)::
     {ns:p}:s                 hash   counters: drained, dead (now in :d), purged
     {ns:p}:h                 hash   held tables: "t:<table>" → why (JSON), "next" → ms
     {ns:p}:h:<table>         list   a held table's entries, in queue order (kvfast.holds)
-    ns:meta                  hash   partitions (fixed once data exists), layout
+    {ns:p}:x:<table>:<field>:<value>
+                             set    secondary index (kvfast.index): the keys (as in
+                                    the object's name) of the partition's objects
+                                    written with that value of the indexed field;
+                                    <value> is the field's hash encoding, table and
+                                    field %-escaped; members may be stale (moved,
+                                    deleted, expired): find.lua drops those
+    ns:meta                  hash   partitions (fixed once data exists), layout,
+                                    "x:<table>" → the indexed fields the table's
+                                    index sets were built for (kvfast.index)
 
 Partitions are chosen by ``ModelInfo.partition_of`` (crc32 of ``table NUL key``).
 ``ns:meta`` also records ``layout`` (this layout's version): a process that
@@ -60,6 +69,15 @@ class Keys:
 
     def obj(self, partition: int, table: str, key_str: str) -> str:
         return f"{self._obj_prefix[partition]}{escape_table(table)}:{key_str}"
+
+    def index_prefix(self, partition: int, table: str, field: str) -> bytes:
+        """The index set name of ``field`` in ``partition`` without its value (bytes:
+        the value is appended as its hash encoding, which may be any bytes)."""
+        return f"{self.tags[partition]}:x:{escape_table(table)}:{escape_table(field)}:".encode()
+
+    def index_pattern(self, partition: int, table: str) -> str:
+        """A SCAN pattern for the index sets of ``table`` in ``partition``."""
+        return _glob_escape(f"{self.tags[partition]}:x:{escape_table(table)}:") + "*"
 
     def held(self, partition: int, table: str) -> str:
         """The held list of ``table`` in ``partition`` (see kvfast.holds)."""

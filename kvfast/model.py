@@ -34,6 +34,7 @@ from typing import Any, TypeVar, dataclass_transform
 from kvfast.columns import SpecError, resolve
 from kvfast.errors import DecodeError, ModelError, ValidationError
 from kvfast.fieldtypes import FieldType, IntType, Reject, StrType, UUIDType
+from kvfast.indexspec import check_indexes
 from kvfast.keys import MAX_KEY_BYTES
 
 __all__ = ["FieldInfo", "ModelInfo", "get_model", "model", "model_info", "registered_models"]
@@ -67,7 +68,7 @@ class ModelInfo:
 
     def __init__(
         self, cls: type, table: str, key: str, ttl: int | None, fields: list[FieldInfo],
-        pg_name: tuple[str, ...] | None = None,
+        pg_name: tuple[str, ...] | None = None, indexes: tuple[str, ...] = (),
     ) -> None:
         self.cls = cls
         self.name = cls.__name__
@@ -84,11 +85,17 @@ class ModelInfo:
         self.table_bytes = table.encode("utf-8")
         self._crc_prefix = self.table_bytes + b"\x00"
         self._init_kwargs = [f.name for f in fields]
+        #: indexed fields, in declaration order of ``indexes=`` (kvfast.index)
+        self.indexes = indexes
 
     def __repr__(self) -> str:
         return f"<model {self.name} table={self.table!r} key={self.key!r}>"
 
     # -- keys and partitions -------------------------------------------------
+
+    def key_of(self, obj: Any) -> Any:
+        """The key of a model instance."""
+        return getattr(obj, self.key)
 
     def check_key(self, key: Any) -> Any:
         """The key normalized, or ValidationError naming the key field."""
@@ -227,7 +234,8 @@ def _pg_name(table: str, schema: str | None, where: str) -> tuple[str, tuple[str
 
 
 def _build(
-    cls: type, table: str, key: str, ttl: int | None, schema: str | None = None
+    cls: type, table: str, key: str, ttl: int | None, schema: str | None = None,
+    indexes: Any = (),
 ) -> ModelInfo:
     where = f"model {cls.__name__}"
     table, pg_name = _pg_name(table, schema, where)
@@ -273,12 +281,14 @@ def _build(
         raise ModelError(
             f"{where}: key field {key!r} must be an int, str or UUID column (not Optional)"
         )
-    return ModelInfo(cls, table, key, ttl, fields, pg_name)
+    return ModelInfo(cls, table, key, ttl, fields, pg_name,
+                     check_indexes(indexes, by_name, key, where))
 
 
 @dataclass_transform()
 def model(
-    *, table: str, key: str = "id", ttl: int | None = None, schema: str | None = None
+    *, table: str, key: str = "id", ttl: int | None = None, schema: str | None = None,
+    indexes: tuple[str, ...] = (),
 ) -> Callable[[type[T]], type[T]]:
     """Declare a model: ``@model(table="bookings", key="id", ttl=None)``.
 
@@ -289,12 +299,15 @@ def model(
 
     ``ttl`` (seconds) expires the Redis copy of each object after its last
     write; reads then fall back to PostgreSQL.  Keep it well above the drain lag.
+
+    ``indexes=("rider_id", "status")`` lets ``Repository.find(rider_id=r)`` answer
+    by those fields (kvfast.index: a Redis set per value, written with the object).
     """
 
     def decorate(cls: type[T]) -> type[T]:
         if not dataclasses.is_dataclass(cls):
             cls = dataclasses.dataclass(cls)
-        info = _build(cls, table, key, ttl, schema)
+        info = _build(cls, table, key, ttl, schema, indexes)
         previous = _REGISTRY.get(info.table)
         if previous is not None and previous.cls.__qualname__ != cls.__qualname__:
             raise ModelError(

@@ -268,12 +268,8 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
         raise SchemaMismatch("tables do not match their models:\n  " + "\n  ".join(problems))
 
 
-def select_rows_sql(info: ModelInfo) -> sql.Composed:
-    """``SELECT <every column in field order> FROM t WHERE key = ANY(%s)``.
-
-    A character(n) column is read ``::text``, which drops its padding (the rule in
-    ``StrType``): a key read back equals the key asked for.  The keys are cast to
-    the key column's type so that its index serves the lookup."""
+def select_list(info: ModelInfo) -> sql.Composed:
+    """Every column in field order, as the reads select them (character(n) ``::text``)."""
 
     def column(f: FieldInfo) -> sql.Composable:
         ident = sql.Identifier(f.column)
@@ -281,8 +277,18 @@ def select_rows_sql(info: ModelInfo) -> sql.Composed:
             return sql.SQL("{}::text").format(ident)
         return ident
 
+    return sql.SQL(", ").join(column(f) for f in info.fields)
+
+
+def select_rows_sql(info: ModelInfo) -> sql.Composed:
+    """``SELECT <every column in field order> FROM t WHERE key = ANY(%s)``.
+
+    A character(n) column is read ``::text``, which drops its padding (the rule in
+    ``StrType``): a key read back equals the key asked for.  The keys are cast to
+    the key column's type so that its index serves the lookup."""
+
     return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::{}[])").format(
-        sql.SQL(", ").join(column(f) for f in info.fields),
+        select_list(info),
         table_sql(info),
         sql.Identifier(info.key_column),
         type_sql(info.key_field.ftype),

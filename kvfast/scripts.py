@@ -29,6 +29,7 @@ __all__ = [
     "Call",
     "Claim",
     "EvalBatch",
+    "Find",
     "HoldAction",
     "Hydrate",
     "Part",
@@ -40,7 +41,7 @@ __all__ = [
     "source",
 ]
 
-SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue")
+SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue", "find")
 
 #: one script call: (KEYS, ARGV)
 Call = tuple[list[Any], list[Any]]
@@ -266,19 +267,22 @@ class Requeue:
 
 
 class Update:
-    """update.lua: KEYS object hash, queue ``:q``; ARGV tombstone field, write-id field
-    ("" for a model without a TTL), this write's id, the queue entry, n, n field/value
-    pairs to set, the fields set to NULL.
+    """update.lua: KEYS object hash, queue ``:q``, the index sets to add the key to;
+    ARGV tombstone field, write-id field ("" for a model without a TTL), this write's
+    id, the queue entry, n, the key (the index sets' member), n field/value pairs to
+    set, the fields set to NULL.
     Reply 1 = applied, 0 = not in Redis (hydrate and retry), -1 = deleted."""
 
     name = "update"
 
     @staticmethod
     def call(obj_key: str, queue: str, tombstone_field: str, write_id: str | None,
-             entry: bytes, sets: Sequence[tuple[str, Any]], nulls: Sequence[str]) -> Call:
+             entry: bytes, sets: Sequence[tuple[str, Any]], nulls: Sequence[str],
+             index_sets: Sequence[bytes] = (), member: str = "") -> Call:
         flat = [x for pair in sets for x in pair]
-        return [obj_key, queue], [tombstone_field, WRITE_FIELD if write_id else "",
-                                  write_id or "", entry, len(sets), *flat, *nulls]
+        return [obj_key, queue, *index_sets], [tombstone_field, WRITE_FIELD if write_id else "",
+                                               write_id or "", entry, len(sets), member,
+                                               *flat, *nulls]
 
     @staticmethod
     def decode(reply: Any) -> int:
@@ -298,3 +302,26 @@ class Hydrate:
     @staticmethod
     def decode(reply: Any) -> int:
         return int(reply)
+
+
+# -- find.lua: a query by indexed fields (kvfast.find) --------------------------------
+
+
+class Find:
+    """find.lua: KEYS counters ``:s``, one index set per condition; ARGV the object hash
+    prefix, tombstone field, the conditions' field names, then their values.
+    Reply: (the partition's drained counter, [(key, HGETALL flat list), …])."""
+
+    name = "find"
+
+    @staticmethod
+    def call(keys: Keys, partition: int, obj_prefix: str, tombstone_field: str,
+             conditions: Sequence[tuple[str, bytes, bytes]]) -> Call:
+        """``conditions``: (field, index set prefix of the partition, value)."""
+        return ([keys.counters[partition], *(prefix + value for _, prefix, value in conditions)],
+                [obj_prefix, tombstone_field, *(name for name, _, _ in conditions),
+                 *(value for _, _, value in conditions)])
+
+    @staticmethod
+    def decode(reply: Any) -> tuple[bytes, list[tuple[bytes, list[bytes]]]]:
+        return reply[0], list(zip(reply[1::2], reply[2::2], strict=True))

@@ -16,7 +16,7 @@ import kvfast
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fieldtypes", "codegen"),
     ("pgtypes", "containertypes"),              # declared column types (issue 10)
-    ("columns",),                               # annotations → column types
+    ("columns", "indexspec"),                   # annotations → column types; indexable fields
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
     ("encoders", "decoders", "schema", "demo"),
@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("client", "aioclient"),                    # transports
     ("producer", "batch", "versions", "pgcopy"),  # write plans; drain batches
     ("core",),                                  # repository plans
+    ("find",),                                  # the find plan (secondary keys)
     ("repository", "aio"),                      # the shells over the core
     ("claims", "holding", "acks"),              # a drainer: leases, held tables, ack marks
     ("drainer",),
