@@ -17,9 +17,11 @@ and asyncio shells like ``kvfast.core``'s, in three steps (a fourth, rarely):
    partition acked a batch between steps 1 and 3: that drain may have removed a
    Redis copy (a tombstone, or an object whose TTL then ran out) written after
    the SELECT's snapshot, so such rows are read again by key, as ``get_many``
-   falls back (after step 3, so no newer copy can have vanished unseen).  A
-   copy only gets its TTL at the ack after its write committed, so a find that
-   took longer than the model's TTL reads all those rows again.
+   falls back (after step 3, so no newer copy can have vanished unseen).
+   Expiry needs no check of its own: a copy gets its TTL only at the ack of its
+   last write, so one that expired before step 3 with a write newer than the
+   snapshot was acked after step 1, and its counter moved (a copy hydrated from
+   PostgreSQL expires too, but it holds what the row holds).
 
 Steps 1 and 2 are not overlapped: the counters must be read before the
 snapshot is taken, or an ack in between would go unseen.
@@ -27,7 +29,6 @@ snapshot is taken, or an ack in between would go unseen.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -105,7 +106,6 @@ def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPla
     assert prefixes is not None  # find_conditions refused a model without indexes
     slots = [info.indexes.index(name) for name, _ in checked]
     obj_prefixes = [keys.obj(p, info.table, "") for p in range(keys.partitions)]
-    started = time.monotonic()
     replies = yield Eval(Find.name, [
         Find.call(keys, p, obj_prefixes[p], TOMBSTONE_FIELD,
                   [(name, prefixes[p][slot], value)
@@ -123,13 +123,13 @@ def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPla
         rows: list[tuple[Any, ...]] = yield SelectWhere(
             find_sql(info, [name for name, _ in checked]),
             tuple(value.decode() for _, value in checked))
-        yield from _merge_rows(core, rows, checked, found, drained, started)
+        yield from _merge_rows(core, rows, checked, found, drained)
     return sorted(found.values(), key=info.key_of)
 
 
 def _merge_rows(core: RepositoryCore[M], rows: list[tuple[Any, ...]],
-                checked: list[tuple[str, bytes]], found: dict[str, M], drained: list[bytes],
-                started: float) -> Generator[Step, Any, None]:
+                checked: list[tuple[str, bytes]], found: dict[str, M],
+                drained: list[bytes]) -> Generator[Step, Any, None]:
     """Steps 3 and 4 of the module docstring: add to ``found`` the rows Redis has no newer
     copy of (or that copy, where it matches)."""
     info, builder, keys = core.info, core.builder, core.builder.keys
@@ -145,12 +145,11 @@ def _merge_rows(core: RepositoryCore[M], rows: list[tuple[Any, ...]],
     hashes = yield ReadHashes([name for name, _, _, _ in candidates]
                               + [keys.counters[p] for p in parts])
     now_drained = dict(zip(parts, hashes[len(candidates):], strict=True))
-    expired_meanwhile = info.ttl is not None and time.monotonic() - started >= info.ttl
     again: list[tuple[str, Any]] = []
     wanted = dict(checked)
     for (name, p, key, row), raw in zip(candidates, hashes, strict=False):
         if not raw:
-            if expired_meanwhile or now_drained[p].get(b"drained", b"") != drained[p]:
+            if now_drained[p].get(b"drained", b"") != drained[p]:
                 again.append((name, key))
             else:
                 found[name] = info.from_pg_row(row)
