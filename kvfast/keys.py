@@ -75,9 +75,15 @@ class Keys:
         the value is appended as its hash encoding, which may be any bytes)."""
         return f"{self.tags[partition]}:x:{escape_table(table)}:{escape_table(field)}:".encode()
 
-    def index_pattern(self, partition: int, table: str) -> str:
-        """A SCAN pattern for the index sets of ``table`` in ``partition``."""
-        return _glob_escape(f"{self.tags[partition]}:x:{escape_table(table)}:") + "*"
+    def table_pattern(self, kind: str, table: str) -> str:
+        """A SCAN pattern, all partitions, for ``table``'s objects (kind "o") or index
+        sets ("x")."""
+        return (f"{{{_glob_escape(self.namespace)}:*}}:{kind}:"
+                f"{_glob_escape(escape_table(table))}:*")
+
+    def partition_in(self, name: bytes) -> int:
+        """The partition of a key name read back (``{ns:p}:…``)."""
+        return int(name[len(self.namespace) + 2 : name.index(b"}")])
 
     def held(self, partition: int, table: str) -> str:
         """The held list of ``table`` in ``partition`` (see kvfast.holds)."""

@@ -20,6 +20,7 @@ from psycopg import sql
 from kvfast.errors import SchemaMismatch
 from kvfast.fieldtypes import FieldType, StrType
 from kvfast.model import FieldInfo, ModelInfo
+from kvfast.pgindex import create_indexes, warn_missing_indexes
 from kvfast.pgtypes import PgEnumType
 
 __all__ = ["FENCE_TABLE", "MODELS_TABLE", "check_tables", "create_tables", "select_rows",
@@ -115,6 +116,7 @@ def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) ->
                 )
             )
             _add_missing_columns(conn, info)
+            create_indexes(conn, info)
     check_tables(conn, infos)
 
 
@@ -215,8 +217,10 @@ def _hint(f: FieldInfo, ctype: str) -> str:
 
 
 def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> None:
-    """Raise SchemaMismatch listing every table that does not fit its model."""
+    """Raise SchemaMismatch listing every table that does not fit its model; log a
+    warning for an indexed field whose column has no index (kvfast.pgindex)."""
     problems: list[str] = []
+    models = list(models)
     for info in models:
         described = _describe(conn, info)
         if described is None:
@@ -266,6 +270,8 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
             )
     if problems:
         raise SchemaMismatch("tables do not match their models:\n  " + "\n  ".join(problems))
+    for info in models:
+        warn_missing_indexes(conn, info)
 
 
 def select_list(info: ModelInfo) -> sql.Composed:
