@@ -9,8 +9,8 @@ batches travel on a pooled redis-py socket and their replies are read by
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 import redis
@@ -26,6 +26,8 @@ from kvfast.settings import Settings, redact
 
 # pg_errors and redis_errors live in kvfast.drivers; they stay importable from here.
 __all__ = ["Client", "connect_pg", "pg_errors", "redis_errors"]
+
+T = TypeVar("T")
 
 
 def _execute_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
@@ -186,6 +188,33 @@ class Client:
         if busy is not None:
             raise reply_exception(busy, "a batch", redact(self.settings.redis_url))
         return replies, records
+
+    def execute_during(self, payload: bytes, nreplies: int,
+                       during: Callable[[], T]) -> tuple[list[Any], T]:
+        """``execute`` of read-only commands with ``during()`` run between sending them
+        and reading their replies: a PostgreSQL query overlapped with the Redis round
+        trip (``kvfast.find``)."""
+        self.check_partitions()
+        pool = self.redis.connection_pool
+        with redis_errors(self.settings):
+            conn = pool.get_connection()
+            try:
+                sock = getattr(conn, "_sock", None)
+                if sock is None:  # pragma: no cover - redis-py internals changed
+                    return _execute_slow(conn, payload, nreplies), during()
+                sock.sendall(payload)
+                result = during()
+                replies = read_replies(sock, nreplies)
+            except BaseException:
+                # replies unread (during() failed) or the socket broke: never reuse it
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(conn)
+        busy = unavailable_reply(replies)
+        if busy is not None:
+            raise reply_exception(busy, "a read", redact(self.settings.redis_url))
+        return replies, result
 
     def _outcome_unknown(self, exc: BaseException) -> WriteOutcomeUnknown:
         what = ("no reply within the socket timeout "

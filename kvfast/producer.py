@@ -306,8 +306,8 @@ class WriteBuilder:
                 else:
                     sets.append((name, ftype.to_hash(value)))
                     wire[name] = value if ftype.wire_is_value else ftype.to_wire(value)
-                    if name in indexes:
-                        index_sets.append(self.index_prefixes[p][indexes.index(name)]  # type: ignore[index]
+                    if name in indexes and self.index_prefixes is not None:
+                        index_sets.append(self.index_prefixes[p][indexes.index(name)]
                                           + ftype.hash_bytes(value))
             write_id = f"{id_prefix}{i:x}" if self.ttl else None
             entry = codec.encode_write(self.table, codec.OP_UPDATE, wire_key, wire, t_us,
@@ -320,12 +320,21 @@ class WriteBuilder:
     def build_hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[Call]:
         """hydrate.lua calls for (key, row values in field order) read from PostgreSQL."""
         prepared: list[Call] = []
+        indexes = self.info.indexes
         for key, values in rows:
-            _, _, obj_key = self.locate(key)
+            _, p, obj_key = self.locate(key)
             pairs = [(name, ftype.to_hash(value))
                      for (name, ftype, _), value in zip(self._codecs, values, strict=True)
                      if value is not None]
-            prepared.append(Hydrate.call(obj_key, self.ttl, pairs))
+            index_sets: list[bytes] = []
+            if self.index_prefixes is not None:
+                for slot, name in enumerate(indexes):
+                    f = self.info.by_name[name]
+                    if values[f.index] is not None:
+                        index_sets.append(self.index_prefixes[p][slot]
+                                          + f.ftype.hash_bytes(values[f.index]))
+            prepared.append(Hydrate.call(obj_key, self.ttl, pairs, index_sets,
+                                         obj_key[len(self._obj_prefix[p]):] if indexes else ""))
         return prepared
 
 

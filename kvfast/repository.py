@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from kvfast.client import Client
-from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, Step
+from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore
 from kvfast.drivers import pg_errors, redis_errors
-from kvfast.find import FindPlan, SelectWhere, find_plan
+from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
 from kvfast.model import model_info
 from kvfast.producer import Producer
 from kvfast.schema import select_rows
@@ -129,7 +129,7 @@ class Repository(Generic[M]):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    def _perform(self, step: Step | SelectWhere) -> Any:
+    def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
             return self.client.eval_many(step.script, step.calls)
         if isinstance(step, ReadHashes):
@@ -140,9 +140,17 @@ class Repository(Generic[M]):
                     pipe.hgetall(obj_key)
                 return pipe.execute()
         if isinstance(step, SelectWhere):
-            with pg_errors(self.client.settings):
-                return self.client.pg().execute(step.query, step.params).fetchall()
+            return self._select_where(step)
+        if isinstance(step, Commands):
+            return self.client.execute_during(step.payload, step.nreplies, lambda: None)[0]
+        if isinstance(step, Overlapped):
+            return self.client.execute_during(step.redis.payload, step.redis.nreplies,
+                                              lambda: self._select_where(step.select))
         return self._select(step.keys)
+
+    def _select_where(self, step: SelectWhere) -> list[tuple[Any, ...]]:
+        with pg_errors(self.client.settings):
+            return self.client.pg().execute(step.query, step.params).fetchall()
 
     def _select(self, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         with pg_errors(self.client.settings):

@@ -274,11 +274,12 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
         warn_missing_indexes(conn, info)
 
 
-def select_list(info: ModelInfo) -> sql.Composed:
-    """Every column in field order, as the reads select them (character(n) ``::text``)."""
+def select_list(info: ModelInfo, alias: str | None = None) -> sql.Composed:
+    """Every column in field order, as the reads select them (character(n) ``::text``),
+    qualified by the table's ``alias`` if given."""
 
     def column(f: FieldInfo) -> sql.Composable:
-        ident = sql.Identifier(f.column)
+        ident = sql.Identifier(f.column) if alias is None else sql.Identifier(alias, f.column)
         if isinstance(f.ftype, StrType) and f.ftype.pad:
             return sql.SQL("{}::text").format(ident)
         return ident

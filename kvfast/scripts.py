@@ -29,10 +29,10 @@ __all__ = [
     "Call",
     "Claim",
     "EvalBatch",
-    "Find",
     "HoldAction",
     "Hydrate",
     "Part",
+    "Prune",
     "Rebase",
     "Renew",
     "Requeue",
@@ -41,7 +41,7 @@ __all__ = [
     "source",
 ]
 
-SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue", "find")
+SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue", "prune")
 
 #: one script call: (KEYS, ARGV)
 Call = tuple[list[Any], list[Any]]
@@ -290,38 +290,39 @@ class Update:
 
 
 class Hydrate:
-    """hydrate.lua: KEYS object hash; ARGV ttl, field/value pairs (the row's non-NULL
-    columns).  Reply 1 = written, 0 = Redis already had the key."""
+    """hydrate.lua: KEYS object hash, the index sets to add the key to; ARGV ttl, the
+    key (the sets' member), field/value pairs (the row's non-NULL columns).
+    Reply 1 = written, 0 = Redis already had the key."""
 
     name = "hydrate"
 
     @staticmethod
-    def call(obj_key: str, ttl: int, pairs: Sequence[tuple[str, Any]]) -> Call:
-        return [obj_key], [str(ttl), *(x for pair in pairs for x in pair)]
+    def call(obj_key: str, ttl: int, pairs: Sequence[tuple[str, Any]],
+             index_sets: Sequence[bytes] = (), member: str = "") -> Call:
+        return [obj_key, *index_sets], [str(ttl), member, *(x for pair in pairs for x in pair)]
 
     @staticmethod
     def decode(reply: Any) -> int:
         return int(reply)
 
 
-# -- find.lua: a query by indexed fields (kvfast.find) --------------------------------
+# -- prune.lua: find's clean-up of stale index members (kvfast.find) ------------------
 
 
-class Find:
-    """find.lua: KEYS counters ``:s``, one index set per condition; ARGV the object hash
-    prefix, tombstone field, the conditions' field names, then their values.
-    Reply: (the partition's drained counter, [(key, HGETALL flat list), …])."""
+class Prune:
+    """prune.lua: KEYS one index set per condition; ARGV the object hash prefix, the
+    tombstone field, the conditions' field names, their values, the stale members.
+    Reply: the number of members removed."""
 
-    name = "find"
-
-    @staticmethod
-    def call(keys: Keys, partition: int, obj_prefix: str, tombstone_field: str,
-             conditions: Sequence[tuple[str, bytes, bytes]]) -> Call:
-        """``conditions``: (field, index set prefix of the partition, value)."""
-        return ([keys.counters[partition], *(prefix + value for _, prefix, value in conditions)],
-                [obj_prefix, tombstone_field, *(name for name, _, _ in conditions),
-                 *(value for _, _, value in conditions)])
+    name = "prune"
 
     @staticmethod
-    def decode(reply: Any) -> tuple[bytes, list[tuple[bytes, list[bytes]]]]:
-        return reply[0], list(zip(reply[1::2], reply[2::2], strict=True))
+    def call(obj_prefix: bytes, tombstone_field: str, conditions: Sequence[tuple[str, bytes]],
+             sets: Sequence[bytes], members: Sequence[bytes]) -> Call:
+        """``conditions``: (field, value); ``sets``: their index sets in the partition."""
+        return ([*sets], [obj_prefix, tombstone_field, *(name for name, _ in conditions),
+                          *(value for _, value in conditions), *members])
+
+    @staticmethod
+    def decode(reply: Any) -> int:
+        return int(reply)

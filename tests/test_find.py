@@ -29,7 +29,7 @@ from helpers import create_tables, insert_row
 import kvfast
 import kvfast.aio
 from kvfast.drainer import Drainer
-from kvfast.find import find_plan
+from kvfast.find import Overlapped, find_plan
 
 RIDERS = [f"rider-{i}" for i in range(30)] + ["", "ünï ✓", "a:b%c"]
 STATUSES = [None, "new", "assigned", "done"]
@@ -185,19 +185,34 @@ def test_a_delete_drained_between_the_select_and_the_redis_check_does_not_resurr
         repo.delete(1)
         plan = find_plan(repo.core, {"rider": "R"})
         step = next(plan)
-        step = plan.send(repo._perform(step))  # find.lua in every partition
-        rows = repo._perform(step)  # the SELECT: both rows
+        assert isinstance(step, Overlapped)  # the index sets, and the SELECT
+        members, rows = repo._perform(step)
         assert sorted(row[0] for row in rows) == [1, 2]
         with Drainer(settings) as drainer:
             drainer.drain_until_empty(max_idle_polls=1)
         assert r.exists(repo.producer.locate(1)[2]) == 0  # the tombstone is gone
+        steps = []
         try:
-            step = plan.send(rows)
+            step = plan.send((members, rows))
             while True:
+                steps.append(type(step).__name__)
                 step = plan.send(repo._perform(step))
         except StopIteration as done:
             found = done.value
         assert found == [Request(2, "R", 20, None)]
+        assert steps == ["Commands", "Select"]  # the rows of the drained partition read again
+        # Without a drain in between, nothing is read again.
+        repo.delete(2)
+        steps = []
+        plan = find_plan(repo.core, {"rider": "R"})
+        try:
+            step = next(plan)
+            while True:
+                steps.append(type(step).__name__)
+                step = plan.send(repo._perform(step))
+        except StopIteration as done:
+            assert done.value == []
+        assert steps == ["Overlapped", "Commands"]
 
 
 def test_rows_whose_redis_copy_expired_after_the_drain_are_found_in_postgresql(

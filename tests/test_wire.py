@@ -21,9 +21,9 @@ from kvfast.resp import reply_exception
 from kvfast.scripts import (
     Ack,
     Claim,
-    Find,
     HoldAction,
     Hydrate,
+    Prune,
     Rebase,
     Renew,
     Requeue,
@@ -143,10 +143,12 @@ def test_each_wrapper_builds_the_keys_and_argv_its_script_documents() -> None:
         ["o", "q"], ["_tomb", WRITE_FIELD, "w7", b"e", 0, "", "b"])
     assert Update.call("o", "q", "_tomb", None, b"e", [("a", "1")], [], [b"x:a:1"], "7") == (
         ["o", "q", b"x:a:1"], ["_tomb", "", "", b"e", 1, "7", "a", "1"])
-    assert Find.call(keys, 1, "{ns:1}:o:t:", "_tomb", [("a", b"{ns:1}:x:t:a:", b"1")]) == (
-        ["{ns:1}:s", b"{ns:1}:x:t:a:1"], ["{ns:1}:o:t:", "_tomb", "a", b"1"])
-    assert Hydrate.call("o", 60, [("a", "1")]) == (["o"], ["60", "a", "1"])
-    for wrapper in (Claim, Ack, Renew, Rebase, Requeue, Update, Hydrate, Find):
+    assert Prune.call(b"{ns:1}:o:t:", "_tomb", [("a", b"1")], [b"{ns:1}:x:t:a:1"], [b"7"]) == (
+        [b"{ns:1}:x:t:a:1"], [b"{ns:1}:o:t:", "_tomb", "a", b"1", b"7"])
+    assert Hydrate.call("o", 60, [("a", "1")]) == (["o"], ["60", "", "a", "1"])
+    assert Hydrate.call("o", 0, [("a", "1")], [b"x:a:1"], "7") == (
+        ["o", b"x:a:1"], ["0", "7", "a", "1"])
+    for wrapper in (Claim, Ack, Renew, Rebase, Requeue, Update, Hydrate, Prune):
         assert f"\n-- {wrapper.name}.lua: ".encode() in b"\n" + source(wrapper.name)
 
 
