@@ -39,6 +39,7 @@ HGETALLs, is what is left.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,6 +57,7 @@ from kvfast.scripts import Prune
 if TYPE_CHECKING:
     from kvfast.core import RepositoryCore
     from kvfast.model import ModelInfo
+    from kvfast.producer import WriteBuilder
 
 __all__ = ["Commands", "FindStep", "Overlapped", "SelectWhere", "find_conditions", "find_plan",
            "find_sql"]
@@ -68,7 +70,7 @@ _TOMB = TOMBSTONE_FIELD.encode()
 class SelectWhere:
     """Run ``query`` with ``params`` on PostgreSQL; send back the rows."""
 
-    query: sql.Composed
+    query: bytes | sql.Composed
     params: tuple[Any, ...]
 
 
@@ -135,20 +137,54 @@ def row_key(info: ModelInfo, row: tuple[Any, ...]) -> Any:
     return row[info.key_field.index]
 
 
+class _Layout:
+    """What every find of one model reuses: names per partition, the SQL per field set."""
+
+    def __init__(self, builder: WriteBuilder) -> None:
+        keys, info = builder.keys, builder.info
+        self.obj_prefixes = [keys.obj(p, info.table, "").encode()
+                             for p in range(keys.partitions)]
+        assert builder.index_prefixes is not None
+        #: per indexed field, its set name prefix in every partition
+        self.set_prefixes = [[builder.index_prefixes[p][slot] for p in range(keys.partitions)]
+                             for slot in range(len(info.indexes))]
+        self.queries: dict[tuple[str, ...], bytes] = {}
+
+    def query(self, info: ModelInfo, names: tuple[str, ...]) -> bytes:
+        query = self.queries.get(names)
+        if query is None:  # composed once: as_bytes costs more than the query itself
+            query = self.queries[names] = find_sql(info, list(names)).as_bytes(None)
+        return query
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[WriteBuilder, _Layout] = weakref.WeakKeyDictionary()
+
+#: SINTER of one set, in RESP (the common find of one field)
+_SINTER1 = b"*2\r\n$6\r\nSINTER\r\n$%d\r\n%b%b\r\n"
+
+
 def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPlan[M]:
     """The objects whose indexed fields equal ``conditions`` (ANDed), ordered by key."""
     info, builder = core.info, core.builder
     checked = find_conditions(info, conditions)
     keys = builder.keys
-    prefixes = builder.index_prefixes
-    assert prefixes is not None  # find_conditions refused a model without indexes
-    slots = [info.indexes.index(name) for name, _ in checked]
+    layout = _LAYOUTS.get(builder)
+    if layout is None:
+        layout = _LAYOUTS[builder] = _Layout(builder)
+    columns = [layout.set_prefixes[info.indexes.index(name)] for name, _ in checked]
     nparts = keys.partitions
-    sets = [[prefixes[p][slot] + value for slot, (_, value) in zip(slots, checked, strict=True)]
-            for p in range(nparts)]
-    inter = Commands(b"".join(pack(("SINTER", *sets[p])) for p in range(nparts)), nparts)
+    if len(checked) == 1:
+        value = checked[0][1]
+        sets = [[prefix + value] for prefix in columns[0]]
+        payload = b"".join([_SINTER1 % (len(prefix) + len(value), prefix, value)
+                            for prefix in columns[0]])
+    else:
+        sets = [[col[p] + value for col, (_, value) in zip(columns, checked, strict=True)]
+                for p in range(nparts)]
+        payload = b"".join(pack(("SINTER", *sets[p])) for p in range(nparts))
+    inter = Commands(payload, nparts)
     if core.has_pg:
-        select = SelectWhere(find_sql(info, [name for name, _ in checked]),
+        select = SelectWhere(layout.query(info, tuple(name for name, _ in checked)),
                              (keys.namespace, *(value.decode() for _, value in checked)))
         member_lists, rows = yield Overlapped(inter, select)
         fence: dict[str, int] = orjson.loads(rows[0][-1])
@@ -158,7 +194,7 @@ def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPla
         fence, rows = {}, []
     check_replies(member_lists, "SINTER")
 
-    obj_prefixes = [keys.obj(p, info.table, "").encode() for p in range(nparts)]
+    obj_prefixes = layout.obj_prefixes
     members = [(p, m, obj_prefixes[p] + m) for p in range(nparts) for m in member_lists[p]]
     by_name: dict[bytes, tuple[int, Any, tuple[Any, ...]]] = {}
     for row in rows:
