@@ -23,7 +23,7 @@ Cluster slot and every script touches one slot only)::
                                     written with that value of the indexed field;
                                     <value> is the field's hash encoding, table and
                                     field %-escaped; members may be stale (moved,
-                                    deleted, expired): find.lua drops those
+                                    deleted, expired): find drops those (prune.lua)
     ns:meta                  hash   partitions (fixed once data exists), layout,
                                     "x:<table>" → the indexed fields the table's
                                     index sets were built for (kvfast.index)

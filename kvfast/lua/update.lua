@@ -13,7 +13,7 @@
 -- ARGV[7 .. 6+2n]   field, value pairs to HSET
 -- ARGV[7+2n ..]     fields set to NULL (HDEL: NULL is an absent field)
 --
--- The set of the value a moved field had keeps the key: find.lua drops such
+-- The set of the value a moved field had keeps the key: find (prune.lua) drops such
 -- stale members when it reads them (it must anyway, for deletes and expiry).
 --
 -- A model with a TTL: the object loses any TTL it had (an earlier write drained
