@@ -184,10 +184,14 @@ class Client:
                 raise
             finally:
                 pool.release(conn)
+        self._raise_busy(replies, "a batch")
+        return replies, records
+
+    def _raise_busy(self, replies: list[Any], what: str) -> None:
+        """RedisUnavailable for a "cannot serve now" reply (LOADING, READONLY …)."""
         busy = unavailable_reply(replies)
         if busy is not None:
-            raise reply_exception(busy, "a batch", redact(self.settings.redis_url))
-        return replies, records
+            raise reply_exception(busy, what, redact(self.settings.redis_url))
 
     def execute_during(self, payload: bytes, nreplies: int,
                        during: Callable[[], T]) -> tuple[list[Any], T]:
@@ -211,9 +215,7 @@ class Client:
                 raise
             finally:
                 pool.release(conn)
-        busy = unavailable_reply(replies)
-        if busy is not None:
-            raise reply_exception(busy, "a read", redact(self.settings.redis_url))
+        self._raise_busy(replies, "a read")
         return replies, result
 
     def _outcome_unknown(self, exc: BaseException) -> WriteOutcomeUnknown:
