@@ -30,6 +30,8 @@ import kvfast
 import kvfast.aio
 from kvfast.drainer import Drainer
 from kvfast.find import Overlapped, find_plan
+from kvfast.model import TOMBSTONE_FIELD
+from kvfast.scripts import Prune
 
 RIDERS = [f"rider-{i}" for i in range(30)] + ["", "ünï ✓", "a:b%c"]
 STATUSES = [None, "new", "assigned", "done"]
@@ -294,3 +296,42 @@ def test_the_async_repository_finds_the_same(game: Game, settings: kvfast.Settin
 
     assert kvfast.aio.run(go()) == [game.repo.find(rider=rider) for rider in RIDERS]
     assert any(kvfast.aio.run(go()))
+
+
+def test_the_index_is_written_with_the_object_or_not_at_all(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    create_tables(pg, Request)
+    with kvfast.Repository(Request, settings) as repo:
+        good = [Request(i, "R", i, "new") for i in range(600)]  # more than one streamed piece
+        with pytest.raises(kvfast.ValidationError):
+            repo.create_many([*good, Request(600, "R", "not an int", None)])  # type: ignore[arg-type]
+        assert r.keys("*:o:*") == [] and r.keys("*:x:*") == []  # DISCARDed whole
+        with pytest.raises(kvfast.NotFound):
+            repo.update(7, rider="S")  # in neither store: update.lua adds nothing
+        assert not r.keys("*:x:*")
+        insert_row(pg, Request(8, "P", 1, "old"))
+        repo.update(8, fare=2)  # hydrated from PostgreSQL: in the sets of its values
+        assert repo.find(rider="P", status="old") == [Request(8, "P", 2, "old")]
+        assert sum(r.sismember(k, b"8") for k in r.keys("*:x:f_requests:rider:P")) == 1
+
+
+def test_prune_keeps_a_member_whose_object_holds_the_value_again(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    """find saw the member stale, then a write moved the key back before prune.lua ran:
+    prune re-checks the object in its atomic step and keeps the member."""
+    create_tables(pg, Request)
+    with kvfast.Repository(Request, settings) as repo:
+        repo.create_many([Request(1, "R", 1, None), Request(2, "R", 2, None)])
+        repo.update(1, rider="S")
+        repo.update(2, rider="S")
+        repo.update(1, rider="R")  # back again
+        p1, p2 = repo.producer.locate(1)[1], repo.producer.locate(2)[1]
+        for key, p in ((1, p1), (2, p2)):
+            sets = [repo.producer.index_prefixes[p][0] + b"R"]  # type: ignore[index]
+            prefix = repo.producer.keys.obj(p, "f_requests", "").encode()
+            removed = repo.client.eval_many(Prune.name, [Prune.call(
+                prefix, TOMBSTONE_FIELD, [("rider", b"R")], sets, [str(key).encode()])])
+            assert removed == [0 if key == 1 else 1]
+        assert [o.id for o in repo.find(rider="R")] == [1]
