@@ -21,6 +21,9 @@ Sizes (environment variables; the defaults fit the 15-minute budget on 2 cores):
     KVFAST_BENCH_E2E_RATES           offered rates, % of producer max  25,50,100
     KVFAST_BENCH_SCALE_DEPTHS        claim benchmark queue depths      1000,...,1000000
     KVFAST_BENCH_SCALE_10M=1         add a 10,000,000-entry depth
+    KVFAST_BENCH_FIND_N              objects find runs over            200000 (issue: 1000000)
+    KVFAST_BENCH_FIND_CALLS          finds timed per case              2000
+    KVFAST_BENCH_FIND_CREATE_N       records per create_many round     100000
 
 Benchmarks report; they never fail on a missed target.  They do fail when
 kvfast loses or changes data (a drain whose tables differ from the reference's).

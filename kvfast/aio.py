@@ -12,13 +12,15 @@ coroutine on uvloop when it is installed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from kvfast.aioclient import AsyncClient, AsyncConnection, run
-from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, Step, hash_of
+from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, hash_of
 from kvfast.drivers import pg_errors
 from kvfast.errors import RedisFull
+from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
 from kvfast.model import model_info
 from kvfast.producer import WriteBuilder, gc_paused
 from kvfast.resp import check_replies, pack
@@ -98,9 +100,13 @@ class AsyncRepository(Generic[M]):
     async def get_many(self, keys: Iterable[Any]) -> list[M | None]:
         return await self._run(self.core.get_plan(keys))
 
+    async def find(self, **conditions: Any) -> list[M]:
+        """``Repository.find``, awaited."""
+        return await self._run(find_plan(self.core, conditions))
+
     # -- the I/O of the plans ----------------------------------------------------
 
-    async def _run(self, plan: Plan[T]) -> T:
+    async def _run(self, plan: Plan[T] | FindPlan[Any]) -> T:
         try:
             step = next(plan)
             while True:
@@ -108,7 +114,7 @@ class AsyncRepository(Generic[M]):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    async def _perform(self, step: Step) -> Any:
+    async def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
             return await self.client.eval_many(step.script, step.calls)
         if isinstance(step, ReadHashes):
@@ -116,7 +122,21 @@ class AsyncRepository(Generic[M]):
             replies = await self.client.conn.execute(payload, len(step.obj_keys))
             check_replies(replies, "HGETALL")
             return [hash_of(flat) for flat in replies]
+        if isinstance(step, SelectWhere):
+            return await self._select_where(step)
+        if isinstance(step, Commands):
+            return await self.client.conn.execute(step.payload, step.nreplies)
+        if isinstance(step, Overlapped):
+            return await asyncio.gather(
+                self.client.conn.execute(step.redis.payload, step.redis.nreplies),
+                self._select_where(step.select))
         return await self._select(step.keys)
+
+    async def _select_where(self, step: SelectWhere) -> list[tuple[Any, ...]]:
+        conn = await self.client.pg()
+        with pg_errors(self.client.settings):
+            cur = await conn.execute(step.query, step.params)
+            return await cur.fetchall()
 
     async def _select(self, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         conn = await self.client.pg()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 import redis
@@ -27,7 +27,7 @@ from kvfast import memory, meta
 from kvfast.cluster import Topology, Unit, is_cluster
 from kvfast.cluster import redirected as _redirected
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
-from kvfast.errors import KvfastError, NotReplicated, RedisFull, WriteOutcomeUnknown
+from kvfast.errors import ConfigError, KvfastError, NotReplicated, RedisFull, WriteOutcomeUnknown
 from kvfast.holds import parse_holds
 from kvfast.keys import Keys
 from kvfast.resp import (
@@ -44,6 +44,8 @@ from kvfast.settings import Settings, redact
 
 # pg_errors and redis_errors live in kvfast.drivers; they stay importable from here.
 __all__ = ["Client", "cluster_client", "connect_pg", "pg_errors", "redis_client", "redis_errors"]
+
+T = TypeVar("T")
 
 
 def _execute_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
@@ -274,10 +276,44 @@ class Client:
                 raise
             finally:
                 pool.release(conn)
+        self._raise_busy(replies, "a batch")
+        return replies, records
+
+    def _raise_busy(self, replies: list[Any], what: str) -> None:
+        """RedisUnavailable for a "cannot serve now" reply (LOADING, READONLY …)."""
         busy = unavailable_reply(replies)
         if busy is not None:
-            raise reply_exception(busy, "a batch", redact(self.settings.redis_url))
-        return replies, records
+            raise reply_exception(busy, what, redact(self.settings.redis_url))
+
+    def execute_during(self, payload: bytes, nreplies: int,
+                       during: Callable[[], T]) -> tuple[list[Any], T]:
+        """``execute`` of read-only commands with ``during()`` run between sending them
+        and reading their replies: a PostgreSQL query overlapped with the Redis round
+        trip (``kvfast.find``)."""
+        if self.topology is not None:
+            raise ConfigError(
+                f"Redis at {redact(self.settings.redis_url)} is a Redis Cluster node: find "
+                "does not route its per-partition reads by slot yet (the index sets are "
+                "kept per slot already); use it on one Redis for now")
+        self.check_partitions()
+        pool = self.redis.connection_pool
+        with redis_errors(self.settings):
+            conn = pool.get_connection()
+            try:
+                sock = getattr(conn, "_sock", None)
+                if sock is None:  # pragma: no cover - redis-py internals changed
+                    return _execute_slow(conn, payload, nreplies), during()
+                sock.sendall(payload)
+                result = during()
+                replies = read_replies(sock, nreplies)
+            except BaseException:
+                # replies unread (during() failed) or the socket broke: never reuse it
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(conn)
+        self._raise_busy(replies, "a read")
+        return replies, result
 
     def _outcome_unknown(self, exc: BaseException) -> WriteOutcomeUnknown:
         what = ("no reply within the socket timeout "

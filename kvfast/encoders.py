@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["Encoded", "build_create_encoder"]
 
 #: (key value, RESP bulk strings "field value …" for HSET, number of fields,
-#:  {field: wire value})
-Encoded = tuple[Any, bytes, int, dict[str, Any]]
+#:  {field: wire value}); a model with indexes adds (hash value or None per index)
+Encoded = tuple[Any, ...]
 
 
 def _bulk(data: bytes) -> bytes:
@@ -99,6 +99,8 @@ def build_create_encoder(info: ModelInfo) -> Callable[[Any], Encoded]:
         if f.nullable:
             lines.append(f"    if {v} is None:")
             lines.append(f"        w{i} = None")
+            if f.name in info.indexes:
+                lines.append(f"        h{i} = None")
             lines.append("    else:")
             lines += ["        " + b for b in body]
             ns[f"t{i}"] = _bulk(f.name.encode()) + _VALUE
@@ -118,7 +120,11 @@ def build_create_encoder(info: ModelInfo) -> Callable[[Any], Encoded]:
     lines += optional
     # The key as check_key normalizes it: a composite key is a tuple of its parts.
     key = ", ".join(f"v{f.index}" for f in info.key_fields) + ("," if info.composite else "")
-    lines.append(f"    return ({key}), h, n, {{{', '.join(wire)}}}")
+    # A model with indexes gets a fifth item: the indexed fields' hash values (None
+    # for NULL), which the producer adds to the index sets (kvfast.index).
+    indexed = "".join(f", h{info.by_name[name].index}" for name in info.indexes)
+    extra = f", ({indexed[2:]},)" if indexed else ""
+    lines.append(f"    return ({key}), h, n, {{{', '.join(wire)}}}{extra}")
     encode: Callable[[Any], Encoded] = build_function(
         "\n".join(lines), f"<kvfast encoder {info.name}>", ns, "encode")
     return encode

@@ -17,7 +17,16 @@ Cluster slot and every script touches one slot only)::
     {ns:p}:s                 hash   counters: drained, dead (now in :d), purged
     {ns:p}:h                 hash   held tables: "t:<table>" → why (JSON), "next" → ms
     {ns:p}:h:<table>         list   a held table's entries, in queue order (kvfast.holds)
-    ns:meta                  hash   partitions (fixed once data exists), layout
+    {ns:p}:x:<table>:<field>:<value>
+                             set    secondary index (kvfast.index): the keys (as in
+                                    the object's name) of the partition's objects
+                                    written with that value of the indexed field;
+                                    <value> is the field's hash encoding, table and
+                                    field %-escaped; members may be stale (moved,
+                                    deleted, expired): find drops those (prune.lua)
+    ns:meta                  hash   partitions (fixed once data exists), layout,
+                                    "x:<table>" → the indexed fields the table's
+                                    index sets were built for (kvfast.index)
 
 ``<key>`` is ``key_string(key)``: a key's text (``str(key)``), or a composite
 key's parts %-escaped like the table and joined by ':' (``(7, "a:b")`` is
@@ -87,6 +96,21 @@ class Keys:
 
     def obj(self, partition: int, table: str, key_str: str) -> str:
         return f"{self._obj_prefix[partition]}{escape_table(table)}:{key_str}"
+
+    def index_prefix(self, partition: int, table: str, field: str) -> bytes:
+        """The index set name of ``field`` in ``partition`` without its value (bytes:
+        the value is appended as its hash encoding, which may be any bytes)."""
+        return f"{self.tags[partition]}:x:{escape_table(table)}:{escape_table(field)}:".encode()
+
+    def table_pattern(self, kind: str, table: str) -> str:
+        """A SCAN pattern, all partitions, for ``table``'s objects (kind "o") or index
+        sets ("x")."""
+        return (f"{{{_glob_escape(self.namespace)}:*}}:{kind}:"
+                f"{_glob_escape(escape_table(table))}:*")
+
+    def partition_in(self, name: bytes) -> int:
+        """The partition of a key name read back (``{ns:p}:…`` or ``{ns:p:k}:…``)."""
+        return int(name[len(self.namespace) + 2 : name.index(b"}")].split(b":", 1)[0])
 
     def held(self, partition: int, table: str) -> str:
         """The held list of ``table`` in ``partition`` (see kvfast.holds)."""

@@ -34,6 +34,7 @@ from typing import Any, TypeVar, dataclass_transform
 from kvfast.columns import SpecError, resolve
 from kvfast.errors import DecodeError, ModelError, ValidationError
 from kvfast.fieldtypes import FieldType, IntType, Reject, StrType, UUIDType
+from kvfast.indexspec import check_indexes
 from kvfast.keys import MAX_KEY_BYTES, key_string
 
 __all__ = ["FieldInfo", "ModelInfo", "get_model", "model", "model_info", "registered_models"]
@@ -68,6 +69,7 @@ class ModelInfo:
     def __init__(
         self, cls: type, table: str, key: str | tuple[str, ...], ttl: int | None,
         fields: list[FieldInfo], pg_name: tuple[str, ...] | None = None,
+        indexes: tuple[str, ...] = (),
     ) -> None:
         self.cls = cls
         self.name = cls.__name__
@@ -90,6 +92,8 @@ class ModelInfo:
         self.table_bytes = table.encode("utf-8")
         self._crc_prefix = self.table_bytes + b"\x00"
         self._init_kwargs = [f.name for f in fields]
+        #: indexed fields, in declaration order of ``indexes=`` (kvfast.index)
+        self.indexes = indexes
 
     def __repr__(self) -> str:
         return f"<model {self.name} table={self.table!r} key={self.key!r}>"
@@ -285,7 +289,7 @@ def _pg_name(table: str, schema: str | None, where: str) -> tuple[str, tuple[str
 
 def _build(
     cls: type, table: str, key: str | tuple[str, ...] | list[str], ttl: int | None,
-    schema: str | None = None,
+    schema: str | None = None, indexes: Any = (),
 ) -> ModelInfo:
     where = f"model {cls.__name__}"
     key = _key_names(key, where)
@@ -333,7 +337,8 @@ def _build(
             raise ModelError(
                 f"{where}: key field {name!r} must be an int, str or UUID column (not Optional)"
             )
-    return ModelInfo(cls, table, key, ttl, fields, pg_name)
+    return ModelInfo(cls, table, key, ttl, fields, pg_name,
+                     check_indexes(indexes, by_name, key, where))
 
 
 def _key_names(key: object, where: str) -> str | tuple[str, ...]:
@@ -351,7 +356,7 @@ def _key_names(key: object, where: str) -> str | tuple[str, ...]:
 @dataclass_transform()
 def model(
     *, table: str, key: str | tuple[str, ...] = "id", ttl: int | None = None,
-    schema: str | None = None,
+    schema: str | None = None, indexes: tuple[str, ...] = (),
 ) -> Callable[[type[T]], type[T]]:
     """Declare a model: ``@model(table="bookings", key="id", ttl=None)``.
 
@@ -366,12 +371,15 @@ def model(
 
     ``ttl`` (seconds) expires the Redis copy of each object after its last
     write; reads then fall back to PostgreSQL.  Keep it well above the drain lag.
+
+    ``indexes=("rider_id", "status")`` lets ``Repository.find(rider_id=r)`` answer
+    by those fields (kvfast.index: a Redis set per value, written with the object).
     """
 
     def decorate(cls: type[T]) -> type[T]:
         if not dataclasses.is_dataclass(cls):
             cls = dataclasses.dataclass(cls)
-        info = _build(cls, table, key, ttl, schema)
+        info = _build(cls, table, key, ttl, schema, indexes)
         previous = _REGISTRY.get(info.table)
         if previous is not None and previous.cls.__qualname__ != cls.__qualname__:
             raise ModelError(

@@ -69,6 +69,8 @@ __all__ = ["Producer", "WriteBuilder", "gc_paused"]
 #: fields come from the model's encoder already in RESP (see encoders).
 _HSET = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b"
 _WRITE_FIELD = WRITE_FIELD.encode()
+#: SADD of one member to an index set (name = prefix + value), in RESP
+_SADD = b"*3\r\n$4\r\nSADD\r\n$%d\r\n%b%b\r\n$%d\r\n%b\r\n"
 
 
 def _bulk_pair(name: bytes, value: bytes) -> bytes:
@@ -136,6 +138,9 @@ class WriteBuilder:
         self._partitions = keys.partitions
         self.version = model_version(info)
         self._create_head = codec.entry_head(info.table, codec.OP_CREATE, self.version)
+        #: per partition, the index set prefixes of the model's indexed fields (kvfast.index)
+        self.index_prefixes = [[keys.index_prefix(p, info.table, name) for name in info.indexes]
+                               for p in range(keys.partitions)] if info.indexes else None
 
     # -- helpers ---------------------------------------------------------------
 
@@ -194,8 +199,13 @@ class WriteBuilder:
         piece_keys: list[bytes] = []
         seen: set[bytes] = set()
         in_piece = 0
+        index_prefixes = self.index_prefixes
+        ivalues: tuple[bytes | None, ...] = ()
         for obj in objs:
-            key, fields, nfields, wire = encode(obj)
+            if index_prefixes is None:
+                key, fields, nfields, wire = encode(obj)
+            else:
+                key, fields, nfields, wire, ivalues = encode(obj)
             # locate(), over bytes: the key is encoded once for the partition,
             # the object key and the entry.
             if type(key) is int:
@@ -234,6 +244,13 @@ class WriteBuilder:
             else:
                 commands.append(_HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields))
                 entry = head + wire_key + sep + dumps(wire) + tail
+            if index_prefixes is not None:
+                # In the same MULTI as the HSET, on the object's slot.  The sets
+                # of the values an overwritten object had keep it: find drops it.
+                for prefix, value in zip(index_prefixes[p], ivalues, strict=True):
+                    if value is not None:
+                        commands.append(_SADD % (len(prefix) + len(value), prefix, value,
+                                                 len(key_b), key_b))
             queue = entries.get(p)
             if queue is None:
                 entries[p] = [entry]
@@ -300,6 +317,7 @@ class WriteBuilder:
         by_name = info.by_name
         prepared: list[Call] = []
         id_prefix = secrets.token_hex(6)
+        indexes = info.indexes
         for i, (key, fields) in enumerate(changes):
             key = info.check_key(key)
             checked = info.check_changes(fields)
@@ -307,6 +325,7 @@ class WriteBuilder:
             sets: list[tuple[str, Any]] = []
             nulls: list[str] = []
             wire: dict[str, Any] = {}
+            index_sets: list[bytes] = []
             for name, value in checked.items():
                 ftype = by_name[name].ftype
                 if value is None:
@@ -315,22 +334,35 @@ class WriteBuilder:
                 else:
                     sets.append((name, ftype.to_hash(value)))
                     wire[name] = value if ftype.wire_is_value else ftype.to_wire(value)
+                    if name in indexes and self.index_prefixes is not None:
+                        index_sets.append(self.index_prefixes[p][indexes.index(name)]
+                                          + ftype.hash_bytes(value))
             write_id = f"{id_prefix}{i:x}" if self.ttl else None
             entry = codec.encode_write(self.table, codec.OP_UPDATE, wire_key, wire, t_us,
                                        self.version, write_id)
             prepared.append(Update.call(obj_key, self.keys.queues[p], TOMBSTONE_FIELD,
-                                        write_id, entry, sets, nulls))
+                                        write_id, entry, sets, nulls,
+                                        index_sets, obj_key[len(self._obj_prefix[p]):]))
         return prepared
 
     def build_hydrate(self, rows: Sequence[tuple[Any, list[Any]]]) -> list[Call]:
         """hydrate.lua calls for (key, row values in field order) read from PostgreSQL."""
         prepared: list[Call] = []
+        indexes = self.info.indexes
         for key, values in rows:
-            _, _, obj_key = self.locate(key)
+            _, p, obj_key = self.locate(key)
             pairs = [(name, ftype.to_hash(value))
                      for (name, ftype, _), value in zip(self._codecs, values, strict=True)
                      if value is not None]
-            prepared.append(Hydrate.call(obj_key, self.ttl, pairs))
+            index_sets: list[bytes] = []
+            if self.index_prefixes is not None:
+                for slot, name in enumerate(indexes):
+                    f = self.info.by_name[name]
+                    if values[f.index] is not None:
+                        index_sets.append(self.index_prefixes[p][slot]
+                                          + f.ftype.hash_bytes(values[f.index]))
+            prepared.append(Hydrate.call(obj_key, self.ttl, pairs, index_sets,
+                                         obj_key[len(self._obj_prefix[p]):] if indexes else ""))
         return prepared
 
 

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from kvfast.client import Client
-from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, Step
+from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore
 from kvfast.drivers import pg_errors, redis_errors
+from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
 from kvfast.model import model_info
 from kvfast.producer import Producer
 from kvfast.schema import select_rows
@@ -112,9 +113,15 @@ class Repository(Generic[M]):
         """Objects for ``keys`` in order (None where absent), one Redis round trip."""
         return self._run(self.core.get_plan(keys))
 
+    def find(self, **conditions: Any) -> list[M]:
+        """The objects whose indexed fields equal ``conditions`` (ANDed), ordered by key:
+        exactly what ``get_by_id`` returns for those keys, while the drain lags
+        (Redis merged with PostgreSQL, see ``kvfast.find``)."""
+        return self._run(find_plan(self.core, conditions))
+
     # -- the I/O of the plans ----------------------------------------------------
 
-    def _run(self, plan: Plan[T]) -> T:
+    def _run(self, plan: Plan[T] | FindPlan[Any]) -> T:
         try:
             step = next(plan)
             while True:
@@ -122,7 +129,7 @@ class Repository(Generic[M]):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    def _perform(self, step: Step) -> Any:
+    def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
             return self.client.eval_many(step.script, step.calls, step.wait_keys)
         if isinstance(step, ReadHashes):
@@ -132,7 +139,18 @@ class Repository(Generic[M]):
                 for obj_key in step.obj_keys:
                     pipe.hgetall(obj_key)
                 return pipe.execute()
+        if isinstance(step, SelectWhere):
+            return self._select_where(step)
+        if isinstance(step, Commands):
+            return self.client.execute_during(step.payload, step.nreplies, lambda: None)[0]
+        if isinstance(step, Overlapped):
+            return self.client.execute_during(step.redis.payload, step.redis.nreplies,
+                                              lambda: self._select_where(step.select))
         return self._select(step.keys)
+
+    def _select_where(self, step: SelectWhere) -> list[tuple[Any, ...]]:
+        with pg_errors(self.client.settings):
+            return self.client.pg().execute(step.query, step.params).fetchall()
 
     def _select(self, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         with pg_errors(self.client.settings):

@@ -20,6 +20,7 @@ from psycopg import sql
 from kvfast.errors import SchemaMismatch
 from kvfast.fieldtypes import FieldType, StrType
 from kvfast.model import FieldInfo, ModelInfo
+from kvfast.pgindex import create_indexes, warn_missing_indexes
 from kvfast.pgtypes import PgEnumType
 
 __all__ = ["FENCE_TABLE", "MODELS_TABLE", "check_tables", "create_tables", "select_rows",
@@ -116,6 +117,7 @@ def create_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) ->
                 )
             )
             _add_missing_columns(conn, info)
+            create_indexes(conn, info)
     check_tables(conn, infos)
 
 
@@ -217,8 +219,10 @@ def _hint(f: FieldInfo, ctype: str) -> str:
 
 
 def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> None:
-    """Raise SchemaMismatch listing every table that does not fit its model."""
+    """Raise SchemaMismatch listing every table that does not fit its model; log a
+    warning for an indexed field whose column has no index (kvfast.pgindex)."""
     problems: list[str] = []
+    models = list(models)
     for info in models:
         described = _describe(conn, info)
         if described is None:
@@ -270,6 +274,21 @@ def check_tables(conn: psycopg.Connection[Any], models: Iterable[ModelInfo]) -> 
             )
     if problems:
         raise SchemaMismatch("tables do not match their models:\n  " + "\n  ".join(problems))
+    for info in models:
+        warn_missing_indexes(conn, info)
+
+
+def select_list(info: ModelInfo, alias: str | None = None) -> sql.Composed:
+    """Every column in field order, as the reads select them (character(n) ``::text``),
+    qualified by the table's ``alias`` if given."""
+
+    def column(f: FieldInfo) -> sql.Composable:
+        ident = sql.Identifier(f.column) if alias is None else sql.Identifier(alias, f.column)
+        if isinstance(f.ftype, StrType) and f.ftype.pad:
+            return sql.SQL("{}::text").format(ident)
+        return ident
+
+    return sql.SQL(", ").join(column(f) for f in info.fields)
 
 
 def select_rows_sql(info: ModelInfo) -> sql.Composed:
@@ -281,13 +300,7 @@ def select_rows_sql(info: ModelInfo) -> sql.Composed:
     ``StrType``): a key read back equals the key asked for.  The keys are cast to
     the key columns' types so that the primary key's index serves the lookup."""
 
-    def column(f: FieldInfo) -> sql.Composable:
-        ident = sql.Identifier(f.column)
-        if isinstance(f.ftype, StrType) and f.ftype.pad:
-            return sql.SQL("{}::text").format(ident)
-        return ident
-
-    columns = sql.SQL(", ").join(column(f) for f in info.fields)
+    columns = select_list(info)
     if not info.composite:
         return sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::{}[])").format(
             columns, table_sql(info), sql.Identifier(info.key_columns[0]),

@@ -32,6 +32,7 @@ __all__ = [
     "HoldAction",
     "Hydrate",
     "Part",
+    "Prune",
     "Rebase",
     "Renew",
     "Requeue",
@@ -40,7 +41,7 @@ __all__ = [
     "source",
 ]
 
-SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue")
+SCRIPT_NAMES = ("update", "hydrate", "claim", "ack", "renew", "rebase", "requeue", "prune")
 
 #: one script call: (KEYS, ARGV)
 Call = tuple[list[Any], list[Any]]
@@ -272,19 +273,22 @@ class Requeue:
 
 
 class Update:
-    """update.lua: KEYS object hash, queue ``:q``; ARGV tombstone field, write-id field
-    ("" for a model without a TTL), this write's id, the queue entry, n, n field/value
-    pairs to set, the fields set to NULL.
+    """update.lua: KEYS object hash, queue ``:q``, the index sets to add the key to;
+    ARGV tombstone field, write-id field ("" for a model without a TTL), this write's
+    id, the queue entry, n, the key (the index sets' member), n field/value pairs to
+    set, the fields set to NULL.
     Reply 1 = applied, 0 = not in Redis (hydrate and retry), -1 = deleted."""
 
     name = "update"
 
     @staticmethod
     def call(obj_key: str, queue: str, tombstone_field: str, write_id: str | None,
-             entry: bytes, sets: Sequence[tuple[str, Any]], nulls: Sequence[str]) -> Call:
+             entry: bytes, sets: Sequence[tuple[str, Any]], nulls: Sequence[str],
+             index_sets: Sequence[bytes] = (), member: str = "") -> Call:
         flat = [x for pair in sets for x in pair]
-        return [obj_key, queue], [tombstone_field, WRITE_FIELD if write_id else "",
-                                  write_id or "", entry, len(sets), *flat, *nulls]
+        return [obj_key, queue, *index_sets], [tombstone_field, WRITE_FIELD if write_id else "",
+                                               write_id or "", entry, len(sets), member,
+                                               *flat, *nulls]
 
     @staticmethod
     def decode(reply: Any) -> int:
@@ -292,14 +296,38 @@ class Update:
 
 
 class Hydrate:
-    """hydrate.lua: KEYS object hash; ARGV ttl, field/value pairs (the row's non-NULL
-    columns).  Reply 1 = written, 0 = Redis already had the key."""
+    """hydrate.lua: KEYS object hash, the index sets to add the key to; ARGV ttl, the
+    key (the sets' member), field/value pairs (the row's non-NULL columns).
+    Reply 1 = written, 0 = Redis already had the key."""
 
     name = "hydrate"
 
     @staticmethod
-    def call(obj_key: str, ttl: int, pairs: Sequence[tuple[str, Any]]) -> Call:
-        return [obj_key], [str(ttl), *(x for pair in pairs for x in pair)]
+    def call(obj_key: str, ttl: int, pairs: Sequence[tuple[str, Any]],
+             index_sets: Sequence[bytes] = (), member: str = "") -> Call:
+        return [obj_key, *index_sets], [str(ttl), member, *(x for pair in pairs for x in pair)]
+
+    @staticmethod
+    def decode(reply: Any) -> int:
+        return int(reply)
+
+
+# -- prune.lua: find's clean-up of stale index members (kvfast.find) ------------------
+
+
+class Prune:
+    """prune.lua: KEYS one index set per condition; ARGV the object hash prefix, the
+    tombstone field, the conditions' field names, their values, the stale members.
+    Reply: the number of members removed."""
+
+    name = "prune"
+
+    @staticmethod
+    def call(obj_prefix: bytes, tombstone_field: str, conditions: Sequence[tuple[str, bytes]],
+             sets: Sequence[bytes], members: Sequence[bytes]) -> Call:
+        """``conditions``: (field, value); ``sets``: their index sets in the partition."""
+        return ([*sets], [obj_prefix, tombstone_field, *(name for name, _ in conditions),
+                          *(value for _, value in conditions), *members])
 
     @staticmethod
     def decode(reply: Any) -> int:

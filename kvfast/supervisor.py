@@ -31,6 +31,7 @@ import setproctitle
 
 from kvfast.client import Client, connect_pg, pg_errors
 from kvfast.errors import ConfigError, ConnectionFailed, KvfastError, SchemaMismatch
+from kvfast.indexmeta import check_recorded
 from kvfast.metrics import Metrics, serve_http
 from kvfast.model import ModelInfo, registered_models
 from kvfast.pool import Pool
@@ -209,6 +210,8 @@ def _startup_checks(settings: Settings, models: list[ModelInfo], create: bool) -
         try:
             with Client(settings) as client:
                 client.check_partitions()
+                check_recorded(client, models, "python -m kvfast.reindex --models "
+                               + ",".join(sorted({m.cls.__module__ for m in models})))
             with pg_errors(settings), connect_pg(settings) as conn, _ddl_lock(conn):
                 if create:
                     create_tables(conn, models)

@@ -43,6 +43,12 @@ class Pair:
     n: int
 
 
+@kvfast.model(table="cl_trips", key="id", indexes=("rider",))
+class Trip:
+    id: int
+    rider: str
+
+
 def drain(settings: kvfast.Settings) -> int:
     drainer = Drainer(settings)
     try:
@@ -58,7 +64,7 @@ def keys_per_master(rc: RedisCluster) -> dict[str, int]:
 
 @pytest.fixture
 def tables(pg: Conn) -> Conn:
-    kvfast.create_tables(pg, [kvfast.model_info(Ride), kvfast.model_info(Pair)])
+    kvfast.create_tables(pg, [kvfast.model_info(m) for m in (Ride, Pair, Trip)])
     return pg
 
 
@@ -263,3 +269,17 @@ def test_a_master_killed_under_load_loses_no_write_that_returned(
     assert not lost and not older, (len(lost), dict(list(older.items())[:5]), failed)
     print(f"rounds {round_no}, failed {failed}, keys {len(returned)}")
     assert round_no > 25  # the producer kept writing after the failover
+
+
+def test_indexed_models_write_on_a_cluster_and_find_says_it_is_not_routed_yet(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    pg = tables
+    with kvfast.Repository(Trip, cluster_settings) as repo:
+        repo.create_many([Trip(i, f"r{i % 3}") for i in range(60)])  # index sets per slot
+        repo.update(4, rider="r9")
+        sets = [k for k in rc.scan_iter(match="*:x:cl_trips:*", target_nodes=rc.PRIMARIES)]
+        assert sets
+        with pytest.raises(kvfast.ConfigError, match="find does not route"):
+            repo.find(rider="r1")
+    drain(cluster_settings)
+    assert pg.execute("SELECT count(*) FROM cl_trips WHERE rider = 'r9'").fetchone() == (1,)

@@ -16,16 +16,19 @@ import kvfast
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fieldtypes", "codegen"),
     ("pgtypes", "containertypes"),              # declared column types (issue 10)
-    ("columns",),                               # annotations → column types
+    ("columns", "indexspec"),                   # annotations → column types; indexable fields
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
+    ("pgindex",),                               # PostgreSQL indexes of indexed fields
     ("encoders", "decoders", "schema", "demo"),
     ("resp",),                                  # the Redis wire
     ("drivers", "meta", "cluster"),             # driver errors in, connect options, slots
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
     ("client", "aioclient"),                    # transports
+    ("indexmeta",),                             # which indexes Redis's sets were built for
     ("producer", "batch", "versions", "pgcopy"),  # write plans; drain batches
     ("core",),                                  # repository plans
+    ("find",),                                  # the find plan (secondary keys)
     ("repository", "aio"),                      # the shells over the core
     ("claims", "holding", "acks"),              # a drainer: leases, held tables, ack marks
     ("drainer",),
@@ -33,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("worker", "metrics"),                      # the drainer child; Prometheus + /healthz
     ("pool",),                                  # fork, signals, restart
     ("supervisor", "deadletter", "loadgen"),    # command lines and tools
+    ("reindex",),                               # python -m kvfast.reindex
     ("__init__",),
 ]
 

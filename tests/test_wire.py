@@ -23,6 +23,7 @@ from kvfast.scripts import (
     Claim,
     HoldAction,
     Hydrate,
+    Prune,
     Rebase,
     Renew,
     Requeue,
@@ -143,11 +144,17 @@ def test_each_wrapper_builds_the_keys_and_argv_its_script_documents() -> None:
     assert Requeue.call(keys, 1, [(b"doc", b"entry")]) == (
         [T[1] + ":d", T[1] + ":q", T[1] + ":s"], [b"doc", b"entry"])
     assert Update.call("o", "q", "_tomb", None, b"e", [("a", "1")], ["b"]) == (
-        ["o", "q"], ["_tomb", "", "", b"e", 1, "a", "1", "b"])
+        ["o", "q"], ["_tomb", "", "", b"e", 1, "", "a", "1", "b"])
     assert Update.call("o", "q", "_tomb", "w7", b"e", [], ["b"]) == (
-        ["o", "q"], ["_tomb", WRITE_FIELD, "w7", b"e", 0, "b"])
-    assert Hydrate.call("o", 60, [("a", "1")]) == (["o"], ["60", "a", "1"])
-    for wrapper in (Claim, Ack, Renew, Rebase, Requeue, Update, Hydrate):
+        ["o", "q"], ["_tomb", WRITE_FIELD, "w7", b"e", 0, "", "b"])
+    assert Update.call("o", "q", "_tomb", None, b"e", [("a", "1")], [], [b"x:a:1"], "7") == (
+        ["o", "q", b"x:a:1"], ["_tomb", "", "", b"e", 1, "7", "a", "1"])
+    assert Prune.call(b"{ns:1}:o:t:", "_tomb", [("a", b"1")], [b"{ns:1}:x:t:a:1"], [b"7"]) == (
+        [b"{ns:1}:x:t:a:1"], [b"{ns:1}:o:t:", "_tomb", "a", b"1", b"7"])
+    assert Hydrate.call("o", 60, [("a", "1")]) == (["o"], ["60", "", "a", "1"])
+    assert Hydrate.call("o", 0, [("a", "1")], [b"x:a:1"], "7") == (
+        ["o", b"x:a:1"], ["0", "7", "a", "1"])
+    for wrapper in (Claim, Ack, Renew, Rebase, Requeue, Update, Hydrate, Prune):
         assert f"\n-- {wrapper.name}.lua: ".encode() in b"\n" + source(wrapper.name)
 
 

@@ -6,9 +6,15 @@
 -- ARGV[2]  write-id field name, "" when the model has no TTL
 -- ARGV[3]  this write's id (models with a TTL; the entry carries it too)
 -- ARGV[4]  the queue entry (orjson bytes, built by kvfast.codec)
+-- KEYS[3 ..]  index sets {ns:p}:x:<table>:<field>:<value> of the indexed fields
+--             this update sets (same hash tag), SADDed the key when applied
 -- ARGV[5]  n: number of field/value pairs that follow
--- ARGV[6 .. 5+2n]   field, value pairs to HSET
--- ARGV[6+2n ..]     fields set to NULL (HDEL: NULL is an absent field)
+-- ARGV[6]  the object's key (the index sets' member), "" without index sets
+-- ARGV[7 .. 6+2n]   field, value pairs to HSET
+-- ARGV[7+2n ..]     fields set to NULL (HDEL: NULL is an absent field)
+--
+-- The set of the value a moved field had keeps the key: find (prune.lua) drops such
+-- stale members when it reads them (it must anyway, for deletes and expiry).
 --
 -- A model with a TTL: the object loses any TTL it had (an earlier write drained
 -- and gave it one) and records this write's id; ack.lua gives the TTL back
@@ -26,10 +32,10 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return -1
 end
 local n = tonumber(ARGV[5])
-local last_set = 5 + 2 * n
+local last_set = 6 + 2 * n
 -- HSET in chunks: Lua's unpack() fails beyond a few thousand values.
 local chunk = 1000
-local i = 6
+local i = 7
 while i <= last_set do
   local j = math.min(i + chunk - 1, last_set)
   redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
@@ -41,6 +47,9 @@ end
 if ARGV[2] ~= '' then
   redis.call('PERSIST', KEYS[1])
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+end
+for k = 3, #KEYS do
+  redis.call('SADD', KEYS[k], ARGV[6])
 end
 redis.call('RPUSH', KEYS[2], ARGV[4])
 return 1

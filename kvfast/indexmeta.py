@@ -1,0 +1,76 @@
+"""Which indexes a table's Redis index sets were built for, recorded in ``ns:meta``.
+
+Producers add a key to the sets of the fields their model indexes, so objects
+written before a field was indexed are in no set of it: ``find`` would miss
+them in Redis.  The record (``x:<table>`` → the indexed fields, comma-joined)
+lets the supervisor's start-up catch that, like a partition mismatch:
+
+* recorded and equal to the model's: fine;
+* nothing recorded, or something else: if Redis holds no object of the table,
+  the model's indexes are recorded (nothing to rebuild); otherwise it is a
+  ``ConfigError`` (exit 2) asking for ``python -m kvfast.reindex``, which
+  rebuilds the sets from the objects and records the model's indexes.
+
+Looking for an object is one SCAN of the key space, stopped at the first
+match (only at start-up, and only for a model whose record differs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from kvfast.drivers import redis_errors
+from kvfast.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kvfast.client import Client
+    from kvfast.model import ModelInfo
+
+__all__ = ["check_recorded", "has_objects", "meta_field", "record", "recorded"]
+
+
+def meta_field(info: ModelInfo) -> str:
+    return f"x:{info.table}"
+
+
+def recorded(client: Client, info: ModelInfo) -> str | None:
+    """The indexes recorded for ``info``'s table, comma-joined ("" = none), or None."""
+    with redis_errors(client.settings):
+        raw = client.redis.hget(client.keys.meta, meta_field(info))
+    return None if raw is None else bytes(raw).decode()  # type: ignore[arg-type]
+
+
+def record(client: Client, info: ModelInfo) -> None:
+    with redis_errors(client.settings):
+        client.redis.hset(client.keys.meta, meta_field(info), ",".join(info.indexes))
+
+
+def has_objects(client: Client, info: ModelInfo) -> bool:
+    """Whether Redis holds any object (or tombstone) of ``info``'s table."""
+    with redis_errors(client.settings):
+        for _ in client.redis.scan_iter(match=client.keys.table_pattern("o", info.table),
+                                        count=1000):
+            return True
+    return False
+
+
+def check_recorded(client: Client, models: Sequence[ModelInfo], command: str) -> None:
+    """The start-up check of the module docstring; ``command`` is the reindex command
+    line to suggest, without its MODEL arguments."""
+    problems: list[str] = []
+    for info in models:
+        have = recorded(client, info)
+        want = ",".join(info.indexes)
+        if have == want or (have is None and not want):
+            continue
+        if not has_objects(client, info):
+            record(client, info)
+            continue
+        problems.append(
+            f"model {info.name} (table {info.table!r}) indexes ({want or 'nothing'}) but its "
+            f"objects in Redis were indexed for ({have or 'nothing'}): find would miss "
+            "objects; rebuild the index sets (after every producer runs this model) with "
+            f"`{command} {info.name}`")
+    if problems:
+        raise ConfigError("index sets do not match their models:\n  " + "\n  ".join(problems))

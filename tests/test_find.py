@@ -1,0 +1,337 @@
+"""``find`` by indexed fields: exactly what ``get_by_id`` answers, while the drain lags.
+
+The main test keeps a model of the truth (key → object) and plays rounds of
+random creates, moves, NULLs, deletes, re-creates and batch writes over a few
+thousand keys and a few dozen values, on top of rows inserted directly into
+PostgreSQL (written "before kvfast"); after every round ``find`` of every value
+must equal the truth, with the drain not running, run half-way (in-process
+claims, or a supervisor stopped mid-round) and caught up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from drainhelpers import wait_idle
+from drainprocs import start_supervisor
+from findmodels import Expiring, Request, Stage, Typed
+from helpers import create_tables, insert_row
+
+import kvfast
+import kvfast.aio
+from kvfast.drainer import Drainer
+from kvfast.find import Overlapped, find_plan
+from kvfast.model import TOMBSTONE_FIELD
+from kvfast.scripts import Prune
+
+RIDERS = [f"rider-{i}" for i in range(30)] + ["", "ünï ✓", "a:b%c"]
+STATUSES = [None, "new", "assigned", "done"]
+NKEYS = 2500
+
+Truth = dict[int, Request]
+
+
+def _random_request(rng: random.Random, key: int) -> Request:
+    return Request(key, rng.choice(RIDERS), rng.randrange(10**6), rng.choice(STATUSES))
+
+
+@dataclasses.dataclass
+class Game:
+    """The repository under test and the truth it must answer."""
+
+    repo: kvfast.Repository[Request]
+    rng: random.Random
+    truth: Truth
+
+    def round(self, ops: int) -> None:
+        """``ops`` random writes, applied to Redis and to the truth alike."""
+        rng, truth, repo = self.rng, self.truth, self.repo
+        for _ in range(ops):
+            op = rng.random()
+            key = rng.randrange(NKEYS)
+            if op < 0.25:  # create, or re-create over an existing / deleted key
+                obj = _random_request(rng, key)
+                repo.create(obj)
+                truth[key] = obj
+            elif op < 0.35:  # a batch of creates, one key possibly twice
+                objs = [_random_request(rng, rng.randrange(NKEYS)) for _ in range(20)]
+                repo.create_many(objs)
+                truth.update((o.id, o) for o in objs)
+            elif op < 0.65 and key in truth:  # move between riders, or change status
+                changes: dict[str, Any] = (
+                    {"rider": rng.choice(RIDERS)} if rng.random() < 0.6
+                    else {"status": rng.choice(STATUSES), "fare": rng.randrange(10**6)})
+                repo.update(key, **changes)
+                truth[key] = dataclasses.replace(truth[key], **changes)
+            elif op < 0.8 and key in truth:
+                repo.delete(key)
+                del truth[key]
+            elif op < 0.85:  # a batch delete, of keys present or not
+                keys = [rng.randrange(NKEYS) for _ in range(15)]
+                repo.delete_many(keys)
+                for k in keys:
+                    truth.pop(k, None)
+
+    def check(self, repo: kvfast.Repository[Request] | None = None) -> None:
+        """``find`` of every rider, and of a few rider AND status pairs, equals the truth."""
+        repo = repo or self.repo
+        problems: list[str] = []
+        for rider in RIDERS:
+            want = sorted((o for o in self.truth.values() if o.rider == rider),
+                          key=lambda o: o.id)
+            got = repo.find(rider=rider)
+            if got != want:
+                problems.append(_diff(f"rider={rider!r}", want, got))
+        for rider in RIDERS[:4]:
+            for status in STATUSES[1:]:
+                want = sorted((o for o in self.truth.values()
+                               if o.rider == rider and o.status == status), key=lambda o: o.id)
+                got = repo.find(rider=rider, status=status)
+                if got != want:
+                    problems.append(_diff(f"rider={rider!r} status={status!r}", want, got))
+        assert not problems, "\n".join(problems)
+
+
+def _diff(what: str, want: list[Request], got: list[Request]) -> str:
+    w, g = {o.id: o for o in want}, {o.id: o for o in got}
+    ids = [o.id for o in got]
+    return (f"{what}: missing {[w[k] for k in w.keys() - g.keys()]}, "
+            f"extra {[g[k] for k in g.keys() - w.keys()]}, "
+            f"stale {[(w[k], g[k]) for k in w.keys() & g.keys() if w[k] != g[k]]}, "
+            f"twice {sorted({k for k in ids if ids.count(k) > 1})}")
+
+
+@pytest.fixture
+def game(settings: kvfast.Settings, pg: psycopg.Connection[Any],
+         r: redis.Redis) -> Iterator[Game]:
+    create_tables(pg, Request)
+    rng = random.Random(11)
+    truth: Truth = {}
+    # Rows from before kvfast: in PostgreSQL only (keys the rounds will also touch).
+    for key in rng.sample(range(NKEYS), 600):
+        obj = _random_request(rng, key)
+        insert_row(pg, obj)
+        truth[key] = obj
+    with kvfast.Repository(Request, settings) as repo:
+        yield Game(repo, rng, truth)
+
+
+def _drain_some(settings: kvfast.Settings, claims: int) -> None:
+    with Drainer(settings) as drainer:
+        for _ in range(claims):
+            claim = drainer.claim()
+            if claim is None:
+                return
+            assert drainer.process(claim).acked
+
+
+@pytest.mark.parametrize("drain", ["none", "half", "caught_up"])
+def test_find_equals_the_truth_after_every_round(
+    game: Game, settings: kvfast.Settings, r: redis.Redis, drain: str
+) -> None:
+    game.check()  # PostgreSQL rows only
+    for _ in range(5):
+        game.round(500)
+        if drain == "half":
+            _drain_some(settings, 2)
+        elif drain == "caught_up":
+            with Drainer(settings) as drainer:
+                drainer.drain_until_empty(max_idle_polls=1)
+        game.check()
+    if drain == "caught_up":
+        # Redis's copies gone (a TTL would take them): PostgreSQL alone answers the same.
+        r.delete(*r.keys("*:o:*"))
+        game.check()
+
+
+def test_find_is_exact_while_a_supervisor_drains_and_after_it_stopped_mid_round(
+    game: Game, settings: kvfast.Settings, r: redis.Redis, pg: psycopg.Connection[Any]
+) -> None:
+    create_tables(pg, Expiring, Typed)  # the supervisor checks every model it loads
+    sup = start_supervisor(settings, workers=2, models=("findmodels",))
+    with sup:
+        sup.wait_drainers(2)
+        for _ in range(3):
+            game.round(400)
+            game.check()  # while the drainers apply that round
+        game.round(400)
+        sup.send(signal.SIGTERM)
+        game.round(200)  # the supervisor stops during these writes
+        assert sup.wait(60) == 0, sup.output()[-3000:]
+    game.check()
+    with Drainer(settings) as drainer:
+        drainer.drain_until_empty(max_idle_polls=1)
+    wait_idle(r, settings)
+    game.check()
+
+
+def test_a_delete_drained_between_the_select_and_the_redis_check_does_not_resurrect(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    """The race find closes: the SELECT sees the row (the delete is not committed), then
+    the delete drains and its ack removes the tombstone before Redis is asked about
+    the row's key.  The partition's drained counter moved, so the row is read again."""
+    create_tables(pg, Request)
+    insert_row(pg, Request(1, "R", 10, None))
+    insert_row(pg, Request(2, "R", 20, None))
+    with kvfast.Repository(Request, settings) as repo:
+        repo.delete(1)
+        plan = find_plan(repo.core, {"rider": "R"})
+        step = next(plan)
+        assert isinstance(step, Overlapped)  # the index sets, and the SELECT
+        members, rows = repo._perform(step)
+        assert sorted(row[0] for row in rows) == [1, 2]
+        with Drainer(settings) as drainer:
+            drainer.drain_until_empty(max_idle_polls=1)
+        assert r.exists(repo.producer.locate(1)[2]) == 0  # the tombstone is gone
+        steps = []
+        try:
+            step = plan.send((members, rows))
+            while True:
+                steps.append(type(step).__name__)
+                step = plan.send(repo._perform(step))
+        except StopIteration as done:
+            found = done.value
+        assert found == [Request(2, "R", 20, None)]
+        assert steps == ["Commands", "Select"]  # the rows of the drained partition read again
+        # Without a drain in between, nothing is read again.
+        repo.delete(2)
+        steps = []
+        plan = find_plan(repo.core, {"rider": "R"})
+        try:
+            step = next(plan)
+            while True:
+                steps.append(type(step).__name__)
+                step = plan.send(repo._perform(step))
+        except StopIteration as done:
+            assert done.value == []
+        assert steps == ["Overlapped", "Commands"]
+
+
+def test_rows_whose_redis_copy_expired_after_the_drain_are_found_in_postgresql(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    create_tables(pg, Expiring)
+    with kvfast.Repository(Expiring, settings) as repo:
+        repo.create_many([Expiring(f"k{i}", i % 3, i) for i in range(30)])
+        repo.update("k0", rider=7)  # moved before the drain
+        with Drainer(settings) as drainer:
+            drainer.drain_until_empty(max_idle_polls=1)
+        deadline = time.monotonic() + 10
+        while r.keys("*:o:*") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert r.keys("*:o:*") == []  # every copy expired once drained (ttl=1)
+        assert [o.code for o in repo.find(rider=7)] == ["k0"]
+        assert sorted(o.code for o in repo.find(rider=0)) == sorted(
+            f"k{i}" for i in range(3, 30, 3))
+        # The stale members of the expired objects were dropped as they were read.
+        assert sum(r.scard(k) for k in r.keys("*:x:*:rider:0")) == 0
+        # A write after the expiry: Redis again, and the row's old value is not found.
+        repo.update("k3", rider=8)
+        assert [o.code for o in repo.find(rider=8)] == ["k3"]
+        assert "k3" not in [o.code for o in repo.find(rider=0)]
+
+
+def test_find_by_a_field_that_is_not_indexed_is_an_error_naming_model_and_field(
+    settings: kvfast.Settings,
+) -> None:
+    with kvfast.Repository(Request, settings) as repo:
+        with pytest.raises(kvfast.ValidationError, match=r"Request\.fare .*not indexed"):
+            repo.find(fare=3)
+        with pytest.raises(kvfast.ValidationError, match=r"Request\.nope .*no such field"):
+            repo.find(nope=3)
+        with pytest.raises(kvfast.ValidationError, match="at least one indexed field"):
+            repo.find()
+        with pytest.raises(kvfast.ValidationError, match="NULL"):
+            repo.find(status=None)
+        with pytest.raises(kvfast.ValidationError, match=r"Request\.rider"):
+            repo.find(rider=12)
+
+
+@pytest.mark.parametrize(("indexes", "message"), [
+    (("nope",), "index 'nope' is not a field"),
+    (("id",), "index 'id' is the key"),
+    (("rider", "rider"), "listed twice"),
+    (("score",), "a double precision field cannot be indexed"),
+    ("rider", "must be a tuple of field names"),
+])
+def test_bad_indexes_are_a_model_error(indexes: Any, message: str) -> None:
+    with pytest.raises(kvfast.ModelError, match=message):
+        @kvfast.model(table="f_bad_indexes", key="id", indexes=indexes)
+        class Bad:
+            id: int
+            rider: str
+            score: float
+
+
+def test_uuid_and_enum_indexes_compare_by_their_canonical_form(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any]
+) -> None:
+    create_tables(pg, Typed)
+    owner = uuid.UUID(int=7)
+    insert_row(pg, Typed(uuid.UUID(int=1), owner, Stage.DONE))
+    with kvfast.Repository(Typed, settings) as repo:
+        repo.create(Typed(uuid.UUID(int=2), owner, Stage.NEW))
+        assert [o.id.int for o in repo.find(owner=owner)] == [1, 2]
+        assert repo.find(owner=uuid.UUID(int=8)) == []
+        assert [o.id.int for o in repo.find(owner=owner, stage="done")] == [1]
+        assert [o.id.int for o in repo.find(stage=Stage.NEW)] == [2]
+
+
+def test_the_async_repository_finds_the_same(game: Game, settings: kvfast.Settings) -> None:
+    game.round(300)
+
+    async def go() -> list[list[Request]]:
+        async with await kvfast.aio.AsyncRepository.open(Request, settings) as repo:
+            return [await repo.find(rider=rider) for rider in RIDERS]
+
+    assert kvfast.aio.run(go()) == [game.repo.find(rider=rider) for rider in RIDERS]
+    assert any(kvfast.aio.run(go()))
+
+
+def test_the_index_is_written_with_the_object_or_not_at_all(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    create_tables(pg, Request)
+    with kvfast.Repository(Request, settings) as repo:
+        good = [Request(i, "R", i, "new") for i in range(600)]  # more than one streamed piece
+        with pytest.raises(kvfast.ValidationError):
+            repo.create_many([*good, Request(600, "R", "not an int", None)])  # type: ignore[arg-type]
+        assert r.keys("*:o:*") == [] and r.keys("*:x:*") == []  # DISCARDed whole
+        with pytest.raises(kvfast.NotFound):
+            repo.update(7, rider="S")  # in neither store: update.lua adds nothing
+        assert not r.keys("*:x:*")
+        insert_row(pg, Request(8, "P", 1, "old"))
+        repo.update(8, fare=2)  # hydrated from PostgreSQL: in the sets of its values
+        assert repo.find(rider="P", status="old") == [Request(8, "P", 2, "old")]
+        assert sum(r.sismember(k, b"8") for k in r.keys("*:x:f_requests:rider:P")) == 1
+
+
+def test_prune_keeps_a_member_whose_object_holds_the_value_again(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    """find saw the member stale, then a write moved the key back before prune.lua ran:
+    prune re-checks the object in its atomic step and keeps the member."""
+    create_tables(pg, Request)
+    with kvfast.Repository(Request, settings) as repo:
+        repo.create_many([Request(1, "R", 1, None), Request(2, "R", 2, None)])
+        repo.update(1, rider="S")
+        repo.update(2, rider="S")
+        repo.update(1, rider="R")  # back again
+        p1, p2 = repo.producer.locate(1)[1], repo.producer.locate(2)[1]
+        for key, p in ((1, p1), (2, p2)):
+            sets = [repo.producer.index_prefixes[p][0] + b"R"]  # type: ignore[index]
+            prefix = repo.producer.keys.obj(p, "f_requests", "").encode()
+            removed = repo.client.eval_many(Prune.name, [Prune.call(
+                prefix, TOMBSTONE_FIELD, [("rider", b"R")], sets, [str(key).encode()])])
+            assert removed == [0 if key == 1 else 1]
+        assert [o.id for o in repo.find(rider="R")] == [1]
