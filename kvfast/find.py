@@ -133,7 +133,10 @@ def find_sql(info: ModelInfo, names: list[str]) -> sql.Composed:
 
 
 def row_key(info: ModelInfo, row: tuple[Any, ...]) -> Any:
-    """The key of a row read with ``select_list`` (the one place a find reads key columns)."""
+    """The key of a row read with ``select_list`` (the one place a find reads key columns);
+    None for the all-NULL row of the LEFT JOIN when nothing matched."""
+    if row[info.key_fields[0].index] is None:
+        return None
     return info.key_from_values(row)
 
 

@@ -304,3 +304,24 @@ def test_the_dead_letter_tool_shows_and_requeues_tuple_keys(
         assert deadletter_main([*args, "requeue"]) == 0
         drain(settings)
     assert pg_rows(tables, "ck_assignment", "rider_id") == [(3, "r:9", "new", -1)]
+
+
+@kvfast.model(table="ck_leg", key=("trip", "leg"), indexes=("trip", "driver"))
+class Leg:
+    trip: int
+    leg: int
+    driver: str
+
+
+def test_find_on_a_composite_key_model_by_one_key_part_and_another_field(
+        settings: kvfast.Settings, pg: Conn) -> None:
+    kvfast.create_tables(pg, [kvfast.model_info(Leg)])
+    with kvfast.Repository(Leg, settings) as repo:
+        repo.create_many([Leg(t, n, f"d{(t + n) % 3}") for t in range(5) for n in range(4)])
+        drain(settings)
+        repo.update((2, 1), driver="moved")
+        repo.delete((2, 3))
+        got = sorted((o.trip, o.leg) for o in repo.find(trip=2))
+        assert got == [(2, 0), (2, 1), (2, 2)]
+        assert [(o.trip, o.leg) for o in repo.find(driver="moved")] == [(2, 1)]
+        assert sorted((o.trip, o.leg) for o in repo.find(trip=2, driver="d2")) == [(2, 0)]
