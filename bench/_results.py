@@ -72,7 +72,7 @@ class Results:
                       else len(GROUPS))
 
 
-GROUPS = ("producer", "latency", "drain", "e2e", "scaling", "find")
+GROUPS = ("producer", "latency", "drain", "e2e", "scaling", "find", "cluster")
 
 
 RESULTS = Results()
