@@ -30,6 +30,10 @@ __all__ = ["Claim", "LeaseKeeper", "Part", "claim_routed"]
 log = logging.getLogger("kvfast.drainer")
 
 
+#: script errors of a slot that moved while a claim was routed to its old node
+_SCRIPT_MOVED = ("non local key", "cluster is down")
+
+
 def claim_routed(client: Client, keys: Keys, order: list[int], owner: str, lease_ms: int,
                  batch_size: int, *, recover: bool = False) -> tuple[Claim | None, bool]:
     """A claim on a Redis Cluster: one claim.lua call per node, over the partitions
@@ -70,6 +74,10 @@ def claim_routed(client: Client, keys: Keys, order: list[int], owner: str, lease
                     missing.append((pool, part_order, call))
                 elif redirected([reply]):
                     refresh = True
+                elif any(m in str(reply) for m in _SCRIPT_MOVED):
+                    # a slot moved under the call after Redis let it start: the
+                    # groups before it may be leased, so take them back next time
+                    refresh = maybe_ran = True
                 else:
                     raise RedisCommandError(f"Redis refused claim.lua: {reply}") from reply
                 continue

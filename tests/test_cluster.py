@@ -283,3 +283,85 @@ def test_indexed_models_write_on_a_cluster_and_find_says_it_is_not_routed_yet(
             repo.find(rider="r1")
     drain(cluster_settings)
     assert pg.execute("SELECT count(*) FROM cl_trips WHERE rider = 'r9'").fetchone() == (1,)
+
+
+def _reshard(src: str, dst: str, slots: int) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        ["redis-cli", "--cluster", "reshard", src.replace("localhost", "127.0.0.1"),
+         "--cluster-from", _node_id(src), "--cluster-to", _node_id(dst),
+         "--cluster-slots", str(slots), "--cluster-yes", "--cluster-pipeline", "100"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def _node_id(name: str) -> str:
+    import redis as _redis
+
+    host, port = name.rsplit(":", 1)
+    with _redis.Redis(host=host, port=int(port)) as node:
+        return str(node.execute_command("CLUSTER", "MYID").decode())
+
+
+@pytest.mark.slow
+def test_slots_resharded_under_load_lose_and_reorder_nothing(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    """``redis-cli --cluster reshard`` moves 4,000 slots (most partitions of one
+    master) while a producer writes and a drainer drains: both follow the slots
+    without a restart; at the end PostgreSQL holds every key's last value."""
+    import threading
+
+    masters = [n.name for n in rc.get_primaries()]
+    src, dst = masters[0], masters[1]
+    stop = threading.Event()
+    last: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with kvfast.Repository(Ride, cluster_settings) as repo:
+                round_no = 0
+                while not stop.is_set():
+                    round_no += 1
+                    batch = [Ride(k, "new", fare=round_no) for k in range(0, 600, 1)]
+                    repo.create_many(batch)
+                    for ride in batch:
+                        last[ride.id] = round_no
+                    repo.update_many({k: {"fare": round_no * 10} for k in range(0, 600, 7)})
+                    for k in range(0, 600, 7):
+                        last[k] = round_no * 10
+        except BaseException as exc:
+            errors.append(exc)
+
+    def drain_loop() -> None:
+        try:
+            drainer = Drainer(cluster_settings)
+            try:
+                while not stop.is_set():
+                    claim = drainer.claim()
+                    if claim is not None:
+                        drainer.process(claim)
+                    else:
+                        time.sleep(0.02)
+            finally:
+                drainer.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce), threading.Thread(target=drain_loop)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        _reshard(src, dst, 4000)
+        time.sleep(0.5)
+        _reshard(dst, src, 4000)  # and back: the other tests expect the even layout
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    drain(cluster_settings)
+    rows = dict(tables.execute("SELECT id, fare FROM cl_rides").fetchall())
+    assert rows == last

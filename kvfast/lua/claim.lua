@@ -99,17 +99,38 @@ local function retake(g)
   return out
 end
 
+-- On a cluster node, a group passed in ARGV may be in a slot that is moving
+-- (resharding) or has moved: a command on one of its keys would then fail
+-- mid-script, after the commands before it had run (a queue popped into an
+-- in-flight list that is already elsewhere).  So each such group is probed
+-- first, every key, with pcall: one refusal and the group is left for the next
+-- claim, untouched.  (The declared group is checked by Redis before the script.)
+local function local_group(g)
+  if g == 0 or K == KEYS then
+    return true
+  end
+  for i = 1, G do
+    local r = redis.pcall('EXISTS', K[g * G + i])
+    if type(r) == 'table' and r.err then
+      return false
+    end
+  end
+  return true
+end
+
 local groups = #K / G
 local free = {}
 for g = 0, groups - 1 do
-  local meta = redis.call('HMGET', K[g * G + 3], 'deadline', 'owner')
-  local deadline = meta[1]
-  if deadline then
-    if tonumber(deadline) < now or (recover and meta[2] == owner) then
-      return retake(g)
+  if local_group(g) then
+    local meta = redis.call('HMGET', K[g * G + 3], 'deadline', 'owner')
+    local deadline = meta[1]
+    if deadline then
+      if tonumber(deadline) < now or (recover and meta[2] == owner) then
+        return retake(g)
+      end
+    else
+      free[#free + 1] = g
     end
-  else
-    free[#free + 1] = g
   end
 end
 
