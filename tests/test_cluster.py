@@ -365,3 +365,28 @@ def test_slots_resharded_under_load_lose_and_reorder_nothing(
     drain(cluster_settings)
     rows = dict(tables.execute("SELECT id, fare FROM cl_rides").fetchall())
     assert rows == last
+
+
+def test_two_supervisors_share_one_cluster(cluster_settings: kvfast.Settings,
+                                           tables: Conn) -> None:
+    """Two supervisors drain the same cluster at once: each takes a share, together
+    exactly once (the claims lease each partition to one drainer at a time)."""
+    import re
+
+    from drainprocs import start_supervisor
+
+    with kvfast.Repository(Ride, cluster_settings) as repo:
+        for start in range(0, 6000, 2000):
+            repo.create_many([Ride(i, "new", fare=i) for i in range(start, start + 2000)])
+    sups = [start_supervisor(cluster_settings, "--drain-until-empty", workers=2,
+                             models=("test_cluster",)) for _ in range(2)]
+    outs = []
+    for sup in sups:
+        with sup:
+            assert sup.wait(120) == 0, sup.output()[-3000:]
+            outs.append(sup.output())
+    shares = [int(m.group(1)) for out in outs
+              for m in [re.search(r"stopped: (\d+) rows drained", out)] if m]
+    assert tables.execute("SELECT count(*), sum(fare) FROM cl_rides").fetchone() == (
+        6000, sum(range(6000)))
+    assert len(shares) == 2 and sum(shares) == 6000, shares  # each reports its own share
