@@ -27,7 +27,7 @@ from kvfast import memory, meta
 from kvfast.cluster import Topology, Unit, is_cluster
 from kvfast.cluster import redirected as _redirected
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
-from kvfast.errors import ConfigError, KvfastError, NotReplicated, RedisFull, WriteOutcomeUnknown
+from kvfast.errors import KvfastError, NotReplicated, RedisFull, WriteOutcomeUnknown
 from kvfast.holds import parse_holds
 from kvfast.keys import Keys
 from kvfast.resp import (
@@ -291,10 +291,8 @@ class Client:
         and reading their replies: a PostgreSQL query overlapped with the Redis round
         trip (``kvfast.find``)."""
         if self.topology is not None:
-            raise ConfigError(
-                f"Redis at {redact(self.settings.redis_url)} is a Redis Cluster node: find "
-                "does not route its per-partition reads by slot yet (the index sets are "
-                "kept per slot already); use it on one Redis for now")
+            raise RuntimeError("execute_during on a Redis Cluster: route by slot "
+                               "(kvfast.repository routes find's commands)")
         self.check_partitions()
         pool = self.redis.connection_pool
         with redis_errors(self.settings):

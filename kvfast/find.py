@@ -80,6 +80,9 @@ class Commands:
 
     payload: bytes
     nreplies: int
+    #: on a Redis Cluster: the same commands one by one, and the key each one routes by
+    commands: tuple[bytes, ...] = ()
+    route: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,13 +182,14 @@ def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPla
     if len(checked) == 1:
         value = checked[0][1]
         sets = [[prefix + value] for prefix in columns[0]]
-        payload = b"".join([_SINTER1 % (len(prefix) + len(value), prefix, value)
-                            for prefix in columns[0]])
+        commands = [_SINTER1 % (len(prefix) + len(value), prefix, value)
+                    for prefix in columns[0]]
     else:
         sets = [[col[p] + value for col, (_, value) in zip(columns, checked, strict=True)]
                 for p in range(nparts)]
-        payload = b"".join(pack(("SINTER", *sets[p])) for p in range(nparts))
-    inter = Commands(payload, nparts)
+        commands = [pack(("SINTER", *sets[p])) for p in range(nparts)]
+    inter = Commands(b"".join(commands), nparts, tuple(commands),
+                     tuple(s[0] for s in sets))
     if core.has_pg:
         select = SelectWhere(layout.query(info, tuple(name for name, _ in checked)),
                              (keys.namespace, *(value.decode() for _, value in checked)))
@@ -208,9 +212,10 @@ def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPla
     parts = sorted({p for p, _, _ in by_name.values()})
     if not names:
         return []
-    replies = yield Commands(b"".join([*(pack(("HGETALL", n)) for n in names),
-                                       *(pack(("GET", keys.epochs[p])) for p in parts)]),
-                             len(names) + len(parts))
+    reads = [*(pack(("HGETALL", n)) for n in names),
+             *(pack(("GET", keys.epochs[p])) for p in parts)]
+    replies = yield Commands(b"".join(reads), len(reads), tuple(reads),
+                             (*names, *(keys.epochs[p].encode() for p in parts)))
     check_replies(replies, "HGETALL")
     # a RESP3 connection replies maps (and sets, to SINTER), RESP2 flat lists
     hashes = {n: raw if isinstance(raw, dict) else hash_of(raw)

@@ -16,10 +16,11 @@ The plans (validation, hydration, decoding) are ``kvfast.core``'s, shared with
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from kvfast.client import Client
+from kvfast.cluster import Unit
 from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore
 from kvfast.drivers import pg_errors, redis_errors
 from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
@@ -142,11 +143,23 @@ class Repository(Generic[M]):
         if isinstance(step, SelectWhere):
             return self._select_where(step)
         if isinstance(step, Commands):
-            return self.client.execute_during(step.payload, step.nreplies, lambda: None)[0]
+            return self._commands(step, lambda: None)[0]
         if isinstance(step, Overlapped):
-            return self.client.execute_during(step.redis.payload, step.redis.nreplies,
-                                              lambda: self._select_where(step.select))
+            return self._commands(step.redis, lambda: self._select_where(step.select))
         return self._select(step.keys)
+
+    def _commands(self, step: Commands, during: Callable[[], T]) -> tuple[list[Any], T]:
+        """The replies of ``step`` and ``during()``'s result, run while Redis works on
+        one Redis; on a cluster each command goes to its slot's node (nodes at once)."""
+        client = self.client
+        topology = client.topology
+        if topology is None:
+            return client.execute_during(step.payload, step.nreplies, during)
+        client.check_partitions()
+        units = [Unit(topology.slot_of_key(key), command, 1)
+                 for command, key in zip(step.commands, step.route, strict=True)]
+        replies = [r[0] for r in client.execute_units(units)]
+        return replies, during()
 
     def _select_where(self, step: SelectWhere) -> list[tuple[Any, ...]]:
         with pg_errors(self.client.settings):

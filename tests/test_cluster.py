@@ -271,16 +271,22 @@ def test_a_master_killed_under_load_loses_no_write_that_returned(
     assert round_no > 25  # the producer kept writing after the failover
 
 
-def test_indexed_models_write_on_a_cluster_and_find_says_it_is_not_routed_yet(
-        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+def test_find_on_a_cluster(cluster_settings: kvfast.Settings, rc: RedisCluster,
+                           tables: Conn) -> None:
+    """Index sets are written per slot; find routes its SINTERs and reads by slot and
+    merges PostgreSQL's rows exactly as on one Redis."""
     pg = tables
     with kvfast.Repository(Trip, cluster_settings) as repo:
-        repo.create_many([Trip(i, f"r{i % 3}") for i in range(60)])  # index sets per slot
-        repo.update(4, rider="r9")
+        repo.create_many([Trip(i, f"r{i % 3}") for i in range(60)])
         sets = [k for k in rc.scan_iter(match="*:x:cl_trips:*", target_nodes=rc.PRIMARIES)]
-        assert sets
-        with pytest.raises(kvfast.ConfigError, match="find does not route"):
-            repo.find(rider="r1")
+        assert len({rc.keyslot(k) for k in sets}) > 3  # sets of many slots, on every node
+        drain(cluster_settings)
+        repo.update(4, rider="r9")       # moved, not drained
+        repo.delete(7)                   # deleted, not drained
+        pg.execute("INSERT INTO cl_trips VALUES (100, 'r1')")  # only in PostgreSQL
+        want = sorted([i for i in range(60) if i % 3 == 1 and i not in (4, 7)] + [100])
+        assert [t.id for t in repo.find(rider="r1")] == want
+        assert [t.id for t in repo.find(rider="r9")] == [4]
     drain(cluster_settings)
     assert pg.execute("SELECT count(*) FROM cl_trips WHERE rider = 'r9'").fetchone() == (1,)
 
