@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from drainprocs import drain_in_process
 from redis.cluster import RedisCluster
 
 import kvfast
@@ -49,12 +50,7 @@ class Trip:
     rider: str
 
 
-def drain(settings: kvfast.Settings) -> int:
-    drainer = Drainer(settings)
-    try:
-        return drainer.drain_until_empty()
-    finally:
-        drainer.close()
+drain = drain_in_process  # one drainer, in this process, until nothing is left
 
 
 def keys_per_master(rc: RedisCluster) -> dict[str, int]:

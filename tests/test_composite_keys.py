@@ -19,13 +19,13 @@ import psycopg
 import pytest
 import redis
 from drainkeys import tag
+from drainprocs import drain_in_process
 from psycopg import sql
 
 import kvfast
 import kvfast.aio
 from kvfast import codec
 from kvfast.deadletter import main as deadletter_main
-from kvfast.drainer import Drainer
 from kvfast.keys import MAX_KEY_BYTES, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD
 
@@ -48,12 +48,7 @@ class TripTag:
     note: str | None = None
 
 
-def drain(settings: kvfast.Settings) -> int:
-    drainer = Drainer(settings)
-    try:
-        return drainer.drain_until_empty()
-    finally:
-        drainer.close()
+drain = drain_in_process  # one drainer, in this process, until nothing is left
 
 
 def pg_rows(pg: Conn, table: str, order: str) -> list[tuple[Any, ...]]:
