@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from drainprocs import drain_in_process
 from redis.cluster import RedisCluster
 
 import kvfast
