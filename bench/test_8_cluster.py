@@ -32,6 +32,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 import kvfast
+from kvfast.cluster import refresh_slot_map
 from kvfast.demo import Booking
 from kvfast.drainer import Drainer
 from kvfast.keys import Keys
@@ -60,7 +61,7 @@ def cluster() -> Iterator[RedisCluster]:
 
 
 def _flush_cluster(rc: RedisCluster) -> None:
-    rc.nodes_manager.initialize()
+    refresh_slot_map(rc)
     rc.flushall(target_nodes=RedisCluster.PRIMARIES)
     for node in rc.get_primaries():
         node.redis_connection.config_resetstat()

@@ -32,7 +32,8 @@ from redis.crc import key_slot
 from kvfast.errors import RedisUnavailable, WriteOutcomeUnknown
 from kvfast.resp import REPLY_ERRORS
 
-__all__ = ["REDIRECT_PREFIXES", "Topology", "Unit", "is_cluster", "redirected"]
+__all__ = ["REDIRECT_PREFIXES", "Topology", "Unit", "is_cluster", "redirected",
+           "refresh_slot_map"]
 
 #: replies that mean "not applied here, ask the slot map again"
 REDIRECT_PREFIXES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
@@ -66,6 +67,19 @@ def redirected(replies: Sequence[Any]) -> bool:
         elif isinstance(reply, list) and redirected(reply):
             return True
     return False
+
+
+def refresh_slot_map(cluster: RedisCluster) -> None:
+    """``cluster``'s slot map read again.  redis-py's ``initialize()`` replaces every
+    node object and leaves the old ones' connections open: a long-running drainer
+    that refreshes after each failover or resharding would leak sockets, so the
+    replaced nodes' pools are closed here."""
+    manager = cluster.nodes_manager
+    old = dict(manager.nodes_cache)
+    manager.initialize()
+    for name, node in old.items():
+        if manager.nodes_cache.get(name) is not node and node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
 
 
 @dataclass(slots=True)
@@ -109,7 +123,7 @@ class Topology:
 
     def refresh(self) -> None:
         """Re-read the slot map (after a redirection or a node failure)."""
-        self.cluster.nodes_manager.initialize()
+        refresh_slot_map(self.cluster)
 
     def run(self, units: Sequence[Unit], send_many: SendMany,
             tail: bytes = b"") -> list[list[Any] | BaseException]:

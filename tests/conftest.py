@@ -19,6 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 import kvfast
+from kvfast.cluster import refresh_slot_map
 
 # The tests flush their Redis database: by default database 1, not the demo's 0.
 REDIS_URL = os.environ.get("KVFAST_TEST_REDIS_URL", "redis://127.0.0.1:16379/1")
@@ -81,7 +82,7 @@ def cluster_server() -> Iterator[RedisCluster]:
 @pytest.fixture
 def rc(cluster_server: RedisCluster) -> RedisCluster:
     """The test cluster, every master flushed (a failover test may have moved them)."""
-    cluster_server.nodes_manager.initialize()
+    refresh_slot_map(cluster_server)
     cluster_server.flushall(target_nodes=RedisCluster.PRIMARIES)
     return cluster_server
 

@@ -103,6 +103,26 @@ EVERYTHING = st.builds(
 _keys = itertools.count(1)
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def store(request: pytest.FixtureRequest) -> str:
+    """Every case on one Redis and on the Redis Cluster (``tools/services up cluster``)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def r(r: redis.Redis, store: str, request: pytest.FixtureRequest) -> Any:
+    return r if store == "redis" else request.getfixturevalue("rc")
+
+
+@pytest.fixture
+def settings(settings: kvfast.Settings, store: str,
+             request: pytest.FixtureRequest) -> kvfast.Settings:
+    if store == "redis":
+        return settings
+    cluster: kvfast.Settings = request.getfixturevalue("cluster_settings")
+    return cluster
+
+
 @pytest.fixture
 def repo(pg: Conn, client: kvfast.Client) -> Iterator[kvfast.Repository[Everything]]:
     create_tables(pg, Everything)
