@@ -335,6 +335,7 @@ class Client:
         tail = self.wait_command if wait_keys is not None else b""
         try:
             if self.topology is not None:
+                self.check_partitions()  # as execute() does on one Redis
                 self._eval_routed(batch, tail, wait_keys or [])
                 return batch.results
             while True:

@@ -89,9 +89,10 @@ def rc(cluster_server: RedisCluster) -> RedisCluster:
 
 @pytest.fixture
 def cluster_settings(rc: RedisCluster, pg: psycopg.Connection[Any]) -> kvfast.Settings:
-    """Settings for the test cluster: 16 partitions, so every master has some."""
+    """Settings for the test cluster, the partitions of ``settings`` (their evenly spaced
+    slots give every master some)."""
     return kvfast.Settings(
-        redis_url=CLUSTER_URL, pg_dsn=PG_DSN, partitions=16, batch_size=500, lease_ms=2000,
+        redis_url=CLUSTER_URL, pg_dsn=PG_DSN, partitions=8, batch_size=500, lease_ms=2000,
         drain_interval_ms=20, workers=2,
     )
 

@@ -74,7 +74,7 @@ def test_the_client_finds_the_cluster_by_itself(cluster_settings: kvfast.Setting
         assert isinstance(client.redis, RedisCluster)
         assert client.topology is not None
         slots = client.topology.partition_slots
-        assert len(slots) == 16 and len(set(slots)) == 16
+        assert len(slots) == 8 and len(set(slots)) == 8
 
 
 def test_writes_reads_and_the_drain_on_a_cluster(cluster_settings: kvfast.Settings,
@@ -150,7 +150,8 @@ def test_the_dead_letter_tool_counts_on_a_cluster(cluster_settings: kvfast.Setti
     with kvfast.Repository(Ride, cluster_settings) as repo:
         repo.create_many([Ride(1, "a", fare=-1), Ride(2, "b", fare=2)])
     drain(cluster_settings)
-    args = ["--redis-url", cluster_settings.redis_url, "--partitions", "16"]
+    args = ["--redis-url", cluster_settings.redis_url,
+            "--partitions", str(cluster_settings.partitions)]
     assert deadletter.main([*args, "count"]) == 0
     assert "total: 1" in capsys.readouterr().out
     assert deadletter.main([*args, "list"]) == 0

@@ -20,6 +20,7 @@ import drainkeys
 import psycopg
 import pytest
 import redis
+import storeparams
 from helpers import (
     all_entries,
     create_tables,
@@ -40,6 +41,9 @@ from redis.crc import key_slot
 import kvfast
 from kvfast.keys import Keys
 from kvfast.model import TOMBSTONE_FIELD
+
+# every case on one Redis and on the Redis Cluster (tests/storeparams.py)
+store, r, settings = storeparams.both_stores()
 
 Conn = psycopg.Connection[Any]
 TESTS_DIR = Path(__file__).resolve().parent

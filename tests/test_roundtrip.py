@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 import redis
+import storeparams
 from helpers import (
     create_tables,
     differences,
@@ -37,6 +38,9 @@ from models import Color, Everything, Shade
 import kvfast
 from kvfast import codec
 from kvfast.fieldtypes import EnumType
+
+# every case on one Redis and on the Redis Cluster (tests/storeparams.py)
+store, r, settings = storeparams.both_stores()
 
 Conn = psycopg.Connection[Any]
 
@@ -101,26 +105,6 @@ EVERYTHING = st.builds(
 )
 
 _keys = itertools.count(1)
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def store(request: pytest.FixtureRequest) -> str:
-    """Every case on one Redis and on the Redis Cluster (``tools/services up cluster``)."""
-    return str(request.param)
-
-
-@pytest.fixture
-def r(r: redis.Redis, store: str, request: pytest.FixtureRequest) -> Any:
-    return r if store == "redis" else request.getfixturevalue("rc")
-
-
-@pytest.fixture
-def settings(settings: kvfast.Settings, store: str,
-             request: pytest.FixtureRequest) -> kvfast.Settings:
-    if store == "redis":
-        return settings
-    cluster: kvfast.Settings = request.getfixturevalue("cluster_settings")
-    return cluster
 
 
 @pytest.fixture

@@ -15,10 +15,14 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import storeparams
 from helpers import create_tables, everything, snapshot
 from models import Account, Color, Everything, Shade, Token
 
 import kvfast
+
+# every case on one Redis and on the Redis Cluster (tests/storeparams.py)
+store, r, settings = storeparams.both_stores()
 
 NAN = float("nan")
 INF = float("inf")
