@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kvfast import codec
-from kvfast.encoders import build_create_encoder
+from kvfast.cencoders import create_encoder
 from kvfast.errors import RedisFull
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD
 from kvfast.model import TOMBSTONE_FIELD, model_version
@@ -127,7 +127,7 @@ class WriteBuilder:
         self._codecs = [
             (f.name, f.ftype, f.ftype.wire_is_value) for f in info.fields
         ]
-        self._encode = build_create_encoder(info)
+        self._encode = create_encoder(info)  # C or Python: kvfast.impl
         self._partition_of = info.partition_of
         self._obj_prefix = [keys.obj(p, info.table, "") for p in range(keys.partitions)]
         self._obj_prefix_b = [prefix.encode() for prefix in self._obj_prefix]

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 import kvfast
+import kvfast.impl
 
 # The tests flush their Redis database: by default database 1, not the demo's 0.
 REDIS_URL = os.environ.get("KVFAST_TEST_REDIS_URL", "redis://127.0.0.1:16379/1")
@@ -32,6 +33,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"kvfast: redis={kvfast.settings.redact(REDIS_URL)} pg={kvfast.settings.redact(PG_DSN)}",
         f"kvfast: psycopg implementation={psycopg.pq.__impl__}, "
         f"redis-py hiredis={redis.utils.HIREDIS_AVAILABLE}",
+        f"kvfast: implementation={kvfast.impl.IMPL} (KVFAST_IMPL=c|python)",
     ]
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fieldtypes", "codegen"),
+    ("errors", "fieldtypes", "codegen", "impl"),  # impl: C or Python (issue 12)
     ("pgtypes", "containertypes"),              # declared column types (issue 10)
     ("columns",),                               # annotations → column types
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
     ("encoders", "decoders", "schema", "demo"),
+    ("cencoders",),                             # the C encoder's plan (issue 12)
     ("resp",),                                  # the Redis wire
     ("drivers", "meta"),                        # driver errors in, connect options
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
