@@ -27,6 +27,7 @@
 #include <Python.h>
 #include <datetime.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 enum {
@@ -609,6 +610,300 @@ static PyTypeObject EncoderType = {
     .tp_repr = (reprfunc)encoder_repr,
 };
 
+/* -- the framer: one record -> (partition, object key, HSET command, queue entry) --
+ *
+ * WriteBuilder.create_pieces's per-record framing (kvfast/producer.py), in C:
+ * the object key is the partition's prefix + the key's text, the partition is
+ * crc32(table NUL key) % partitions (ModelInfo.partition_of_bytes), the HSET
+ * is "*N $4 HSET $len objkey" + the encoder's fields [+ the write id pair], and
+ * the entry is head + wire key + ',"f":' + orjson.dumps(wire) [+ ,"i":"id"] +
+ * tail.  A key it does not frame (a tuple: composite keys; a key longer than
+ * PostgreSQL indexes, whose error Python words) comes back as (encoded,) for
+ * the Python framing to finish.
+ */
+
+static uint32_t CRC_TABLE[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        CRC_TABLE[i] = c;
+    }
+}
+
+/* zlib.crc32's running form: crc32(b, crc32(a)) == crc32(a + b) */
+static uint32_t crc_update(uint32_t crc, const unsigned char *s, Py_ssize_t n)
+{
+    crc = ~crc;
+    for (Py_ssize_t i = 0; i < n; i++) crc = CRC_TABLE[(crc ^ s[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    uint32_t crc_seed;
+    Py_ssize_t partitions, max_key;
+} Framer;
+
+static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames)
+{
+    Framer *self = (Framer *)self_;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "frame(obj, write_id=None)");
+        return NULL;
+    }
+    PyObject *write_id = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
+    if (write_id && !PyBytes_Check(write_id)) {
+        PyErr_SetString(PyExc_TypeError, "frame(): write_id must be bytes or None");
+        return NULL;
+    }
+    PyObject *enc = PyObject_CallOneArg(self->encode, args[0]);
+    if (!enc) return NULL;
+    PyObject *key, *fields, *wire;
+    if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4
+            || !PyBytes_CheckExact(fields = PyTuple_GET_ITEM(enc, 1))
+            || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))) {
+        Py_DECREF(enc);
+        PyErr_SetString(PyExc_TypeError, "frame(): the encoder must return (key, bytes, int, wire)");
+        return NULL;
+    }
+    key = PyTuple_GET_ITEM(enc, 0);
+    wire = PyTuple_GET_ITEM(enc, 3);
+    Py_ssize_t nfields = PyLong_AsSsize_t(PyTuple_GET_ITEM(enc, 2));
+    if (nfields < 0 || nfields > PY_SSIZE_T_MAX / 4) {
+        Py_DECREF(enc);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "frame(): bad field count");
+        return NULL;
+    }
+    PyObject *result = NULL, *key_text = NULL, *wire_key = NULL, *body = NULL;
+    PyObject *obj_key = NULL, *command = NULL, *entry = NULL;
+    const char *kb;
+    Py_ssize_t kn;
+    char digits_buf[24];
+    if (PyLong_CheckExact(key)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(key, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            goto decline;
+        }
+        kn = put_ll(digits_buf, x);
+        kb = digits_buf;
+        wire_key = PyBytes_FromStringAndSize(kb, kn);  /* an int key's JSON is its digits */
+        if (!wire_key) goto done;
+    } else if (PyTuple_Check(key)) {
+        goto decline;
+    } else {
+        key_text = PyUnicode_CheckExact(key) ? (Py_INCREF(key), key) : PyObject_Str(key);
+        if (!key_text) goto done;
+        kb = PyUnicode_AsUTF8AndSize(key_text, &kn);
+        if (!kb) goto done;
+        if (kn > self->max_key) goto decline;
+        wire_key = PyObject_CallOneArg(self->dumps, key_text);
+        if (!wire_key) goto done;
+        if (!PyBytes_CheckExact(wire_key)) {
+            PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+            goto done;
+        }
+    }
+    uint32_t crc = crc_update(self->crc_seed, (const unsigned char *)kb, kn);
+    Py_ssize_t p = (Py_ssize_t)(crc % (uint32_t)self->partitions);
+    PyObject *prefix = PyTuple_GET_ITEM(self->prefixes, p);
+    Py_ssize_t pn = PyBytes_GET_SIZE(prefix), on = pn + kn;
+    obj_key = PyBytes_FromStringAndSize(NULL, on);
+    if (!obj_key) goto done;
+    memcpy(PyBytes_AS_STRING(obj_key), PyBytes_AS_STRING(prefix), (size_t)pn);
+    memcpy(PyBytes_AS_STRING(obj_key) + pn, kb, (size_t)kn);
+
+    Py_ssize_t fn = PyBytes_GET_SIZE(fields), wn = 0, wfn = 0;
+    Py_ssize_t argc = 2 + 2 * nfields;
+    if (write_id) {
+        argc += 2;
+        wn = PyBytes_GET_SIZE(write_id);
+        wfn = PyBytes_GET_SIZE(self->write_field);
+    }
+    Py_ssize_t cn = 1 + digits(argc) + 2 + 10 + 1 + digits(on) + 2 + on + 2 + fn;
+    if (write_id) cn += 1 + digits(wfn) + 2 + wfn + 2 + 1 + digits(wn) + 2 + wn + 2;
+    command = PyBytes_FromStringAndSize(NULL, cn);
+    if (!command) goto done;
+    char *o = PyBytes_AS_STRING(command);
+    *o++ = '*'; o += put_ll(o, argc);
+    memcpy(o, "\r\n$4\r\nHSET\r\n$", 13); o += 13;
+    o += put_ll(o, on); *o++ = '\r'; *o++ = '\n';
+    memcpy(o, PyBytes_AS_STRING(obj_key), (size_t)on); o += on;
+    *o++ = '\r'; *o++ = '\n';
+    memcpy(o, PyBytes_AS_STRING(fields), (size_t)fn); o += fn;
+    if (write_id) {
+        *o++ = '$'; o += put_ll(o, wfn); *o++ = '\r'; *o++ = '\n';
+        memcpy(o, PyBytes_AS_STRING(self->write_field), (size_t)wfn); o += wfn;
+        *o++ = '\r'; *o++ = '\n';
+        *o++ = '$'; o += put_ll(o, wn); *o++ = '\r'; *o++ = '\n';
+        memcpy(o, PyBytes_AS_STRING(write_id), (size_t)wn); o += wn;
+        *o++ = '\r'; *o++ = '\n';
+    }
+
+    if (o != PyBytes_AS_STRING(command) + cn) {  /* the size arithmetic above, kept honest */
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: HSET size mismatch");
+        goto done;
+    }
+    body = PyObject_CallOneArg(self->dumps, wire);
+    if (!body) goto done;
+    if (!PyBytes_CheckExact(body)) {
+        PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+        goto done;
+    }
+    Py_ssize_t hn = PyBytes_GET_SIZE(self->head), sn = PyBytes_GET_SIZE(self->sep);
+    Py_ssize_t tn = PyBytes_GET_SIZE(self->tail), wkn = PyBytes_GET_SIZE(wire_key);
+    Py_ssize_t bn = PyBytes_GET_SIZE(body);
+    Py_ssize_t en = hn + wkn + sn + bn + tn + (write_id ? 6 + wn + 1 : 0);
+    entry = PyBytes_FromStringAndSize(NULL, en);
+    if (!entry) goto done;
+    o = PyBytes_AS_STRING(entry);
+    memcpy(o, PyBytes_AS_STRING(self->head), (size_t)hn); o += hn;
+    memcpy(o, PyBytes_AS_STRING(wire_key), (size_t)wkn); o += wkn;
+    memcpy(o, PyBytes_AS_STRING(self->sep), (size_t)sn); o += sn;
+    memcpy(o, PyBytes_AS_STRING(body), (size_t)bn); o += bn;
+    if (write_id) {  /* codec.mark */
+        memcpy(o, ",\"i\":\"", 6); o += 6;
+        memcpy(o, PyBytes_AS_STRING(write_id), (size_t)wn); o += wn;
+        *o++ = '"';
+    }
+    memcpy(o, PyBytes_AS_STRING(self->tail), (size_t)tn);
+    if (o + tn != PyBytes_AS_STRING(entry) + en) {
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: entry size mismatch");
+        goto done;
+    }
+
+    result = PyTuple_New(4);
+    if (!result) goto done;
+    PyObject *pp = PyLong_FromSsize_t(p);
+    if (!pp) { Py_CLEAR(result); goto done; }
+    PyTuple_SET_ITEM(result, 0, pp);
+    PyTuple_SET_ITEM(result, 1, obj_key); obj_key = NULL;
+    PyTuple_SET_ITEM(result, 2, command); command = NULL;
+    PyTuple_SET_ITEM(result, 3, entry); entry = NULL;
+    goto done;
+
+decline:
+    result = PyTuple_Pack(1, enc);
+done:
+    Py_XDECREF(key_text);
+    Py_XDECREF(wire_key);
+    Py_XDECREF(body);
+    Py_XDECREF(obj_key);
+    Py_XDECREF(command);
+    Py_XDECREF(entry);
+    Py_DECREF(enc);
+    return result;
+}
+
+static int framer_traverse(Framer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->encode);
+    Py_VISIT(self->dumps);
+    return 0;
+}
+
+static int framer_clear(Framer *self)
+{
+    Py_CLEAR(self->encode); Py_CLEAR(self->prefixes); Py_CLEAR(self->head);
+    Py_CLEAR(self->sep); Py_CLEAR(self->tail); Py_CLEAR(self->dumps);
+    Py_CLEAR(self->write_field);
+    return 0;
+}
+
+static void framer_dealloc(Framer *self)
+{
+    PyObject_GC_UnTrack(self);
+    framer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FramerType;
+
+static PyObject *framer_vectorcall_guard(PyObject *self, PyObject *const *args, size_t nargsf,
+                                         PyObject *kwnames)
+{
+    if (!((Framer *)self)->encode) {
+        PyErr_SetString(PyExc_TypeError, "Framer not initialized");
+        return NULL;
+    }
+    return framer_call(self, args, nargsf, kwnames);
+}
+
+static int framer_init(Framer *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"encode", "crc_prefix", "partitions", "prefixes", "head", "sep",
+                             "tail", "dumps", "max_key", "write_field", NULL};
+    PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    Py_buffer crc_prefix;
+    Py_ssize_t partitions, max_key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy*nO!SSSOnS:Framer", kwlist, &encode,
+                                     &crc_prefix, &partitions, &PyTuple_Type, &prefixes, &head,
+                                     &sep, &tail, &dumps, &max_key, &write_field))
+        return -1;
+    uint32_t seed = crc_update(0, crc_prefix.buf, crc_prefix.len);
+    PyBuffer_Release(&crc_prefix);
+    if (partitions < 1 || partitions > 0xFFFFFFFF || PyTuple_GET_SIZE(prefixes) != partitions) {
+        PyErr_SetString(PyExc_ValueError, "Framer: partitions must be >= 1 and match prefixes");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < partitions; i++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(prefixes, i))) {
+            PyErr_SetString(PyExc_TypeError, "Framer: prefixes must be bytes");
+            return -1;
+        }
+    if (!PyCallable_Check(encode) || !PyCallable_Check(dumps) || max_key < 0) {
+        PyErr_SetString(PyExc_TypeError, "Framer: encode and dumps must be callable");
+        return -1;
+    }
+    if (self->encode) {
+        PyErr_SetString(PyExc_TypeError, "Framer is initialized once");
+        return -1;
+    }
+    Py_INCREF(encode); self->encode = encode;
+    Py_INCREF(prefixes); self->prefixes = prefixes;
+    Py_INCREF(head); self->head = head;
+    Py_INCREF(sep); self->sep = sep;
+    Py_INCREF(tail); self->tail = tail;
+    Py_INCREF(dumps); self->dumps = dumps;
+    Py_INCREF(write_field); self->write_field = write_field;
+    self->crc_seed = seed;
+    self->partitions = partitions;
+    self->max_key = max_key;
+    return 0;
+}
+
+static PyObject *framer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Framer *self = (Framer *)type->tp_alloc(type, 0);
+    if (self) self->vectorcall = framer_vectorcall_guard;
+    return (PyObject *)self;
+}
+
+static PyTypeObject FramerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvfast._speedups.Framer",
+    .tp_doc = "Framer(encode, crc_prefix, partitions, prefixes, head, sep, tail, dumps, "
+              "max_key, write_field): obj[, write_id] -> (partition, object key, HSET, entry) "
+              "or (encoded,) for Python to frame.",
+    .tp_basicsize = sizeof(Framer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = framer_new,
+    .tp_init = (initproc)framer_init,
+    .tp_dealloc = (destructor)framer_dealloc,
+    .tp_traverse = (traverseproc)framer_traverse,
+    .tp_clear = (inquiry)framer_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Framer, vectorcall),
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "kvfast._speedups",
     "kvfast's C paths (see kvfast/impl.py for how they are chosen).", -1, NULL,
@@ -625,12 +920,19 @@ PyMODINIT_FUNC PyInit__speedups(void)
     STR_INF = PyUnicode_InternFromString("Infinity");
     STR_NINF = PyUnicode_InternFromString("-Infinity");
     if (!STR_INT || !STR_VALUE || !STR_NAN || !STR_INF || !STR_NINF) return NULL;
-    if (PyType_Ready(&EncoderType) < 0) return NULL;
+    crc_init();
+    if (PyType_Ready(&EncoderType) < 0 || PyType_Ready(&FramerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&EncoderType);
     if (PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderType) < 0) {
         Py_DECREF(&EncoderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&FramerType);
+    if (PyModule_AddObject(m, "Framer", (PyObject *)&FramerType) < 0) {
+        Py_DECREF(&FramerType);
         Py_DECREF(m);
         return NULL;
     }

@@ -46,7 +46,7 @@ from kvfast.pgtypes import TimestampType, TimeType
 if TYPE_CHECKING:
     from kvfast.model import FieldInfo, ModelInfo
 
-__all__ = ["build_c_create_encoder", "create_encoder", "field_plan"]
+__all__ = ["build_c_create_encoder", "create_encoder", "field_plan", "framer_for"]
 
 # Field kinds: the values of kvfast/_speedups.c's enum (checked at import of the plan).
 K_INT, K_STR, K_BOOL, K_FLOAT, K_DATETIME_UTC, K_TIMESTAMP = range(6)
@@ -69,6 +69,26 @@ def build_c_create_encoder(info: ModelInfo) -> Callable[[Any], Encoded]:
     key_indexes = (info.key_field.index,)
     encode: Callable[[Any], Encoded] = speedups.Encoder(info.cls, plan, key_indexes, fallback)
     return encode
+
+
+def framer_for(encode: Callable[[Any], Encoded], info: ModelInfo, partitions: int,
+               prefixes: list[bytes], head: bytes, sep: bytes, tail: bytes,
+               max_key: int, write_field: bytes) -> Callable[..., tuple[Any, ...]] | None:
+    """The C framing of whole records for a C encoder (None for a Python one).
+
+    ``frame(obj[, write_id])`` returns (partition, object key, HSET command,
+    queue entry) -- the bytes ``WriteBuilder.create_pieces`` makes in Python --
+    or ``(encoded,)`` for a record whose key the Python framing handles
+    (tuple keys; a key too long to index, whose error Python words).
+    """
+    speedups = impl.speedups
+    if speedups is None or not isinstance(encode, speedups.Encoder):
+        return None
+    # The partition of a key: crc32(table NUL key) (ModelInfo.partition_of_bytes).
+    frame: Callable[..., tuple[Any, ...]] = speedups.Framer(
+        encode, info.table_bytes + b"\x00", partitions, tuple(prefixes), head, sep, tail,
+        orjson.dumps, max_key, write_field)
+    return frame
 
 
 def _bulk(data: bytes) -> bytes:

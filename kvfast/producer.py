@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kvfast import codec
-from kvfast.cencoders import create_encoder
+from kvfast.cencoders import create_encoder, framer_for
 from kvfast.errors import RedisFull
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD
 from kvfast.model import TOMBSTONE_FIELD, model_version
@@ -193,21 +193,40 @@ class WriteBuilder:
         piece_keys: list[bytes] = []
         seen: set[bytes] = set()
         in_piece = 0
+        # The C encoder frames whole records too (the same bytes as below).
+        frame = framer_for(encode, self.info, partitions, prefixes, head, sep, tail, max_key,
+                           _WRITE_FIELD)
+        write_id = None
         for obj in objs:
-            key, fields, nfields, wire = encode(obj)
-            # locate(), over bytes: the key is encoded once for the partition,
-            # the object key and the entry.
-            if type(key) is int:
-                key_b = b"%d" % key
-                wire_key = key_b
+            if ttl:
+                # No EXPIRE here: the object gets its TTL when this write has
+                # drained (ack.lua), if the write id is still the one it left.
+                write_id = b"%b%x" % (id_prefix, serial)
+                serial += 1
+            if frame is not None and len(framed := frame(obj, write_id)) == 4:
+                p, obj_key, command, entry = framed
             else:
-                key_s = key if type(key) is str else str(key)  # UUID keys: their text
-                key_b = key_s.encode()
-                if len(key_b) > max_key:
-                    self.info.check_key_size(key_b, key)
-                wire_key = dumps(key_s)
-            p = partition_of(key_b, partitions)
-            obj_key = prefixes[p] + key_b
+                key, fields, nfields, wire = encode(obj) if frame is None else framed[0]
+                # locate(), over bytes: the key is encoded once for the partition,
+                # the object key and the entry.
+                if type(key) is int:
+                    key_b = b"%d" % key
+                    wire_key = key_b
+                else:
+                    key_s = key if type(key) is str else str(key)  # UUID keys: their text
+                    key_b = key_s.encode()
+                    if len(key_b) > max_key:
+                        self.info.check_key_size(key_b, key)
+                    wire_key = dumps(key_s)
+                p = partition_of(key_b, partitions)
+                obj_key = prefixes[p] + key_b
+                if write_id is not None:
+                    command = _HSET % (4 + 2 * nfields, len(obj_key), obj_key,
+                                       fields + _bulk_pair(_WRITE_FIELD, write_id))
+                    entry = head + wire_key + sep + dumps(wire) + codec.mark(write_id) + tail
+                else:
+                    command = _HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields)
+                    entry = head + wire_key + sep + dumps(wire) + tail
             # create replaces the whole object (NULL = absent field, a pending
             # tombstone must go), like the upsert in PostgreSQL: each piece starts
             # with one DEL of all its keys; a key repeated inside the piece gets
@@ -217,17 +236,7 @@ class WriteBuilder:
             else:
                 seen.add(obj_key)
                 piece_keys.append(obj_key)
-            if ttl:
-                # No EXPIRE here: the object gets its TTL when this write has
-                # drained (ack.lua), if the write id is still the one it left.
-                write_id = b"%b%x" % (id_prefix, serial)
-                serial += 1
-                commands.append(_HSET % (4 + 2 * nfields, len(obj_key), obj_key,
-                                         fields + _bulk_pair(_WRITE_FIELD, write_id)))
-                entry = head + wire_key + sep + dumps(wire) + codec.mark(write_id) + tail
-            else:
-                commands.append(_HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields))
-                entry = head + wire_key + sep + dumps(wire) + tail
+            commands.append(command)
             queue = entries.get(p)
             if queue is None:
                 entries[p] = [entry]

@@ -230,13 +230,13 @@ VALID_JSON = st.recursive(
 )
 
 
-def objects(cls: type) -> st.SearchStrategy[Any]:
+def objects(cls: type, max_bad: int = 2) -> st.SearchStrategy[Any]:
     """Objects of ``cls``: valid ones, and ones with a few fields drawn from anything."""
     info = kvfast.model_info(cls)
 
     @st.composite
     def build(draw: st.DrawFn) -> Any:
-        bad = draw(st.sets(st.sampled_from([f.name for f in info.fields]), max_size=2))
+        bad = draw(st.sets(st.sampled_from([f.name for f in info.fields]), max_size=max_bad))
         values = {}
         for f in info.fields:
             if f.name in bad:
@@ -428,3 +428,101 @@ def test_the_producer_uses_the_chosen_encoder() -> None:
         from kvfast.producer import WriteBuilder
         builder = WriteBuilder(Keys("ns", 4), kvfast.model_info(ALL_MODELS[0]))
         assert type(builder._encode).__name__ == "Encoder"
+
+
+# -- whole records: WriteBuilder.create_pieces framed in C vs in Python ----------------
+
+
+def _builders(model: type) -> tuple[Any, Any]:
+    from kvfast.keys import Keys
+    from kvfast.producer import WriteBuilder
+    info = kvfast.model_info(model)
+    py, c = WriteBuilder(Keys("kv", 7), info), WriteBuilder(Keys("kv", 7), info)
+    py._encode, c._encode = PY[info.name], C[info.name]
+    return py, c
+
+
+def _batch_outcome(builder: Any, objs: list[Any]) -> tuple[Any, ...]:
+    try:
+        request = builder.build_create(objs)
+    except Exception as exc:
+        return ("raised", type(exc), str(exc))
+    return ("packed", request.payload, request.nreplies, request.records)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(data=st.data())
+def test_a_create_batch_framed_in_c_is_the_python_batch_byte_for_byte(
+        model: type, data: st.DataObject, monkeypatch_module: Any) -> None:
+    objs = data.draw(st.lists(objects(model, max_bad=0), max_size=6))
+    if data.draw(st.booleans()):  # and one object that may be refused, anywhere
+        objs.insert(data.draw(st.integers(0, len(objs))), data.draw(objects(model)))
+    # repeated keys inside one piece get their own DEL: repeat some objects
+    objs += data.draw(st.lists(st.sampled_from(objs), max_size=3)) if objs else []
+    py, c = _builders(model)
+    want, got = _batch_outcome(py, objs), _batch_outcome(c, objs)
+    assert got == want
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Any:
+    """The write ids' random prefix and the batch time fixed: both framings get the same."""
+    import kvfast.codec
+    import kvfast.producer
+    mp = pytest.MonkeyPatch()
+    mp.setattr(kvfast.producer.secrets, "token_hex", lambda n: "ab" * n)
+    mp.setattr(kvfast.codec, "now_us", lambda: 1_700_000_000_000_000)
+    yield mp
+    mp.undo()
+
+
+def test_keys_the_c_framing_leaves_to_python(monkeypatch_module: Any) -> None:
+    from models import Account, Token
+    py, c = _builders(Account)
+    long_key = "é" * 1001  # 2002 bytes: longer than PostgreSQL indexes (Python words it)
+    objs = [Account(name=long_key, balance=decimal.Decimal(1), active=True)]
+    got = _batch_outcome(c, objs)
+    assert got == _batch_outcome(py, objs) and got[0] == "raised"
+    py, c = _builders(Token)
+    objs = [Token(token=uuid.UUID(int=7), owner="o", scopes=[])]
+    assert _batch_outcome(c, objs) == _batch_outcome(py, objs)
+
+
+def test_the_framer_returns_tuple_keys_to_python() -> None:
+    """Composite keys come out of the encoder as tuples: the Python framing takes them."""
+    obj = valid_everything()
+    info = kvfast.model_info(type(obj))
+    from kvfast.cencoders import field_plan, framer_for
+    speedups = kvfast.impl.require_speedups()
+    plan = tuple(field_plan(info, f) for f in info.fields)
+    enc = speedups.Encoder(info.cls, plan, (0, 2), PY["Everything"])
+    frame = framer_for(enc, info, 2, [b"a:", b"b:"], b"{", b",", b"}", 2000, b"w")
+    assert frame is not None
+    (encoded,) = frame(obj)
+    assert encoded[0] == (1, "héllo")
+    assert framer_for(PY["Everything"], info, 2, [b"a:", b"b:"], b"{", b",", b"}", 2000,
+                      b"w") is None
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    ((print, b"t\x00", 0, (), b"", b"", b"", print, 10, b"w"), ValueError),
+    ((print, b"t\x00", 2, (b"a",), b"", b"", b"", print, 10, b"w"), ValueError),
+    ((print, b"t\x00", 1, ("a",), b"", b"", b"", print, 10, b"w"), TypeError),
+    ((5, b"t\x00", 1, (b"a",), b"", b"", b"", print, 10, b"w"), TypeError),
+])
+def test_a_bad_framer_is_a_clear_error(args: tuple[Any, ...], error: type) -> None:
+    with pytest.raises(error):
+        kvfast.impl.require_speedups().Framer(*args)
+
+
+def test_a_framer_over_a_bad_encoder_is_a_type_error() -> None:
+    framer = kvfast.impl.require_speedups().Framer(
+        lambda obj: obj, b"t\x00", 1, (b"a",), b"", b"", b"", orjson.dumps, 10, b"w")
+    for bad in [None, (1, 2, 3), (1, "x", 1, {}), (1, b"x", "1", {}), (1, b"x", -1, {})]:
+        with pytest.raises((TypeError, ValueError)):
+            framer(bad)
+    with pytest.raises(TypeError):
+        framer((1, b"", 0, {}), "not bytes")
+    assert framer((1, b"", 0, {}))[0] == 0
