@@ -40,6 +40,7 @@ typedef struct {
     PyObject *attr;     /* attribute name (interned str) */
     PyObject *name;     /* key of the wire dict (the field's name) */
     PyObject *prefix;   /* bytes: the field name as a RESP bulk string */
+    PyObject *json_name; /* bytes: orjson.dumps(name) + b":" (the entry's JSON) */
     int kind;
     int nullable;
     long long lo, hi;   /* K_INT: range; K_STR: max length (-1: none), pad flag */
@@ -344,6 +345,96 @@ static char *put_value(char *o, const FieldPlan *f, const Slot *sl)
 
 #define STACK_SLOTS 32
 
+static void release_slots(Slot *slots, Py_ssize_t nf)
+{
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        Py_XDECREF(slots[i].v);
+        Py_XDECREF(slots[i].w);
+        Py_XDECREF(slots[i].own);
+    }
+}
+
+/* Read and encode every field of `obj` into `slots` (zeroed, nfields of them).
+ * 0: done; 1: hand the object to Python (no exception set); -1: error. */
+static int fill_slots(Encoder *self, PyObject *obj, Slot *slots, Py_ssize_t *count,
+                      Py_ssize_t *total)
+{
+    int fall = 0;
+    *count = *total = 0;
+    for (Py_ssize_t i = 0; i < self->nfields; i++) {
+        const FieldPlan *f = &self->fields[i];
+        Slot *sl = &slots[i];
+        sl->v = PyObject_GetAttr(obj, f->attr);
+        if (!sl->v) { fall = 1; break; }
+        if (sl->v == Py_None) {
+            if (!f->nullable) { fall = 1; break; }
+            continue;
+        }
+        int rc = encode_field(f, sl);
+        if (rc) { fall = rc; break; }
+        *total += PyBytes_GET_SIZE(f->prefix) + 1 + digits(sl->n) + 2 + sl->n + 2;
+        (*count)++;
+    }
+    if (fall == 1 && PyErr_Occurred()) {
+        /* Only ordinary exceptions mean "a value C does not take": let Python
+         * judge the object.  KeyboardInterrupt, SystemExit... propagate. */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+        PyErr_Clear();
+    }
+    return fall;
+}
+
+/* The HSET fields: the template's (non-nullable) ones, then the present optional ones. */
+static char *write_fields(const Encoder *self, const Slot *slots, char *o)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (Py_ssize_t i = 0; i < self->nfields; i++)
+            if (self->fields[i].nullable == pass && slots[i].w)
+                o = put_value(o, &self->fields[i], &slots[i]);
+    return o;
+}
+
+static PyObject *key_from_slots(const Encoder *self, const Slot *slots)
+{
+    if (self->nkeys == 1) {
+        PyObject *key = slots[self->keys[0]].v;
+        Py_INCREF(key);
+        return key;
+    }
+    PyObject *key = PyTuple_New(self->nkeys);
+    if (!key) return NULL;
+    for (Py_ssize_t k = 0; k < self->nkeys; k++) {
+        PyObject *kv = slots[self->keys[k]].v;
+        Py_INCREF(kv);
+        PyTuple_SET_ITEM(key, k, kv);
+    }
+    return key;
+}
+
+static PyObject *encoded_from_slots(const Encoder *self, const Slot *slots, Py_ssize_t count,
+                                    Py_ssize_t total)
+{
+    PyObject *result = NULL, *wire = NULL, *key = NULL, *n = NULL;
+    PyObject *hash = PyBytes_FromStringAndSize(NULL, total);
+    if (!hash) return NULL;
+    write_fields(self, slots, PyBytes_AS_STRING(hash));
+    wire = PyDict_Copy(self->wire_template);
+    if (!wire) goto done;
+    for (Py_ssize_t i = 0; i < self->nfields; i++)
+        if (slots[i].w && PyDict_SetItem(wire, self->fields[i].name, slots[i].w) < 0)
+            goto done;
+    key = key_from_slots(self, slots);
+    n = PyLong_FromSsize_t(count);
+    if (!key || !n) goto done;
+    result = PyTuple_Pack(4, key, hash, n, wire);
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(n);
+    Py_DECREF(hash);
+    Py_XDECREF(wire);
+    return result;
+}
+
 static PyObject *encoder_call(PyObject *self_, PyObject *const *args, size_t nargsf,
                               PyObject *kwnames)
 {
@@ -359,87 +450,108 @@ static PyObject *encoder_call(PyObject *self_, PyObject *const *args, size_t nar
     PyObject *obj = args[0];
     if ((PyObject *)Py_TYPE(obj) != self->cls)
         return PyObject_CallOneArg(self->fallback, obj);
-
     Py_ssize_t nf = self->nfields;
     Slot stack[STACK_SLOTS];
     /* Slots live on this call's stack (or heap): a per-field callback runs Python
      * code, which may switch threads and re-enter this same encoder. */
     Slot *slots = nf <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nf, sizeof(Slot));
     if (!slots) return PyErr_NoMemory();
-    memset(slots, 0, sizeof(Slot) * (size_t)(nf <= STACK_SLOTS ? nf : 0));
-    PyObject *result = NULL, *hash = NULL, *wire = NULL, *key = NULL;
-    int fall = 0;
-    Py_ssize_t total = 0, count = 0;
+    if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nf);
+    Py_ssize_t count, total;
+    PyObject *result = NULL;
+    int rc = fill_slots(self, obj, slots, &count, &total);
+    if (rc == 1)
+        result = PyObject_CallOneArg(self->fallback, obj);
+    else if (rc == 0)
+        result = encoded_from_slots(self, slots, count, total);
+    release_slots(slots, nf);
+    if (slots != stack) PyMem_Free(slots);
+    return result;
+}
 
+/* -- the queue entry's JSON straight from the slots ------------------------ */
+
+/* Text orjson writes as is between quotes: no control character, quote or
+ * backslash (orjson escapes only those; non-ASCII goes out as UTF-8). */
+static int json_plain(const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == '"' || c == '\\') return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+    int quote;
+    PyObject *own;
+} JsonPiece;
+
+/* orjson.dumps(wire) for a record the C encoder took: {"name":value,...} in
+ * field order.  Values C cannot write exactly as orjson does (floats: orjson's
+ * shortest form differs from repr; json and arrays; text needing escapes) are
+ * each dumped by orjson itself. */
+static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dumps)
+{
+    Py_ssize_t nf = self->nfields, total = 2 + (nf - 1);
+    JsonPiece stack[STACK_SLOTS];
+    JsonPiece *pieces = nf <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nf, sizeof(JsonPiece));
+    if (!pieces) return PyErr_NoMemory();
+    if (pieces == stack) memset(pieces, 0, sizeof(JsonPiece) * (size_t)nf);
+    PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < nf; i++) {
         const FieldPlan *f = &self->fields[i];
         Slot *sl = &slots[i];
-        sl->v = PyObject_GetAttr(obj, f->attr);
-        if (!sl->v) { fall = 1; break; }
-        if (sl->v == Py_None) {
-            if (!f->nullable) { fall = 1; break; }
-            continue;
+        JsonPiece *jp = &pieces[i];
+        PyObject *w = sl->w;
+        if (!w) {
+            jp->p = "null"; jp->n = 4;
+        } else if (f->kind == K_INT) {
+            jp->p = sl->p; jp->n = sl->n;  /* the hash text: the digits */
+        } else if (f->kind == K_BOOL) {
+            jp->p = w == Py_True ? "true" : "false"; jp->n = w == Py_True ? 4 : 5;
+        } else if (PyUnicode_CheckExact(w)) {
+            Py_ssize_t n;
+            const char *s = PyUnicode_AsUTF8AndSize(w, &n);
+            if (!s) goto done;
+            if (json_plain(s, n)) {
+                jp->p = s; jp->n = n; jp->quote = 1;
+            }
         }
-        int rc = encode_field(f, sl);
-        if (rc) { fall = rc; break; }
-        total += PyBytes_GET_SIZE(f->prefix) + 1 + digits(sl->n) + 2 + sl->n + 2;
-        count++;
-    }
-    if (fall == 1) {
-        /* Only ordinary exceptions mean "a value C does not take": let Python
-         * judge the object.  KeyboardInterrupt, SystemExit... propagate. */
-        if (PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) goto done;
-            PyErr_Clear();
+        if (!jp->p) {
+            jp->own = PyObject_CallOneArg(dumps, w);
+            if (!jp->own) goto done;
+            if (!PyBytes_CheckExact(jp->own)) {
+                PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+                goto done;
+            }
+            jp->p = PyBytes_AS_STRING(jp->own); jp->n = PyBytes_GET_SIZE(jp->own);
         }
-        result = PyObject_CallOneArg(self->fallback, obj);
-        goto done;
+        total += PyBytes_GET_SIZE(f->json_name) + jp->n + 2 * jp->quote;
     }
-    if (fall < 0) goto done;
-
-    hash = PyBytes_FromStringAndSize(NULL, total);
-    if (!hash) goto done;
-    char *o = PyBytes_AS_STRING(hash);
-    for (int pass = 0; pass < 2; pass++)  /* the template's fields, then the optional ones */
-        for (Py_ssize_t i = 0; i < nf; i++)
-            if (self->fields[i].nullable == pass && slots[i].w)
-                o = put_value(o, &self->fields[i], &slots[i]);
-    wire = PyDict_Copy(self->wire_template);
-    if (!wire) goto done;
-    for (Py_ssize_t i = 0; i < nf; i++)
-        if (slots[i].w && PyDict_SetItem(wire, self->fields[i].name, slots[i].w) < 0)
-            goto done;
-    if (self->nkeys == 1) {
-        key = slots[self->keys[0]].v;
-        Py_INCREF(key);
-    } else {
-        key = PyTuple_New(self->nkeys);
-        if (!key) goto done;
-        for (Py_ssize_t k = 0; k < self->nkeys; k++) {
-            PyObject *kv = slots[self->keys[k]].v;
-            Py_INCREF(kv);
-            PyTuple_SET_ITEM(key, k, kv);
-        }
-    }
-    result = PyTuple_New(4);
+    result = PyBytes_FromStringAndSize(NULL, total);
     if (!result) goto done;
-    PyObject *n = PyLong_FromSsize_t(count);
-    if (!n) { Py_CLEAR(result); goto done; }
-    PyTuple_SET_ITEM(result, 0, key); key = NULL;
-    PyTuple_SET_ITEM(result, 1, hash); hash = NULL;
-    PyTuple_SET_ITEM(result, 2, n);
-    PyTuple_SET_ITEM(result, 3, wire); wire = NULL;
-
-done:
-    Py_XDECREF(key);
-    Py_XDECREF(hash);
-    Py_XDECREF(wire);
+    char *o = PyBytes_AS_STRING(result);
+    *o++ = '{';
     for (Py_ssize_t i = 0; i < nf; i++) {
-        Py_XDECREF(slots[i].v);
-        Py_XDECREF(slots[i].w);
-        Py_XDECREF(slots[i].own);
+        const JsonPiece *jp = &pieces[i];
+        if (i) *o++ = ',';
+        Py_ssize_t kn = PyBytes_GET_SIZE(self->fields[i].json_name);
+        memcpy(o, PyBytes_AS_STRING(self->fields[i].json_name), (size_t)kn); o += kn;
+        if (jp->quote) *o++ = '"';
+        memcpy(o, jp->p, (size_t)jp->n); o += jp->n;
+        if (jp->quote) *o++ = '"';
     }
-    if (slots != stack) PyMem_Free(slots);
+    *o++ = '}';
+    if (o != PyBytes_AS_STRING(result) + total) {
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: JSON size mismatch");
+    }
+done:
+    for (Py_ssize_t i = 0; i < nf; i++) Py_XDECREF(pieces[i].own);
+    if (pieces != stack) PyMem_Free(pieces);
     return result;
 }
 
@@ -450,6 +562,7 @@ static void encoder_clear_fields(Encoder *self)
             Py_XDECREF(self->fields[i].attr);
             Py_XDECREF(self->fields[i].name);
             Py_XDECREF(self->fields[i].prefix);
+            Py_XDECREF(self->fields[i].json_name);
             Py_XDECREF(self->fields[i].extra);
         }
         PyMem_Free(self->fields);
@@ -491,15 +604,17 @@ static void encoder_dealloc(Encoder *self)
 
 static int plan_field(FieldPlan *f, PyObject *spec, Py_ssize_t i)
 {
-    PyObject *attr, *name, *prefix, *extra;
+    PyObject *attr, *name, *prefix, *extra, *json_name;
     int kind, nullable;
     long long lo, hi;
-    if (!PyTuple_Check(spec) || !PyArg_ParseTuple(spec, "UUSipLLO", &attr, &name, &prefix,
-                                                  &kind, &nullable, &lo, &hi, &extra)) {
+    if (!PyTuple_Check(spec) || !PyArg_ParseTuple(spec, "UUSipLLOS", &attr, &name, &prefix,
+                                                  &kind, &nullable, &lo, &hi, &extra,
+                                                  &json_name)) {
         if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "field plan %zd must be (attr: str, name: str, "
-                         "prefix: bytes, kind: int, nullable: bool, lo: int, hi: int, extra)", i);
+                         "prefix: bytes, kind: int, nullable: bool, lo: int, hi: int, extra, "
+                         "json_name: bytes)", i);
         }
         return -1;
     }
@@ -517,6 +632,7 @@ static int plan_field(FieldPlan *f, PyObject *spec, Py_ssize_t i)
     f->attr = attr;
     Py_INCREF(name); f->name = name;
     Py_INCREF(prefix); f->prefix = prefix;
+    Py_INCREF(json_name); f->json_name = json_name;
     Py_INCREF(extra); f->extra = extra;
     f->kind = kind; f->nullable = nullable; f->lo = lo; f->hi = hi;
     return 0;
@@ -658,31 +774,61 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         PyErr_SetString(PyExc_TypeError, "frame(obj, write_id=None)");
         return NULL;
     }
+    PyObject *obj = args[0];
     PyObject *write_id = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
     if (write_id && !PyBytes_Check(write_id)) {
         PyErr_SetString(PyExc_TypeError, "frame(): write_id must be bytes or None");
         return NULL;
     }
-    PyObject *enc = PyObject_CallOneArg(self->encode, args[0]);
-    if (!enc) return NULL;
-    PyObject *key, *fields, *wire;
-    if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4
-            || !PyBytes_CheckExact(fields = PyTuple_GET_ITEM(enc, 1))
-            || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))) {
-        Py_DECREF(enc);
-        PyErr_SetString(PyExc_TypeError, "frame(): the encoder must return (key, bytes, int, wire)");
-        return NULL;
+    PyObject *result = NULL, *enc = NULL, *key = NULL, *key_text = NULL, *wire_key = NULL;
+    PyObject *body = NULL, *obj_key = NULL, *command = NULL, *entry = NULL;
+    PyObject *fields = NULL, *wire = NULL;  /* borrowed from enc */
+    Py_ssize_t nfields = 0, fn = 0;
+    /* The C encoder's own objects skip the Encoded tuple: the fields go straight
+     * into the HSET and the slots straight into the entry's JSON. */
+    Encoder *ce = Py_TYPE(self->encode) == &EncoderType ? (Encoder *)self->encode : NULL;
+    Slot stack[STACK_SLOTS];
+    Slot *slots = NULL;
+    Py_ssize_t nslots = 0;
+    if (ce && ce->fields && (PyObject *)Py_TYPE(obj) == ce->cls) {
+        nslots = ce->nfields;
+        slots = nslots <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nslots, sizeof(Slot));
+        if (!slots) return PyErr_NoMemory();
+        if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nslots);
+        int rc = fill_slots(ce, obj, slots, &nfields, &fn);
+        if (rc < 0) goto done;
+        if (rc == 1) {
+            release_slots(slots, nslots);
+            if (slots != stack) PyMem_Free(slots);
+            slots = NULL;
+            enc = PyObject_CallOneArg(ce->fallback, obj);
+            if (!enc) goto done;
+        } else {
+            key = key_from_slots(ce, slots);
+            if (!key) goto done;
+        }
+    } else {
+        enc = PyObject_CallOneArg(self->encode, obj);
+        if (!enc) goto done;
     }
-    key = PyTuple_GET_ITEM(enc, 0);
-    wire = PyTuple_GET_ITEM(enc, 3);
-    Py_ssize_t nfields = PyLong_AsSsize_t(PyTuple_GET_ITEM(enc, 2));
-    if (nfields < 0 || nfields > PY_SSIZE_T_MAX / 4) {
-        Py_DECREF(enc);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "frame(): bad field count");
-        return NULL;
+    if (!slots) {
+        if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4
+                || !PyBytes_CheckExact(fields = PyTuple_GET_ITEM(enc, 1))
+                || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))) {
+            PyErr_SetString(PyExc_TypeError,
+                            "frame(): the encoder must return (key, bytes, int, wire)");
+            goto done;
+        }
+        key = PyTuple_GET_ITEM(enc, 0);
+        Py_INCREF(key);
+        wire = PyTuple_GET_ITEM(enc, 3);
+        fn = PyBytes_GET_SIZE(fields);
+        nfields = PyLong_AsSsize_t(PyTuple_GET_ITEM(enc, 2));
+        if (nfields < 0 || nfields > PY_SSIZE_T_MAX / 4) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "frame(): bad field count");
+            goto done;
+        }
     }
-    PyObject *result = NULL, *key_text = NULL, *wire_key = NULL, *body = NULL;
-    PyObject *obj_key = NULL, *command = NULL, *entry = NULL;
     const char *kb;
     Py_ssize_t kn;
     char digits_buf[24];
@@ -721,7 +867,7 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
     memcpy(PyBytes_AS_STRING(obj_key), PyBytes_AS_STRING(prefix), (size_t)pn);
     memcpy(PyBytes_AS_STRING(obj_key) + pn, kb, (size_t)kn);
 
-    Py_ssize_t fn = PyBytes_GET_SIZE(fields), wn = 0, wfn = 0;
+    Py_ssize_t wn = 0, wfn = 0;
     Py_ssize_t argc = 2 + 2 * nfields;
     if (write_id) {
         argc += 2;
@@ -738,7 +884,11 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
     o += put_ll(o, on); *o++ = '\r'; *o++ = '\n';
     memcpy(o, PyBytes_AS_STRING(obj_key), (size_t)on); o += on;
     *o++ = '\r'; *o++ = '\n';
-    memcpy(o, PyBytes_AS_STRING(fields), (size_t)fn); o += fn;
+    if (slots) {
+        o = write_fields(ce, slots, o);
+    } else {
+        memcpy(o, PyBytes_AS_STRING(fields), (size_t)fn); o += fn;
+    }
     if (write_id) {
         *o++ = '$'; o += put_ll(o, wfn); *o++ = '\r'; *o++ = '\n';
         memcpy(o, PyBytes_AS_STRING(self->write_field), (size_t)wfn); o += wfn;
@@ -747,12 +897,11 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         memcpy(o, PyBytes_AS_STRING(write_id), (size_t)wn); o += wn;
         *o++ = '\r'; *o++ = '\n';
     }
-
     if (o != PyBytes_AS_STRING(command) + cn) {  /* the size arithmetic above, kept honest */
         PyErr_SetString(PyExc_SystemError, "kvfast framer: HSET size mismatch");
         goto done;
     }
-    body = PyObject_CallOneArg(self->dumps, wire);
+    body = slots ? json_from_slots(ce, slots, self->dumps) : PyObject_CallOneArg(self->dumps, wire);
     if (!body) goto done;
     if (!PyBytes_CheckExact(body)) {
         PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
@@ -779,27 +928,31 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         PyErr_SetString(PyExc_SystemError, "kvfast framer: entry size mismatch");
         goto done;
     }
-
-    result = PyTuple_New(4);
-    if (!result) goto done;
     PyObject *pp = PyLong_FromSsize_t(p);
-    if (!pp) { Py_CLEAR(result); goto done; }
-    PyTuple_SET_ITEM(result, 0, pp);
-    PyTuple_SET_ITEM(result, 1, obj_key); obj_key = NULL;
-    PyTuple_SET_ITEM(result, 2, command); command = NULL;
-    PyTuple_SET_ITEM(result, 3, entry); entry = NULL;
+    if (!pp) goto done;
+    result = PyTuple_Pack(4, pp, obj_key, command, entry);
+    Py_DECREF(pp);
     goto done;
 
 decline:
+    if (slots) {
+        enc = encoded_from_slots(ce, slots, nfields, fn);
+        if (!enc) goto done;
+    }
     result = PyTuple_Pack(1, enc);
 done:
+    Py_XDECREF(key);
     Py_XDECREF(key_text);
     Py_XDECREF(wire_key);
     Py_XDECREF(body);
     Py_XDECREF(obj_key);
     Py_XDECREF(command);
     Py_XDECREF(entry);
-    Py_DECREF(enc);
+    Py_XDECREF(enc);
+    if (slots) {
+        release_slots(slots, nslots);
+        if (slots != stack) PyMem_Free(slots);
+    }
     return result;
 }
 

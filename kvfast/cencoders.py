@@ -4,7 +4,8 @@
 the generated Python one (kvfast.encoders, the reference).  The C encoder is
 given a plan built here from the model, one tuple per field::
 
-    (attribute, wire name, RESP bulk string of the name, kind, nullable, lo, hi, extra)
+    (attribute, wire name, RESP bulk string of the name, kind, nullable, lo, hi, extra,
+     the name in JSON followed by ":")
 
 ``kind`` mirrors the branches of ``encoders._field_code`` exactly (same
 ``isinstance`` / ``type() is`` tests), so the C fast path accepts only what the
@@ -99,7 +100,8 @@ def field_plan(info: ModelInfo, f: FieldInfo) -> tuple[Any, ...]:
     """The C plan of one field (see the module docstring)."""
     ftype = f.ftype
     kind, lo, hi, extra = _kind(info, f, ftype)
-    return (f.name, f.name, _bulk(f.name.encode()), kind, f.nullable, lo, hi, extra)
+    return (f.name, f.name, _bulk(f.name.encode()), kind, f.nullable, lo, hi, extra,
+            orjson.dumps(f.name) + b":")
 
 
 def _kind(info: ModelInfo, f: FieldInfo, ftype: FieldType) -> tuple[int, int, int, Any]:

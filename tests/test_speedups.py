@@ -353,15 +353,20 @@ def test_a_tuple_of_key_indexes_gives_a_tuple_key() -> None:
     assert (fields, count, wire) == PY["Everything"](obj)[1:]
 
 
+def _plan(kind: int, nullable: bool = False, prefix: Any = b"$1\r\na\r\n") -> tuple[Any, ...]:
+    return ("a", "a", prefix, kind, nullable, 0, 0, None, b'"a":')
+
+
 @pytest.mark.parametrize(("args", "error"), [
     ((int, (), (0,), print), ValueError),
     ((int, ((),), (0,), print), TypeError),
-    ((int, (("a", "a", b"$1\r\na\r\n", 99, False, 0, 0, None),), (0,), print), ValueError),
-    ((int, (("a", "a", b"$1\r\na\r\n", K_PY, False, 0, 0, None),), (0,), print), TypeError),
-    ((int, (("a", "a", b"$1\r\na\r\n", K_INT, True, 0, 0, None),), (0,), print), ValueError),
-    ((int, (("a", "a", b"$1\r\na\r\n", K_INT, False, 0, 0, None),), (5,), print), ValueError),
-    ((int, (("a", "a", "not bytes", K_INT, False, 0, 0, None),), (0,), print), TypeError),
-    ((5, (("a", "a", b"$1\r\na\r\n", K_INT, False, 0, 0, None),), (0,), print), TypeError),
+    ((int, (_plan(99),), (0,), print), ValueError),
+    ((int, (_plan(K_PY),), (0,), print), TypeError),
+    ((int, (_plan(K_INT, nullable=True),), (0,), print), ValueError),
+    ((int, (_plan(K_INT),), (5,), print), ValueError),
+    ((int, (_plan(K_INT, prefix="not bytes"),), (0,), print), TypeError),
+    ((int, (_plan(K_INT)[:8],), (0,), print), TypeError),
+    ((5, (_plan(K_INT),), (0,), print), TypeError),
 ])
 def test_a_bad_plan_is_a_clear_error_not_a_crash(args: tuple[Any, ...], error: type) -> None:
     with pytest.raises(error):
@@ -385,7 +390,7 @@ class _Dyn:
 def test_a_per_field_function_returning_garbage_is_a_type_error() -> None:
     speedups = kvfast.impl.require_speedups()
     enc = speedups.Encoder(_Dyn, (("id", "id", b"$2\r\nid\r\n", K_PY, False, 0, 0,
-                                   lambda v: "not a tuple"),), (0,), print)
+                                   lambda v: "not a tuple", b'"id":'),), (0,), print)
     with pytest.raises(TypeError, match="must return"):
         enc(_Dyn(1))
 
@@ -526,3 +531,15 @@ def test_a_framer_over_a_bad_encoder_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         framer((1, b"", 0, {}), "not bytes")
     assert framer((1, b"", 0, {}))[0] == 0
+
+
+@pytest.mark.parametrize("text", ['a"b', "a\\b", "a\nb", "\x1f", "\x7f", "\u2028\u2029", "é✓",
+                                  "</script>", "\ud7ff\ue000\U0010ffff"])
+def test_text_the_entry_json_escapes_is_framed_as_orjson_writes_it(
+        text: str, monkeypatch_module: Any) -> None:
+    from models import Account
+    py, c = _builders(Account)
+    objs = [Account(name=text, balance=decimal.Decimal("1.5"), active=True,
+                    shade=Shade.DARK)]
+    got = _batch_outcome(c, objs)
+    assert got[0] == "packed" and got == _batch_outcome(py, objs)
