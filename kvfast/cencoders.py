@@ -82,9 +82,9 @@ def framer_for(encode: Callable[[Any], Encoded], info: ModelInfo, partitions: in
     or ``(encoded,)`` for a record whose key the Python framing handles
     (tuple keys; a key too long to index, whose error Python words).
     """
-    speedups = impl.speedups
-    if speedups is None or not isinstance(encode, speedups.Encoder):
+    if type(encode).__module__ != "kvfast._speedups":  # a Python encoder: Python frames
         return None
+    speedups = impl.require_speedups()
     # The partition of a key: crc32(table NUL key) (ModelInfo.partition_of_bytes).
     frame: Callable[..., tuple[Any, ...]] = speedups.Framer(
         encode, info.table_bytes + b"\x00", partitions, tuple(prefixes), head, sep, tail,
