@@ -543,3 +543,34 @@ def test_text_the_entry_json_escapes_is_framed_as_orjson_writes_it(
                     shade=Shade.DARK)]
     got = _batch_outcome(c, objs)
     assert got[0] == "packed" and got == _batch_outcome(py, objs)
+
+
+PACK_ARGS = st.one_of(st.binary(max_size=20), st.text(max_size=10),
+                      st.text(st.characters(codec=None, exclude_categories=()), max_size=3),
+                      st.integers(), st.floats(allow_nan=False), st.binary().map(bytearray),
+                      st.builds(MyStr, st.text(max_size=3)))
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(st.lists(PACK_ARGS, min_size=1, max_size=8))
+def test_the_c_pack_command_writes_hiredis_bytes_or_raises_its_error(args: list[Any]) -> None:
+    import hiredis
+    speedups = kvfast.impl.require_speedups()
+    want = outcome_of(hiredis.pack_command, tuple(args))
+    assert outcome_of(lambda a: speedups.pack_command(hiredis.pack_command, a),
+                      tuple(args)) == want
+
+
+def outcome_of(fn: Callable[[Any], Any], arg: Any) -> tuple[Any, ...]:
+    try:
+        return ("ok", fn(arg))
+    except Exception as exc:
+        return ("raised", type(exc), str(exc))
+
+
+def test_pack_command_refuses_what_is_not_a_tuple() -> None:
+    speedups = kvfast.impl.require_speedups()
+    with pytest.raises(TypeError, match="pack_command"):
+        speedups.pack_command(print, ["GET", "x"])
+    with pytest.raises(TypeError, match="pack_command"):
+        speedups.pack_command(("GET",))
