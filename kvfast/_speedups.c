@@ -443,7 +443,7 @@ static PyObject *encoder_call(PyObject *self_, PyObject *const *args, size_t nar
         PyErr_SetString(PyExc_TypeError, "encode() takes exactly one argument");
         return NULL;
     }
-    if (!self->fields) {
+    if (!self->fields || !self->cls) {  /* never initialized, or cleared by the collector */
         PyErr_SetString(PyExc_TypeError, "Encoder not initialized");
         return NULL;
     }
@@ -790,7 +790,7 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
     Slot stack[STACK_SLOTS];
     Slot *slots = NULL;
     Py_ssize_t nslots = 0;
-    if (ce && ce->fields && (PyObject *)Py_TYPE(obj) == ce->cls) {
+    if (ce && ce->fields && ce->cls && (PyObject *)Py_TYPE(obj) == ce->cls) {
         nslots = ce->nfields;
         slots = nslots <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nslots, sizeof(Slot));
         if (!slots) return PyErr_NoMemory();
