@@ -48,6 +48,7 @@ import pytest
 import redis
 
 import kvfast
+import kvfast.impl
 
 REQUIRE = bool(os.environ.get("CI") or os.environ.get("KVFAST_REQUIRE_SERVICES"))
 _STARTED = time.time()
@@ -62,6 +63,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"latency n={_config.LATENCY_N:,}, drain n={_config.DRAIN_N:,} "
         f"workers={_config.DRAIN_WORKERS}, e2e {_config.E2E_SECONDS}s at {_config.E2E_RATES}%, "
         f"claim depths={_config.SCALE_DEPTHS}",
+        f"kvfast bench: implementation={kvfast.impl.IMPL} (KVFAST_IMPL=c|python)",
     ]
 
 
@@ -155,6 +157,7 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(), "redis": _results.RESULTS.data.get("redis_version"),
         "postgres": _results.RESULTS.data.get("postgres_version"),
         "psycopg": psycopg.__version__, "psycopg_impl": psycopg.pq.__impl__,
+        "kvfast_impl": kvfast.impl.IMPL,
         "redis_py": redis.__version__,
         "git": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--", "kvfast")),
@@ -171,6 +174,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     machine = _machine()
     tr = terminalreporter
     tr.section("kvfast benchmark summary")
+    tr.write_line(f"kvfast implementation: {machine['kvfast_impl']} (KVFAST_IMPL=c|python)")
     tr.write_line(f"{machine['nproc']} CPUs ({machine['cpu']}), Redis {machine['redis']}, "
                   f"PostgreSQL {machine['postgres']}, kvfast {machine['git']}"
                   f"{' (modified)' if machine['git_dirty'] else ''}, run {elapsed:.0f}s, "

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kvfast import codec
+from kvfast.cencoders import create_encoder, framer_for
 from kvfast.cluster import Unit
-from kvfast.encoders import build_create_encoder
 from kvfast.errors import KvfastError, PartialWrite, RedisFull, WriteOutcomeUnknown
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, model_version
@@ -131,7 +131,7 @@ class WriteBuilder:
         self._codecs = [
             (f.name, f.ftype, f.ftype.wire_is_value) for f in info.fields
         ]
-        self._encode = build_create_encoder(info)
+        self._encode = create_encoder(info)  # C or Python: kvfast.impl
         self._partition_of = info.partition_of
         self._obj_prefix = [keys.obj(p, info.table, "") for p in range(keys.partitions)]
         self._obj_prefix_b = [prefix.encode() for prefix in self._obj_prefix]
@@ -201,29 +201,49 @@ class WriteBuilder:
         in_piece = 0
         index_prefixes = self.index_prefixes
         ivalues: tuple[bytes | None, ...] = ()
+        # The C encoder frames whole records too (the same bytes as below); a model
+        # with indexes is encoded and framed in Python (its index values).
+        frame = None if index_prefixes is not None else framer_for(
+            encode, self.info, partitions, prefixes, head, sep, tail, max_key, _WRITE_FIELD)
+        write_id = None
         for obj in objs:
-            if index_prefixes is None:
-                key, fields, nfields, wire = encode(obj)
+            if ttl:
+                # No EXPIRE here: the object gets its TTL when this write has
+                # drained (ack.lua), if the write id is still the one it left.
+                write_id = b"%b%x" % (id_prefix, serial)
+                serial += 1
+            if frame is not None and len(framed := frame(obj, write_id)) == 4:
+                p, obj_key, command, entry = framed
             else:
-                key, fields, nfields, wire, ivalues = encode(obj)
-            # locate(), over bytes: the key is encoded once for the partition,
-            # the object key and the entry.
-            if type(key) is int:
-                key_b = b"%d" % key
-                wire_key = key_b
-            elif type(key) is tuple:  # a composite key (keys.key_string's rule)
-                key_b = key_string(key).encode()
-                if len(key_b) > max_key:
-                    self.info.check_key_size(key_b, key)
-                wire_key = dumps(key_wire(key))
-            else:
-                key_s = key if type(key) is str else str(key)  # UUID keys: their text
-                key_b = key_s.encode()
-                if len(key_b) > max_key:
-                    self.info.check_key_size(key_b, key)
-                wire_key = dumps(key_s)
-            p = partition_of(key_b, partitions)
-            obj_key = prefixes[p] + key_b
+                if index_prefixes is not None:
+                    key, fields, nfields, wire, ivalues = encode(obj)
+                else:
+                    key, fields, nfields, wire = encode(obj) if frame is None else framed[0]
+                # locate(), over bytes: the key is encoded once for the partition,
+                # the object key and the entry.
+                if type(key) is int:
+                    key_b = b"%d" % key
+                    wire_key = key_b
+                elif type(key) is tuple:  # a composite key (keys.key_string's rule)
+                    key_b = key_string(key).encode()
+                    if len(key_b) > max_key:
+                        self.info.check_key_size(key_b, key)
+                    wire_key = dumps(key_wire(key))
+                else:
+                    key_s = key if type(key) is str else str(key)  # UUID keys: their text
+                    key_b = key_s.encode()
+                    if len(key_b) > max_key:
+                        self.info.check_key_size(key_b, key)
+                    wire_key = dumps(key_s)
+                p = partition_of(key_b, partitions)
+                obj_key = prefixes[p] + key_b
+                if write_id is not None:
+                    command = _HSET % (4 + 2 * nfields, len(obj_key), obj_key,
+                                       fields + _bulk_pair(_WRITE_FIELD, write_id))
+                    entry = head + wire_key + sep + dumps(wire) + codec.mark(write_id) + tail
+                else:
+                    command = _HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields)
+                    entry = head + wire_key + sep + dumps(wire) + tail
             # create replaces the whole object (NULL = absent field, a pending
             # tombstone must go), like the upsert in PostgreSQL: each piece starts
             # with one DEL of all its keys; a key repeated inside the piece gets
@@ -233,17 +253,7 @@ class WriteBuilder:
             else:
                 seen.add(obj_key)
                 piece_keys.append(obj_key)
-            if ttl:
-                # No EXPIRE here: the object gets its TTL when this write has
-                # drained (ack.lua), if the write id is still the one it left.
-                write_id = b"%b%x" % (id_prefix, serial)
-                serial += 1
-                commands.append(_HSET % (4 + 2 * nfields, len(obj_key), obj_key,
-                                         fields + _bulk_pair(_WRITE_FIELD, write_id)))
-                entry = head + wire_key + sep + dumps(wire) + codec.mark(write_id) + tail
-            else:
-                commands.append(_HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields))
-                entry = head + wire_key + sep + dumps(wire) + tail
+            commands.append(command)
             if index_prefixes is not None:
                 # In the same MULTI as the HSET, on the object's slot.  The sets
                 # of the values an overwritten object had keep it: find drops it.

@@ -11,6 +11,7 @@ I/O beyond reading replies off a socket it is given.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple, cast
 import hiredis
 import redis
 
+from kvfast import impl
 from kvfast.errors import AuthenticationFailed, RedisCommandError, RedisFull, RedisUnavailable
 
 __all__ = [
@@ -38,7 +40,10 @@ __all__ = [
 ]
 
 #: one command in RESP form; hiredis' stub types the argument as a 1-tuple, it takes any length
-pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+#: one command in RESP: hiredis.pack_command, or kvfast._speedups's for bytes/str
+#: arguments (the same bytes, ~7x fewer instructions per argument) when C is chosen
+pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command if impl.speedups is None
+            else functools.partial(impl.speedups.pack_command, hiredis.pack_command))
 MULTI = pack(("MULTI",))
 EXEC = pack(("EXEC",))
 DISCARD = pack(("DISCARD",))

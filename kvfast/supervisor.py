@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 import setproctitle
 
+from kvfast import impl
 from kvfast.client import Client, connect_pg, pg_errors
 from kvfast.errors import ConfigError, ConnectionFailed, KvfastError, SchemaMismatch
 from kvfast.indexmeta import check_recorded
@@ -264,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KvfastError as exc:
         log.error("%s", exc)
         return RET_CONFIG
-    log.info("draining %s into PostgreSQL with %d drainers (%s)",
-             ", ".join(m.table for m in models), settings.workers, settings)
+    log.info("draining %s into PostgreSQL with %d drainers (%s; %s implementation)",
+             ", ".join(m.table for m in models), settings.workers, settings, impl.IMPL)
     sup = Supervisor(settings, options)
     server = (serve_http(options.metrics_port, sup.metrics.registry, sup.health)
               if options.metrics_port else None)

@@ -19,6 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 import kvfast
+import kvfast.impl
 from kvfast.cluster import refresh_slot_map
 
 # The tests flush their Redis database: by default database 1, not the demo's 0.
@@ -37,6 +38,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"cluster={kvfast.settings.redact(CLUSTER_URL)}",
         f"kvfast: psycopg implementation={psycopg.pq.__impl__}, "
         f"redis-py hiredis={redis.utils.HIREDIS_AVAILABLE}",
+        f"kvfast: implementation={kvfast.impl.IMPL} (KVFAST_IMPL=c|python)",
     ]
 
 

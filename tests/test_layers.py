@@ -14,13 +14,14 @@ from pathlib import Path
 import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fieldtypes", "codegen"),
+    ("errors", "fieldtypes", "codegen", "impl"),  # impl: C or Python (issue 12)
     ("pgtypes", "containertypes"),              # declared column types (issue 10)
     ("columns", "indexspec"),                   # annotations → column types; indexable fields
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
     ("pgindex",),                               # PostgreSQL indexes of indexed fields
     ("encoders", "decoders", "schema", "demo"),
+    ("cencoders",),                             # the C encoder's plan (issue 12)
     ("resp",),                                  # the Redis wire
     ("drivers", "meta", "cluster"),             # driver errors in, connect options, slots
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document

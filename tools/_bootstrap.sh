@@ -62,7 +62,29 @@ else
 fi
 
 # --- 2. dependencies -------------------------------------------------------------
-want_stamp="$( (sha256sum pyproject.toml; "$VPY" --version) 2>&1 | sha256sum | cut -d' ' -f1)"
+# The C extension kvfast._speedups needs a compiler and the Python headers; its
+# build is optional (kvfast then warns and runs the Python encoders), so a
+# machine without them still works, only slower.
+have_headers() {
+    "$VPY" -c 'import os, sysconfig, sys
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)'
+}
+if ! { command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; } || ! have_headers; then
+    if can_apt; then
+        ver="$("$VPY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        say "C compiler or Python headers missing; installing gcc and python${ver}-dev / python3-dev with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev \
+            "python${ver}-dev" ||
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc \
+                libc6-dev python3-dev ||
+            say "could not install a compiler: kvfast will use its Python encoders"
+    else
+        say "no C compiler or Python headers: kvfast will use its Python encoders (install gcc and python3-dev for the C ones)"
+    fi
+fi
+# The stamp covers the C sources too: an edited .c file is rebuilt by the install.
+want_stamp="$( (sha256sum pyproject.toml setup.py kvfast/*.c; "$VPY" --version) 2>&1 | sha256sum | cut -d' ' -f1)"
 have_stamp="$(cat "$STAMP" 2>/dev/null || true)"
 if [ "$want_stamp" != "$have_stamp" ] ||
     ! "$VPY" -c 'import importlib.metadata as m; m.version("kvfast")' >/dev/null 2>&1; then

@@ -1,0 +1,1167 @@
+/* kvfast._speedups: the per-record producer work in C (object -> Encoded).
+ *
+ * Why C against the CPython API rather than Cython: it adds no build
+ * dependency (a compiler and the Python headers, which any extension needs;
+ * Cython would be one more package in [build-system] and in every sdist
+ * build), and the hot path is a handful of type tests and memcpy's that gain
+ * nothing from Cython's generated glue.  The Python encoder in encoders.py is
+ * the reference: this one must return byte-identical results.
+ *
+ * Contract (kvfast/encoders.py, Encoded): encode(obj) ->
+ *   (key, HSET fields as RESP bulk strings, number of fields, {field: wire value})
+ * with the non-nullable fields first in field order, then the present nullable
+ * ones in field order, exactly as the generated Python template writes them.
+ *
+ * The C code handles only the common case of each field (an exact int in
+ * range, an exact str that PostgreSQL can hold, a UTC datetime, ...).  Anything
+ * else -- a subclass, a value out of range, a None in a field that is not
+ * Optional, an attribute that raises -- hands the whole object to the Python
+ * encoder (`fallback`), so a ValidationError carries exactly the Python text
+ * and a value that Python normalizes comes out normalized the Python way.
+ * Field types that are awkward in C (json, arrays, numeric(p,s), real,
+ * interval, PostgreSQL enums) call a small Python function per field,
+ * returning (hash bytes, wire value); an exception from it also means
+ * "fall back".
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <datetime.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum {
+    K_INT = 0, K_STR = 1, K_BOOL = 2, K_FLOAT = 3, K_DATETIME_UTC = 4, K_TIMESTAMP = 5,
+    K_DATE = 6, K_TIME = 7, K_DECIMAL = 8, K_UUID = 9, K_BYTES = 10, K_ENUM = 11, K_PY = 12,
+    K_LAST = K_PY
+};
+
+typedef struct {
+    PyObject *attr;     /* attribute name (interned str) */
+    PyObject *name;     /* key of the wire dict (the field's name) */
+    PyObject *prefix;   /* bytes: the field name as a RESP bulk string */
+    PyObject *json_name; /* bytes: orjson.dumps(name) + b":" (the entry's JSON) */
+    int kind;
+    int nullable;
+    long long lo, hi;   /* K_INT: range; K_STR: max length (-1: none), pad flag */
+    PyObject *extra;    /* K_ENUM: the enum class; K_UUID: uuid.UUID; K_PY: callable */
+} FieldPlan;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *cls;
+    PyObject *fallback;
+    PyObject *wire_template;   /* {name: None, ...} in field order, copied per record */
+    PyObject *key_indexes;     /* tuple of int */
+    Py_ssize_t nkeys;
+    Py_ssize_t *keys;
+    Py_ssize_t nfields;
+    FieldPlan *fields;
+} Encoder;
+
+/* One field of one record while it is encoded. */
+typedef struct {
+    PyObject *v;        /* the attribute value (new ref) */
+    PyObject *w;        /* the wire value (new ref), NULL while unset */
+    PyObject *own;      /* keeps `p` alive when it points into a temporary (new ref) */
+    const char *p;      /* the hash value's bytes */
+    Py_ssize_t n;
+    char buf[48];
+} Slot;
+
+static PyObject *UTC;  /* datetime.timezone.utc */
+static PyObject *STR_INT, *STR_VALUE, *STR_NAN, *STR_INF, *STR_NINF;
+
+/* -- small formatters ------------------------------------------------------ */
+
+static char *put2(char *o, int v) { o[0] = '0' + v / 10; o[1] = '0' + v % 10; return o + 2; }
+
+static char *put_date(char *o, int y, int m, int d)
+{
+    o[0] = '0' + y / 1000; o[1] = '0' + y / 100 % 10; o[2] = '0' + y / 10 % 10;
+    o[3] = '0' + y % 10; o[4] = '-';
+    o = put2(o + 5, m); *o++ = '-';
+    return put2(o, d);
+}
+
+static char *put_time(char *o, int h, int mi, int s, int us)
+{
+    o = put2(o, h); *o++ = ':'; o = put2(o, mi); *o++ = ':'; o = put2(o, s);
+    if (us) {  /* isoformat() writes the microseconds only when there are some */
+        *o++ = '.';
+        for (int i = 5; i >= 0; i--) { o[i] = '0' + us % 10; us /= 10; }
+        o += 6;
+    }
+    return o;
+}
+
+static Py_ssize_t put_ll(char *o, long long v)
+{
+    char tmp[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u);
+    Py_ssize_t len = 0;
+    if (v < 0) o[len++] = '-';
+    while (n) o[len++] = tmp[--n];
+    return len;
+}
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static PyObject *b64_str(const unsigned char *s, Py_ssize_t n)
+{
+    if (n > (PY_SSIZE_T_MAX / 4) * 3 - 3) return PyErr_NoMemory();
+    Py_ssize_t out = (n + 2) / 3 * 4;
+    PyObject *r = PyUnicode_New(out, 127);
+    if (!r) return NULL;
+    char *o = (char *)PyUnicode_DATA(r);
+    Py_ssize_t i = 0;
+    for (; i + 2 < n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8 | s[i + 2];
+        *o++ = B64[v >> 18]; *o++ = B64[v >> 12 & 63]; *o++ = B64[v >> 6 & 63]; *o++ = B64[v & 63];
+    }
+    if (n - i == 1) {
+        unsigned v = (unsigned)s[i] << 16;
+        *o++ = B64[v >> 18]; *o++ = B64[v >> 12 & 63]; *o++ = '='; *o++ = '=';
+    } else if (n - i == 2) {
+        unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8;
+        *o++ = B64[v >> 18]; *o++ = B64[v >> 12 & 63]; *o++ = B64[v >> 6 & 63]; *o++ = '=';
+    }
+    return r;
+}
+
+/* An ASCII str of `n` bytes from `s`; the slot's hash bytes point into it. */
+static int ascii_wire(Slot *sl, const char *s, Py_ssize_t n)
+{
+    PyObject *w = PyUnicode_New(n, 127);
+    if (!w) return -1;
+    memcpy(PyUnicode_DATA(w), s, (size_t)n);
+    sl->w = w;
+    sl->p = (const char *)PyUnicode_DATA(w);
+    sl->n = n;
+    return 0;
+}
+
+/* -- one field: 0 done, 1 fall back to Python, -1 error -------------------- */
+
+static int encode_field(const FieldPlan *f, Slot *sl)
+{
+    PyObject *v = sl->v;
+    switch (f->kind) {
+    case K_INT: {
+        if (!PyLong_CheckExact(v)) return 1;
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) return 1;
+        if (x == -1 && PyErr_Occurred()) return -1;
+        if (x < f->lo || x > f->hi) return 1;
+        sl->n = put_ll(sl->buf, x);
+        sl->p = sl->buf;
+        Py_INCREF(v); sl->w = v;
+        return 0;
+    }
+    case K_STR: {
+        if (!PyUnicode_CheckExact(v)) return 1;
+        Py_ssize_t n;
+        const char *s;
+        if (PyUnicode_IS_ASCII(v)) {
+            s = (const char *)PyUnicode_DATA(v);
+            n = PyUnicode_GET_LENGTH(v);
+        } else {
+            s = PyUnicode_AsUTF8AndSize(v, &n);
+            if (!s) {  /* a lone surrogate: Python's check words the error */
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
+                PyErr_Clear();
+                return 1;
+            }
+        }
+        if (memchr(s, 0, (size_t)n)) return 1;
+        Py_ssize_t chars = PyUnicode_GET_LENGTH(v);
+        if (f->lo >= 0 && chars > f->lo) return 1;
+        if (f->hi && chars && PyUnicode_READ_CHAR(v, chars - 1) == ' ') return 1;
+        sl->p = s; sl->n = n;
+        Py_INCREF(v); sl->w = v;
+        return 0;
+    }
+    case K_BOOL:
+        if (!PyBool_Check(v)) return 1;
+        sl->p = v == Py_True ? "1" : "0"; sl->n = 1;
+        Py_INCREF(v); sl->w = v;
+        return 0;
+    case K_FLOAT: {
+        if (!PyFloat_CheckExact(v)) return 1;
+        double x = PyFloat_AS_DOUBLE(v);
+        /* repr(): what float() reads back exactly */
+        char *r = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (!r) return -1;
+        size_t n = strlen(r);
+        if (n > sizeof sl->buf) { PyMem_Free(r); return 1; }
+        memcpy(sl->buf, r, n);
+        PyMem_Free(r);
+        sl->p = sl->buf; sl->n = (Py_ssize_t)n;
+        PyObject *w = v;
+        if (x - x != 0.0)  /* NaN and +-Infinity: JSON has neither, spell them */
+            w = x != x ? STR_NAN : (x > 0 ? STR_INF : STR_NINF);
+        Py_INCREF(w); sl->w = w;
+        return 0;
+    }
+    case K_DATETIME_UTC:
+    case K_TIMESTAMP: {
+        if (!PyDateTime_CheckExact(v)) return 1;
+        PyObject *tz = PyDateTime_DATE_GET_TZINFO(v);
+        if (f->kind == K_DATETIME_UTC ? tz != UTC
+                : (tz != Py_None || PyDateTime_DATE_GET_FOLD(v))) return 1;
+        char t[40], *o = t;
+        o = put_date(o, PyDateTime_GET_YEAR(v), PyDateTime_GET_MONTH(v), PyDateTime_GET_DAY(v));
+        *o++ = 'T';
+        o = put_time(o, PyDateTime_DATE_GET_HOUR(v), PyDateTime_DATE_GET_MINUTE(v),
+                     PyDateTime_DATE_GET_SECOND(v), PyDateTime_DATE_GET_MICROSECOND(v));
+        if (f->kind == K_DATETIME_UTC) { memcpy(o, "+00:00", 6); o += 6; }
+        return ascii_wire(sl, t, o - t);
+    }
+    case K_DATE: {
+        if (!PyDate_CheckExact(v)) return 1;
+        char t[16];
+        char *o = put_date(t, PyDateTime_GET_YEAR(v), PyDateTime_GET_MONTH(v),
+                           PyDateTime_GET_DAY(v));
+        return ascii_wire(sl, t, o - t);
+    }
+    case K_TIME: {
+        if (!PyTime_CheckExact(v)) return 1;
+        if (PyDateTime_TIME_GET_TZINFO(v) != Py_None || PyDateTime_TIME_GET_FOLD(v)) return 1;
+        char t[24];
+        char *o = put_time(t, PyDateTime_TIME_GET_HOUR(v), PyDateTime_TIME_GET_MINUTE(v),
+                           PyDateTime_TIME_GET_SECOND(v), PyDateTime_TIME_GET_MICROSECOND(v));
+        return ascii_wire(sl, t, o - t);
+    }
+    case K_DECIMAL: {
+        if ((PyObject *)Py_TYPE(v) != f->extra) return 1;
+        PyObject *s = PyObject_Str(v);
+        if (!s) return 1;
+        /* Plain notation only (no exponent, NaN or Infinity) and short: then the
+         * scale and the integer digits are both under PostgreSQL's limits
+         * (16383 and 131072), which is all DecimalType.check asks. */
+        Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+        if (!PyUnicode_IS_ASCII(s) || n > 16000) { Py_DECREF(s); return 1; }
+        const char *c = (const char *)PyUnicode_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!((c[i] >= '0' && c[i] <= '9') || c[i] == '.' || c[i] == '-')) {
+                Py_DECREF(s);
+                return 1;
+            }
+        sl->w = s; sl->p = c; sl->n = n;
+        return 0;
+    }
+    case K_UUID: {
+        if ((PyObject *)Py_TYPE(v) != f->extra) return 1;
+        PyObject *i = PyObject_GetAttr(v, STR_INT);
+        if (!i) return 1;
+        if (!PyLong_CheckExact(i)) { Py_DECREF(i); return 1; }
+        unsigned long long lo = PyLong_AsUnsignedLongLongMask(i);
+        PyObject *sixty_four = PyLong_FromLong(64);
+        PyObject *h = sixty_four ? PyNumber_Rshift(i, sixty_four) : NULL;
+        Py_XDECREF(sixty_four);
+        Py_DECREF(i);
+        if (!h) return -1;
+        unsigned long long hi = PyLong_AsUnsignedLongLong(h);  /* negative or >= 2**128: error */
+        Py_DECREF(h);
+        if (hi == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+            PyErr_Clear();
+            return 1;
+        }
+        static const char HEX[] = "0123456789abcdef";
+        char t[36];
+        int pos = 0;
+        for (int k = 0; k < 32; k++) {
+            if (k == 8 || k == 12 || k == 16 || k == 20) t[pos++] = '-';
+            unsigned long long word = k < 16 ? hi : lo;
+            t[pos++] = HEX[(word >> (60 - 4 * (k % 16))) & 15];
+        }
+        return ascii_wire(sl, t, 36);
+    }
+    case K_BYTES: {
+        if (!PyBytes_CheckExact(v)) return 1;
+        sl->p = PyBytes_AS_STRING(v); sl->n = PyBytes_GET_SIZE(v);
+        sl->w = b64_str((const unsigned char *)sl->p, sl->n);
+        return sl->w ? 0 : -1;
+    }
+    case K_ENUM: {
+        if ((PyObject *)Py_TYPE(v) != f->extra) return 1;
+        PyObject *w = PyObject_GetAttr(v, STR_VALUE);
+        if (!w) return 1;
+        if (!PyUnicode_CheckExact(w)) { Py_DECREF(w); return 1; }
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(w, &n);
+        if (!s) { Py_DECREF(w); return 1; }
+        sl->w = w; sl->p = s; sl->n = n;
+        return 0;
+    }
+    case K_PY: {
+        PyObject *r = PyObject_CallOneArg(f->extra, v);
+        if (!r) return 1;
+        if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != 2
+                || !PyBytes_CheckExact(PyTuple_GET_ITEM(r, 0))) {
+            Py_DECREF(r);
+            PyErr_SetString(PyExc_TypeError, "kvfast field encoder must return (bytes, wire)");
+            return -1;
+        }
+        PyObject *h = PyTuple_GET_ITEM(r, 0);
+        sl->own = r;
+        sl->p = PyBytes_AS_STRING(h); sl->n = PyBytes_GET_SIZE(h);
+        sl->w = PyTuple_GET_ITEM(r, 1);
+        Py_INCREF(sl->w);
+        return 0;
+    }
+    }
+    PyErr_SetString(PyExc_SystemError, "kvfast encoder: bad field kind");
+    return -1;
+}
+
+/* -- the encoder ----------------------------------------------------------- */
+
+static Py_ssize_t digits(Py_ssize_t n)
+{
+    Py_ssize_t d = 1;
+    while (n >= 10) { n /= 10; d++; }
+    return d;
+}
+
+static char *put_value(char *o, const FieldPlan *f, const Slot *sl)
+{
+    Py_ssize_t pn = PyBytes_GET_SIZE(f->prefix);
+    memcpy(o, PyBytes_AS_STRING(f->prefix), (size_t)pn);
+    o += pn;
+    *o++ = '$';
+    o += put_ll(o, sl->n);
+    *o++ = '\r'; *o++ = '\n';
+    memcpy(o, sl->p, (size_t)sl->n);
+    o += sl->n;
+    *o++ = '\r'; *o++ = '\n';
+    return o;
+}
+
+#define STACK_SLOTS 32
+
+static void release_slots(Slot *slots, Py_ssize_t nf)
+{
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        Py_XDECREF(slots[i].v);
+        Py_XDECREF(slots[i].w);
+        Py_XDECREF(slots[i].own);
+    }
+}
+
+/* Read and encode every field of `obj` into `slots` (zeroed, nfields of them).
+ * 0: done; 1: hand the object to Python (no exception set); -1: error. */
+static int fill_slots(Encoder *self, PyObject *obj, Slot *slots, Py_ssize_t *count,
+                      Py_ssize_t *total)
+{
+    int fall = 0;
+    *count = *total = 0;
+    for (Py_ssize_t i = 0; i < self->nfields; i++) {
+        const FieldPlan *f = &self->fields[i];
+        Slot *sl = &slots[i];
+        sl->v = PyObject_GetAttr(obj, f->attr);
+        if (!sl->v) { fall = 1; break; }
+        if (sl->v == Py_None) {
+            if (!f->nullable) { fall = 1; break; }
+            continue;
+        }
+        int rc = encode_field(f, sl);
+        if (rc) { fall = rc; break; }
+        *total += PyBytes_GET_SIZE(f->prefix) + 1 + digits(sl->n) + 2 + sl->n + 2;
+        (*count)++;
+    }
+    if (fall == 1 && PyErr_Occurred()) {
+        /* Only ordinary exceptions mean "a value C does not take": let Python
+         * judge the object.  KeyboardInterrupt, SystemExit... propagate. */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+        PyErr_Clear();
+    }
+    return fall;
+}
+
+/* The HSET fields: the template's (non-nullable) ones, then the present optional ones. */
+static char *write_fields(const Encoder *self, const Slot *slots, char *o)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (Py_ssize_t i = 0; i < self->nfields; i++)
+            if (self->fields[i].nullable == pass && slots[i].w)
+                o = put_value(o, &self->fields[i], &slots[i]);
+    return o;
+}
+
+static PyObject *key_from_slots(const Encoder *self, const Slot *slots)
+{
+    if (self->nkeys == 1) {
+        PyObject *key = slots[self->keys[0]].v;
+        Py_INCREF(key);
+        return key;
+    }
+    PyObject *key = PyTuple_New(self->nkeys);
+    if (!key) return NULL;
+    for (Py_ssize_t k = 0; k < self->nkeys; k++) {
+        PyObject *kv = slots[self->keys[k]].v;
+        Py_INCREF(kv);
+        PyTuple_SET_ITEM(key, k, kv);
+    }
+    return key;
+}
+
+static PyObject *encoded_from_slots(const Encoder *self, const Slot *slots, Py_ssize_t count,
+                                    Py_ssize_t total)
+{
+    PyObject *result = NULL, *wire = NULL, *key = NULL, *n = NULL;
+    PyObject *hash = PyBytes_FromStringAndSize(NULL, total);
+    if (!hash) return NULL;
+    write_fields(self, slots, PyBytes_AS_STRING(hash));
+    wire = PyDict_Copy(self->wire_template);
+    if (!wire) goto done;
+    for (Py_ssize_t i = 0; i < self->nfields; i++)
+        if (slots[i].w && PyDict_SetItem(wire, self->fields[i].name, slots[i].w) < 0)
+            goto done;
+    key = key_from_slots(self, slots);
+    n = PyLong_FromSsize_t(count);
+    if (!key || !n) goto done;
+    result = PyTuple_Pack(4, key, hash, n, wire);
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(n);
+    Py_DECREF(hash);
+    Py_XDECREF(wire);
+    return result;
+}
+
+static PyObject *encoder_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames)
+{
+    Encoder *self = (Encoder *)self_;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "encode() takes exactly one argument");
+        return NULL;
+    }
+    if (!self->fields || !self->cls) {  /* never initialized, or cleared by the collector */
+        PyErr_SetString(PyExc_TypeError, "Encoder not initialized");
+        return NULL;
+    }
+    PyObject *obj = args[0];
+    if ((PyObject *)Py_TYPE(obj) != self->cls)
+        return PyObject_CallOneArg(self->fallback, obj);
+    Py_ssize_t nf = self->nfields;
+    Slot stack[STACK_SLOTS];
+    /* Slots live on this call's stack (or heap): a per-field callback runs Python
+     * code, which may switch threads and re-enter this same encoder. */
+    Slot *slots = nf <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nf, sizeof(Slot));
+    if (!slots) return PyErr_NoMemory();
+    if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nf);
+    Py_ssize_t count, total;
+    PyObject *result = NULL;
+    int rc = fill_slots(self, obj, slots, &count, &total);
+    if (rc == 1)
+        result = PyObject_CallOneArg(self->fallback, obj);
+    else if (rc == 0)
+        result = encoded_from_slots(self, slots, count, total);
+    release_slots(slots, nf);
+    if (slots != stack) PyMem_Free(slots);
+    return result;
+}
+
+/* -- the queue entry's JSON straight from the slots ------------------------ */
+
+/* Text orjson writes as is between quotes: no control character, quote or
+ * backslash (orjson escapes only those; non-ASCII goes out as UTF-8). */
+static int json_plain(const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == '"' || c == '\\') return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+    int quote;
+    PyObject *own;
+} JsonPiece;
+
+/* orjson.dumps(wire) for a record the C encoder took: {"name":value,...} in
+ * field order.  Values C cannot write exactly as orjson does (floats: orjson's
+ * shortest form differs from repr; json and arrays; text needing escapes) are
+ * each dumped by orjson itself. */
+static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dumps)
+{
+    Py_ssize_t nf = self->nfields, total = 2 + (nf - 1);
+    JsonPiece stack[STACK_SLOTS];
+    JsonPiece *pieces = nf <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nf, sizeof(JsonPiece));
+    if (!pieces) return PyErr_NoMemory();
+    if (pieces == stack) memset(pieces, 0, sizeof(JsonPiece) * (size_t)nf);
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        const FieldPlan *f = &self->fields[i];
+        Slot *sl = &slots[i];
+        JsonPiece *jp = &pieces[i];
+        PyObject *w = sl->w;
+        if (!w) {
+            jp->p = "null"; jp->n = 4;
+        } else if (f->kind == K_INT) {
+            jp->p = sl->p; jp->n = sl->n;  /* the hash text: the digits */
+        } else if (f->kind == K_BOOL) {
+            jp->p = w == Py_True ? "true" : "false"; jp->n = w == Py_True ? 4 : 5;
+        } else if (PyUnicode_CheckExact(w)) {
+            Py_ssize_t n;
+            const char *s = PyUnicode_AsUTF8AndSize(w, &n);
+            if (!s) goto done;
+            if (json_plain(s, n)) {
+                jp->p = s; jp->n = n; jp->quote = 1;
+            }
+        }
+        if (!jp->p) {
+            jp->own = PyObject_CallOneArg(dumps, w);
+            if (!jp->own) goto done;
+            if (!PyBytes_CheckExact(jp->own)) {
+                PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+                goto done;
+            }
+            jp->p = PyBytes_AS_STRING(jp->own); jp->n = PyBytes_GET_SIZE(jp->own);
+        }
+        total += PyBytes_GET_SIZE(f->json_name) + jp->n + 2 * jp->quote;
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (!result) goto done;
+    char *o = PyBytes_AS_STRING(result);
+    *o++ = '{';
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        const JsonPiece *jp = &pieces[i];
+        if (i) *o++ = ',';
+        Py_ssize_t kn = PyBytes_GET_SIZE(self->fields[i].json_name);
+        memcpy(o, PyBytes_AS_STRING(self->fields[i].json_name), (size_t)kn); o += kn;
+        if (jp->quote) *o++ = '"';
+        memcpy(o, jp->p, (size_t)jp->n); o += jp->n;
+        if (jp->quote) *o++ = '"';
+    }
+    *o++ = '}';
+    if (o != PyBytes_AS_STRING(result) + total) {
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: JSON size mismatch");
+    }
+done:
+    for (Py_ssize_t i = 0; i < nf; i++) Py_XDECREF(pieces[i].own);
+    if (pieces != stack) PyMem_Free(pieces);
+    return result;
+}
+
+static void encoder_clear_fields(Encoder *self)
+{
+    if (self->fields) {
+        for (Py_ssize_t i = 0; i < self->nfields; i++) {
+            Py_XDECREF(self->fields[i].attr);
+            Py_XDECREF(self->fields[i].name);
+            Py_XDECREF(self->fields[i].prefix);
+            Py_XDECREF(self->fields[i].json_name);
+            Py_XDECREF(self->fields[i].extra);
+        }
+        PyMem_Free(self->fields);
+        self->fields = NULL;
+    }
+    PyMem_Free(self->keys);
+    self->keys = NULL;
+}
+
+static int encoder_traverse(Encoder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cls);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->wire_template);
+    Py_VISIT(self->key_indexes);
+    for (Py_ssize_t i = 0; self->fields && i < self->nfields; i++)
+        Py_VISIT(self->fields[i].extra);
+    return 0;
+}
+
+static int encoder_clear(Encoder *self)
+{
+    Py_CLEAR(self->cls);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->wire_template);
+    Py_CLEAR(self->key_indexes);
+    for (Py_ssize_t i = 0; self->fields && i < self->nfields; i++)
+        Py_CLEAR(self->fields[i].extra);
+    return 0;
+}
+
+static void encoder_dealloc(Encoder *self)
+{
+    PyObject_GC_UnTrack(self);
+    encoder_clear(self);
+    encoder_clear_fields(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int plan_field(FieldPlan *f, PyObject *spec, Py_ssize_t i)
+{
+    PyObject *attr, *name, *prefix, *extra, *json_name;
+    int kind, nullable;
+    long long lo, hi;
+    if (!PyTuple_Check(spec) || !PyArg_ParseTuple(spec, "UUSipLLOS", &attr, &name, &prefix,
+                                                  &kind, &nullable, &lo, &hi, &extra,
+                                                  &json_name)) {
+        if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "field plan %zd must be (attr: str, name: str, "
+                         "prefix: bytes, kind: int, nullable: bool, lo: int, hi: int, extra, "
+                         "json_name: bytes)", i);
+        }
+        return -1;
+    }
+    if (kind < 0 || kind > K_LAST) {
+        PyErr_Format(PyExc_ValueError, "field plan %zd: kind %d is not a known kind", i, kind);
+        return -1;
+    }
+    if ((kind == K_PY && !PyCallable_Check(extra))
+            || ((kind == K_ENUM || kind == K_UUID || kind == K_DECIMAL) && !PyType_Check(extra))) {
+        PyErr_Format(PyExc_TypeError, "field plan %zd: extra does not fit kind %d", i, kind);
+        return -1;
+    }
+    Py_INCREF(attr);
+    PyUnicode_InternInPlace(&attr);
+    f->attr = attr;
+    Py_INCREF(name); f->name = name;
+    Py_INCREF(prefix); f->prefix = prefix;
+    Py_INCREF(json_name); f->json_name = json_name;
+    Py_INCREF(extra); f->extra = extra;
+    f->kind = kind; f->nullable = nullable; f->lo = lo; f->hi = hi;
+    return 0;
+}
+
+static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"cls", "fields", "key_indexes", "fallback", NULL};
+    PyObject *cls, *fields, *key_indexes, *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O:Encoder", kwlist, &cls,
+                                     &PyTuple_Type, &fields, &PyTuple_Type, &key_indexes,
+                                     &fallback))
+        return -1;
+    if (!PyType_Check(cls) || !PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "Encoder(cls: type, fields, key_indexes, fallback: callable)");
+        return -1;
+    }
+    if (self->fields) {
+        PyErr_SetString(PyExc_TypeError, "Encoder is initialized once");
+        return -1;
+    }
+    Py_ssize_t nf = PyTuple_GET_SIZE(fields), nk = PyTuple_GET_SIZE(key_indexes);
+    if (nf == 0 || nk == 0) {
+        PyErr_SetString(PyExc_ValueError, "Encoder needs at least one field and one key index");
+        return -1;
+    }
+    self->fields = PyMem_Calloc((size_t)nf, sizeof(FieldPlan));
+    self->keys = PyMem_Calloc((size_t)nk, sizeof(Py_ssize_t));
+    if (!self->fields || !self->keys) { encoder_clear_fields(self); PyErr_NoMemory(); return -1; }
+    self->nfields = nf;
+    self->nkeys = nk;
+    for (Py_ssize_t i = 0; i < nf; i++)
+        if (plan_field(&self->fields[i], PyTuple_GET_ITEM(fields, i), i) < 0) {
+            encoder_clear_fields(self);
+            return -1;
+        }
+    for (Py_ssize_t k = 0; k < nk; k++) {
+        Py_ssize_t x = PyLong_AsSsize_t(PyTuple_GET_ITEM(key_indexes, k));
+        if (x == -1 && PyErr_Occurred()) { encoder_clear_fields(self); return -1; }
+        if (x < 0 || x >= nf || self->fields[x].nullable) {
+            encoder_clear_fields(self);
+            PyErr_Format(PyExc_ValueError, "key index %zd is not a non-nullable field", x);
+            return -1;
+        }
+        self->keys[k] = x;
+    }
+    PyObject *tmpl = PyDict_New();
+    if (!tmpl) { encoder_clear_fields(self); return -1; }
+    for (Py_ssize_t i = 0; i < nf; i++)
+        if (PyDict_SetItem(tmpl, self->fields[i].name, Py_None) < 0) {
+            Py_DECREF(tmpl);
+            encoder_clear_fields(self);
+            return -1;
+        }
+    Py_INCREF(cls); self->cls = cls;
+    Py_INCREF(fallback); self->fallback = fallback;
+    Py_INCREF(key_indexes); self->key_indexes = key_indexes;
+    self->wire_template = tmpl;
+    self->vectorcall = encoder_call;
+    return 0;
+}
+
+static PyObject *encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Encoder *self = (Encoder *)type->tp_alloc(type, 0);
+    if (self) self->vectorcall = encoder_call;
+    return (PyObject *)self;
+}
+
+static PyObject *encoder_repr(Encoder *self)
+{
+    if (!self->cls) return PyUnicode_FromString("<kvfast C encoder (uninitialized)>");
+    return PyUnicode_FromFormat("<kvfast C encoder %s, %zd fields>",
+                                ((PyTypeObject *)self->cls)->tp_name, self->nfields);
+}
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvfast._speedups.Encoder",
+    .tp_doc = "Encoder(cls, fields, key_indexes, fallback): obj -> Encoded, in C "
+              "(see kvfast/cencoders.py for the plan).",
+    .tp_basicsize = sizeof(Encoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = encoder_new,
+    .tp_init = (initproc)encoder_init,
+    .tp_dealloc = (destructor)encoder_dealloc,
+    .tp_traverse = (traverseproc)encoder_traverse,
+    .tp_clear = (inquiry)encoder_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Encoder, vectorcall),
+    .tp_repr = (reprfunc)encoder_repr,
+};
+
+/* -- the framer: one record -> (partition, object key, HSET command, queue entry) --
+ *
+ * WriteBuilder.create_pieces's per-record framing (kvfast/producer.py), in C:
+ * the object key is the partition's prefix + the key's text, the partition is
+ * crc32(table NUL key) % partitions (ModelInfo.partition_of_bytes), the HSET
+ * is "*N $4 HSET $len objkey" + the encoder's fields [+ the write id pair], and
+ * the entry is head + wire key + ',"f":' + orjson.dumps(wire) [+ ,"i":"id"] +
+ * tail.  A key it does not frame (a tuple: composite keys; a key longer than
+ * PostgreSQL indexes, whose error Python words) comes back as (encoded,) for
+ * the Python framing to finish.
+ */
+
+static uint32_t CRC_TABLE[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        CRC_TABLE[i] = c;
+    }
+}
+
+/* zlib.crc32's running form: crc32(b, crc32(a)) == crc32(a + b) */
+static uint32_t crc_update(uint32_t crc, const unsigned char *s, Py_ssize_t n)
+{
+    crc = ~crc;
+    for (Py_ssize_t i = 0; i < n; i++) crc = CRC_TABLE[(crc ^ s[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    uint32_t crc_seed;
+    Py_ssize_t partitions, max_key;
+} Framer;
+
+static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames)
+{
+    Framer *self = (Framer *)self_;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "frame(obj, write_id=None)");
+        return NULL;
+    }
+    PyObject *obj = args[0];
+    PyObject *write_id = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
+    if (write_id && !PyBytes_Check(write_id)) {
+        PyErr_SetString(PyExc_TypeError, "frame(): write_id must be bytes or None");
+        return NULL;
+    }
+    PyObject *result = NULL, *enc = NULL, *key = NULL, *key_text = NULL, *wire_key = NULL;
+    PyObject *body = NULL, *obj_key = NULL, *command = NULL, *entry = NULL;
+    PyObject *fields = NULL, *wire = NULL;  /* borrowed from enc */
+    Py_ssize_t nfields = 0, fn = 0;
+    /* The C encoder's own objects skip the Encoded tuple: the fields go straight
+     * into the HSET and the slots straight into the entry's JSON. */
+    Encoder *ce = Py_TYPE(self->encode) == &EncoderType ? (Encoder *)self->encode : NULL;
+    Slot stack[STACK_SLOTS];
+    Slot *slots = NULL;
+    Py_ssize_t nslots = 0;
+    if (ce && ce->fields && ce->cls && (PyObject *)Py_TYPE(obj) == ce->cls) {
+        nslots = ce->nfields;
+        slots = nslots <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nslots, sizeof(Slot));
+        if (!slots) return PyErr_NoMemory();
+        if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nslots);
+        int rc = fill_slots(ce, obj, slots, &nfields, &fn);
+        if (rc < 0) goto done;
+        if (rc == 1) {
+            release_slots(slots, nslots);
+            if (slots != stack) PyMem_Free(slots);
+            slots = NULL;
+            enc = PyObject_CallOneArg(ce->fallback, obj);
+            if (!enc) goto done;
+        } else {
+            key = key_from_slots(ce, slots);
+            if (!key) goto done;
+        }
+    } else {
+        enc = PyObject_CallOneArg(self->encode, obj);
+        if (!enc) goto done;
+    }
+    if (!slots) {
+        if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4
+                || !PyBytes_CheckExact(fields = PyTuple_GET_ITEM(enc, 1))
+                || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))) {
+            PyErr_SetString(PyExc_TypeError,
+                            "frame(): the encoder must return (key, bytes, int, wire)");
+            goto done;
+        }
+        key = PyTuple_GET_ITEM(enc, 0);
+        Py_INCREF(key);
+        wire = PyTuple_GET_ITEM(enc, 3);
+        fn = PyBytes_GET_SIZE(fields);
+        nfields = PyLong_AsSsize_t(PyTuple_GET_ITEM(enc, 2));
+        if (nfields < 0 || nfields > PY_SSIZE_T_MAX / 4) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "frame(): bad field count");
+            goto done;
+        }
+    }
+    const char *kb;
+    Py_ssize_t kn;
+    char digits_buf[24];
+    if (PyLong_CheckExact(key)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(key, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            goto decline;
+        }
+        kn = put_ll(digits_buf, x);
+        kb = digits_buf;
+        wire_key = PyBytes_FromStringAndSize(kb, kn);  /* an int key's JSON is its digits */
+        if (!wire_key) goto done;
+    } else if (PyTuple_Check(key)) {
+        goto decline;
+    } else {
+        key_text = PyUnicode_CheckExact(key) ? (Py_INCREF(key), key) : PyObject_Str(key);
+        if (!key_text) goto done;
+        kb = PyUnicode_AsUTF8AndSize(key_text, &kn);
+        if (!kb) goto done;
+        if (kn > self->max_key) goto decline;
+        wire_key = PyObject_CallOneArg(self->dumps, key_text);
+        if (!wire_key) goto done;
+        if (!PyBytes_CheckExact(wire_key)) {
+            PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+            goto done;
+        }
+    }
+    uint32_t crc = crc_update(self->crc_seed, (const unsigned char *)kb, kn);
+    Py_ssize_t p = (Py_ssize_t)(crc % (uint32_t)self->partitions);
+    PyObject *prefix = PyTuple_GET_ITEM(self->prefixes, p);
+    Py_ssize_t pn = PyBytes_GET_SIZE(prefix), on = pn + kn;
+    obj_key = PyBytes_FromStringAndSize(NULL, on);
+    if (!obj_key) goto done;
+    memcpy(PyBytes_AS_STRING(obj_key), PyBytes_AS_STRING(prefix), (size_t)pn);
+    memcpy(PyBytes_AS_STRING(obj_key) + pn, kb, (size_t)kn);
+
+    Py_ssize_t wn = 0, wfn = 0;
+    Py_ssize_t argc = 2 + 2 * nfields;
+    if (write_id) {
+        argc += 2;
+        wn = PyBytes_GET_SIZE(write_id);
+        wfn = PyBytes_GET_SIZE(self->write_field);
+    }
+    Py_ssize_t cn = 1 + digits(argc) + 2 + 10 + 1 + digits(on) + 2 + on + 2 + fn;
+    if (write_id) cn += 1 + digits(wfn) + 2 + wfn + 2 + 1 + digits(wn) + 2 + wn + 2;
+    command = PyBytes_FromStringAndSize(NULL, cn);
+    if (!command) goto done;
+    char *o = PyBytes_AS_STRING(command);
+    *o++ = '*'; o += put_ll(o, argc);
+    memcpy(o, "\r\n$4\r\nHSET\r\n$", 13); o += 13;
+    o += put_ll(o, on); *o++ = '\r'; *o++ = '\n';
+    memcpy(o, PyBytes_AS_STRING(obj_key), (size_t)on); o += on;
+    *o++ = '\r'; *o++ = '\n';
+    if (slots) {
+        o = write_fields(ce, slots, o);
+    } else {
+        memcpy(o, PyBytes_AS_STRING(fields), (size_t)fn); o += fn;
+    }
+    if (write_id) {
+        *o++ = '$'; o += put_ll(o, wfn); *o++ = '\r'; *o++ = '\n';
+        memcpy(o, PyBytes_AS_STRING(self->write_field), (size_t)wfn); o += wfn;
+        *o++ = '\r'; *o++ = '\n';
+        *o++ = '$'; o += put_ll(o, wn); *o++ = '\r'; *o++ = '\n';
+        memcpy(o, PyBytes_AS_STRING(write_id), (size_t)wn); o += wn;
+        *o++ = '\r'; *o++ = '\n';
+    }
+    if (o != PyBytes_AS_STRING(command) + cn) {  /* the size arithmetic above, kept honest */
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: HSET size mismatch");
+        goto done;
+    }
+    body = slots ? json_from_slots(ce, slots, self->dumps) : PyObject_CallOneArg(self->dumps, wire);
+    if (!body) goto done;
+    if (!PyBytes_CheckExact(body)) {
+        PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+        goto done;
+    }
+    Py_ssize_t hn = PyBytes_GET_SIZE(self->head), sn = PyBytes_GET_SIZE(self->sep);
+    Py_ssize_t tn = PyBytes_GET_SIZE(self->tail), wkn = PyBytes_GET_SIZE(wire_key);
+    Py_ssize_t bn = PyBytes_GET_SIZE(body);
+    Py_ssize_t en = hn + wkn + sn + bn + tn + (write_id ? 6 + wn + 1 : 0);
+    entry = PyBytes_FromStringAndSize(NULL, en);
+    if (!entry) goto done;
+    o = PyBytes_AS_STRING(entry);
+    memcpy(o, PyBytes_AS_STRING(self->head), (size_t)hn); o += hn;
+    memcpy(o, PyBytes_AS_STRING(wire_key), (size_t)wkn); o += wkn;
+    memcpy(o, PyBytes_AS_STRING(self->sep), (size_t)sn); o += sn;
+    memcpy(o, PyBytes_AS_STRING(body), (size_t)bn); o += bn;
+    if (write_id) {  /* codec.mark */
+        memcpy(o, ",\"i\":\"", 6); o += 6;
+        memcpy(o, PyBytes_AS_STRING(write_id), (size_t)wn); o += wn;
+        *o++ = '"';
+    }
+    memcpy(o, PyBytes_AS_STRING(self->tail), (size_t)tn);
+    if (o + tn != PyBytes_AS_STRING(entry) + en) {
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: entry size mismatch");
+        goto done;
+    }
+    PyObject *pp = PyLong_FromSsize_t(p);
+    if (!pp) goto done;
+    result = PyTuple_Pack(4, pp, obj_key, command, entry);
+    Py_DECREF(pp);
+    goto done;
+
+decline:
+    if (slots) {
+        enc = encoded_from_slots(ce, slots, nfields, fn);
+        if (!enc) goto done;
+    }
+    result = PyTuple_Pack(1, enc);
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(key_text);
+    Py_XDECREF(wire_key);
+    Py_XDECREF(body);
+    Py_XDECREF(obj_key);
+    Py_XDECREF(command);
+    Py_XDECREF(entry);
+    Py_XDECREF(enc);
+    if (slots) {
+        release_slots(slots, nslots);
+        if (slots != stack) PyMem_Free(slots);
+    }
+    return result;
+}
+
+static int framer_traverse(Framer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->encode);
+    Py_VISIT(self->dumps);
+    return 0;
+}
+
+static int framer_clear(Framer *self)
+{
+    Py_CLEAR(self->encode); Py_CLEAR(self->prefixes); Py_CLEAR(self->head);
+    Py_CLEAR(self->sep); Py_CLEAR(self->tail); Py_CLEAR(self->dumps);
+    Py_CLEAR(self->write_field);
+    return 0;
+}
+
+static void framer_dealloc(Framer *self)
+{
+    PyObject_GC_UnTrack(self);
+    framer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FramerType;
+
+static PyObject *framer_vectorcall_guard(PyObject *self, PyObject *const *args, size_t nargsf,
+                                         PyObject *kwnames)
+{
+    if (!((Framer *)self)->encode) {
+        PyErr_SetString(PyExc_TypeError, "Framer not initialized");
+        return NULL;
+    }
+    return framer_call(self, args, nargsf, kwnames);
+}
+
+static int framer_init(Framer *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"encode", "crc_prefix", "partitions", "prefixes", "head", "sep",
+                             "tail", "dumps", "max_key", "write_field", NULL};
+    PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    Py_buffer crc_prefix;
+    Py_ssize_t partitions, max_key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy*nO!SSSOnS:Framer", kwlist, &encode,
+                                     &crc_prefix, &partitions, &PyTuple_Type, &prefixes, &head,
+                                     &sep, &tail, &dumps, &max_key, &write_field))
+        return -1;
+    uint32_t seed = crc_update(0, crc_prefix.buf, crc_prefix.len);
+    PyBuffer_Release(&crc_prefix);
+    if (partitions < 1 || partitions > 0xFFFFFFFF || PyTuple_GET_SIZE(prefixes) != partitions) {
+        PyErr_SetString(PyExc_ValueError, "Framer: partitions must be >= 1 and match prefixes");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < partitions; i++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(prefixes, i))) {
+            PyErr_SetString(PyExc_TypeError, "Framer: prefixes must be bytes");
+            return -1;
+        }
+    if (!PyCallable_Check(encode) || !PyCallable_Check(dumps) || max_key < 0) {
+        PyErr_SetString(PyExc_TypeError, "Framer: encode and dumps must be callable");
+        return -1;
+    }
+    if (self->encode) {
+        PyErr_SetString(PyExc_TypeError, "Framer is initialized once");
+        return -1;
+    }
+    Py_INCREF(encode); self->encode = encode;
+    Py_INCREF(prefixes); self->prefixes = prefixes;
+    Py_INCREF(head); self->head = head;
+    Py_INCREF(sep); self->sep = sep;
+    Py_INCREF(tail); self->tail = tail;
+    Py_INCREF(dumps); self->dumps = dumps;
+    Py_INCREF(write_field); self->write_field = write_field;
+    self->crc_seed = seed;
+    self->partitions = partitions;
+    self->max_key = max_key;
+    return 0;
+}
+
+static PyObject *framer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Framer *self = (Framer *)type->tp_alloc(type, 0);
+    if (self) self->vectorcall = framer_vectorcall_guard;
+    return (PyObject *)self;
+}
+
+static PyTypeObject FramerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kvfast._speedups.Framer",
+    .tp_doc = "Framer(encode, crc_prefix, partitions, prefixes, head, sep, tail, dumps, "
+              "max_key, write_field): obj[, write_id] -> (partition, object key, HSET, entry) "
+              "or (encoded,) for Python to frame.",
+    .tp_basicsize = sizeof(Framer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = framer_new,
+    .tp_init = (initproc)framer_init,
+    .tp_dealloc = (destructor)framer_dealloc,
+    .tp_traverse = (traverseproc)framer_traverse,
+    .tp_clear = (inquiry)framer_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Framer, vectorcall),
+};
+
+/* -- RESP commands: hiredis.pack_command for bytes and str arguments ------------
+ *
+ * hiredis's pack_command cost ~3,700 instructions per booking in a create batch
+ * (callgrind: the DEL of each piece's keys and the RPUSH of its entries), most
+ * of it per argument.  This writes the same bytes for arguments that are exact
+ * bytes or str (str as UTF-8); any other argument (ints, floats, a str with a
+ * lone surrogate...) hands the whole command to `fallback` (hiredis), so its
+ * result or its error is hiredis's own.
+ */
+static PyObject *pack_command(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "pack_command(fallback, args: tuple)");
+        return NULL;
+    }
+    PyObject *fallback = args[0], *cmd = args[1];
+    Py_ssize_t n = PyTuple_GET_SIZE(cmd), total = 1 + digits(n) + 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyTuple_GET_ITEM(cmd, i);
+        Py_ssize_t len;
+        if (PyBytes_CheckExact(a)) {
+            len = PyBytes_GET_SIZE(a);
+        } else if (PyUnicode_CheckExact(a)) {
+            if (!PyUnicode_AsUTF8AndSize(a, &len)) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return NULL;
+                PyErr_Clear();
+                return PyObject_CallOneArg(fallback, cmd);
+            }
+        } else {
+            return PyObject_CallOneArg(fallback, cmd);
+        }
+        total += 1 + digits(len) + 2 + len + 2;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    *o++ = '*'; o += put_ll(o, n); *o++ = '\r'; *o++ = '\n';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyTuple_GET_ITEM(cmd, i);
+        const char *p;
+        Py_ssize_t len;
+        if (PyBytes_CheckExact(a)) {
+            p = PyBytes_AS_STRING(a); len = PyBytes_GET_SIZE(a);
+        } else {
+            p = PyUnicode_AsUTF8AndSize(a, &len);  /* cached by the first pass */
+        }
+        *o++ = '$'; o += put_ll(o, len); *o++ = '\r'; *o++ = '\n';
+        memcpy(o, p, (size_t)len); o += len;
+        *o++ = '\r'; *o++ = '\n';
+    }
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"pack_command", (PyCFunction)(void (*)(void))pack_command, METH_FASTCALL,
+     "pack_command(fallback, args): hiredis.pack_command(args) for bytes/str arguments."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "kvfast._speedups",
+    "kvfast's C paths (see kvfast/impl.py for how they are chosen).", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    PyDateTime_IMPORT;
+    if (!PyDateTimeAPI) return NULL;
+    UTC = PyDateTime_TimeZone_UTC;
+    STR_INT = PyUnicode_InternFromString("int");
+    STR_VALUE = PyUnicode_InternFromString("value");
+    STR_NAN = PyUnicode_InternFromString("NaN");
+    STR_INF = PyUnicode_InternFromString("Infinity");
+    STR_NINF = PyUnicode_InternFromString("-Infinity");
+    if (!STR_INT || !STR_VALUE || !STR_NAN || !STR_INF || !STR_NINF) return NULL;
+    crc_init();
+    if (PyType_Ready(&EncoderType) < 0 || PyType_Ready(&FramerType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&EncoderType);
+    if (PyModule_AddObject(m, "Encoder", (PyObject *)&EncoderType) < 0) {
+        Py_DECREF(&EncoderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&FramerType);
+    if (PyModule_AddObject(m, "Framer", (PyObject *)&FramerType) < 0) {
+        Py_DECREF(&FramerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "K_INT", K_INT) < 0 || PyModule_AddIntConstant(m, "K_STR", K_STR) < 0
+        || PyModule_AddIntConstant(m, "K_BOOL", K_BOOL) < 0
+        || PyModule_AddIntConstant(m, "K_FLOAT", K_FLOAT) < 0
+        || PyModule_AddIntConstant(m, "K_DATETIME_UTC", K_DATETIME_UTC) < 0
+        || PyModule_AddIntConstant(m, "K_TIMESTAMP", K_TIMESTAMP) < 0
+        || PyModule_AddIntConstant(m, "K_DATE", K_DATE) < 0
+        || PyModule_AddIntConstant(m, "K_TIME", K_TIME) < 0
+        || PyModule_AddIntConstant(m, "K_DECIMAL", K_DECIMAL) < 0
+        || PyModule_AddIntConstant(m, "K_UUID", K_UUID) < 0
+        || PyModule_AddIntConstant(m, "K_BYTES", K_BYTES) < 0
+        || PyModule_AddIntConstant(m, "K_ENUM", K_ENUM) < 0
+        || PyModule_AddIntConstant(m, "K_PY", K_PY) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
