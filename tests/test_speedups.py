@@ -47,7 +47,17 @@ from kvfast.fieldtypes import (
 )
 from kvfast.pgtypes import IntervalType, PgEnumType, RealType, TimestampType, TimeType
 
-MODELS = (*ALL_MODELS, Typed)
+
+@kvfast.model(table="sp_pairs", key=("a", "b"))
+class SpPair:
+    """A composite key: the C encoder returns the tuple, the framing is Python's."""
+
+    a: int
+    b: str
+    note: str | None = None
+
+
+MODELS = (*ALL_MODELS, Typed, SpPair)
 INFOS = [kvfast.model_info(m) for m in MODELS]
 PY = {i.name: build_create_encoder(i) for i in INFOS}
 C = {i.name: build_c_create_encoder(i) for i in INFOS}
@@ -297,7 +307,8 @@ def test_every_common_type_is_encoded_in_c_not_handed_to_python() -> None:
 
     from kvfast.cencoders import field_plan
     plan = tuple(field_plan(info, f) for f in info.fields)
-    c = kvfast.impl.require_speedups().Encoder(info.cls, plan, (info.key_field.index,), counting)
+    key_indexes = tuple(f.index for f in info.key_fields)
+    c = kvfast.impl.require_speedups().Encoder(info.cls, plan, key_indexes, counting)
     obj = valid_everything(o_float=float("-inf"), o_str="x", o_datetime=dt.datetime(
         1, 1, 1, tzinfo=UTC))
     assert outcome(c, obj) == outcome(py, obj)
