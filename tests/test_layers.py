@@ -14,7 +14,7 @@ from pathlib import Path
 import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fieldtypes", "codegen"),
+    ("errors", "fieldtypes", "generated"),
     ("pgtypes", "containertypes"),              # declared column types (issue 10)
     ("columns",),                               # annotations → column types
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
