@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("columns",),                               # annotations → column types
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
-    ("encoders", "decoders", "schema", "demo"),
+    ("encoders", "decoders", "schema", "introspect", "demo"),  # introspect: pg_catalog → tables
     ("resp",),                                  # the Redis wire
     ("drivers", "meta"),                        # driver errors in, connect options
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
