@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("stats",),                                 # the supervisor: reports, status, health
     ("worker", "metrics"),                      # the drainer child; Prometheus + /healthz
     ("pool",),                                  # fork, signals, restart
-    ("supervisor", "deadletter", "loadgen"),    # command lines and tools
+    ("supervisor", "deadletter", "codegen", "loadgen"),  # command lines and tools
     ("__init__",),
 ]
 
