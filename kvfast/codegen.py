@@ -12,7 +12,8 @@ table stands (sqlacodegen does the same for SQLAlchemy):
 * field names = column names where those are identifiers Python accepts in a
   class body; otherwise a mapped name with ``kvfast.Column("original")``;
 * nullable columns ``T | None = None``; a constant default (``'new'``, ``0``,
-  ``false``, an enum label) becomes the field's default; other defaults (``now()``,
+  ``false``, an enum label, an empty array or JSON object) becomes the field's
+  default; other defaults (``now()``,
   sequences) do not: kvfast writes every column, so the field is required and a
   comment says why.  Fields with a default follow the required ones (dataclass
   order; kvfast names columns, so the order is free);
@@ -92,9 +93,11 @@ _SUPPORTED = (
     "of these (not of json, enums or unbounded varchar)")
 
 #: names the module binds: a field of that name would shadow it in the class body
-_MODULE_NAMES = frozenset({"dt", "enum", "kvfast", "Annotated", "Any", "Decimal", "UUID"})
+_MODULE_NAMES = frozenset(
+    {"dataclasses", "dt", "enum", "kvfast", "Annotated", "Any", "Decimal", "UUID"})
 #: the import line of each name a module may use, in isort order
 _IMPORTS = (
+    ("dataclasses", "import dataclasses"),
     ("dt", "import datetime as dt"),
     ("enum", "import enum"),
     ("Decimal", "from decimal import Decimal"),
@@ -243,6 +246,8 @@ def _field(module: _Module, name: str, col: PgColumn, in_key: bool) -> _Field:
     default, comment = None, None
     if col.default is not None and not in_key:
         default = _python_default(col.default, base, spec, enum_cls)
+        if default is not None and default.startswith("dataclasses."):
+            module.used.add("dataclasses")
         if default is None and not _is_null(col.default):
             comment = (f"PostgreSQL default {col.default}: kvfast writes every column, "
                        "so give a value")
@@ -309,6 +314,12 @@ def _python_default(expr: str, base: str, spec: str | None, enum_cls: _Enum | No
             if label == text:
                 return f"{enum_cls.cls}.{member}"
         return None
+    # An empty array or JSON object: a fresh one per instance (dataclasses refuse a
+    # shared mutable default).
+    if base.startswith("list[") and text == "{}":
+        return "dataclasses.field(default_factory=list)"
+    if base.startswith("dict[") and text == "{}":
+        return "dataclasses.field(default_factory=dict)"
     if base == "bool" and expr in ("true", "false"):
         return "True" if expr == "true" else "False"
     if text is None:

@@ -46,12 +46,12 @@ CREATE TABLE codegen_app.everything (
     at_time time,
     span interval,
     config json,
-    doc jsonb NOT NULL,
+    doc jsonb NOT NULL DEFAULT '{}'::jsonb,
     active boolean NOT NULL DEFAULT false,
     blob bytea,
     ref uuid,
     state codegen_app.ride_status NOT NULL DEFAULT 'on trip',
-    tags text[] NOT NULL,
+    tags text[] NOT NULL DEFAULT '{}',
     codes varchar(3)[],
     refs uuid[],
     nums integer[],
@@ -111,10 +111,13 @@ def test_every_column_type_generates_a_model_that_passes_the_check_and_round_tri
         ("NEW", "new"), ("ON_TRIP", "on trip"), ("DONE", "done"), ("V_2X", "2x")]
     defaults = module.Everything(
         id="k", small=1, free="", amount=Decimal(0), score=0.0,
-        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), doc={}, tags=[])
+        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert (defaults.counter, defaults.name, defaults.status, defaults.fare, defaults.active,
-            defaults.state, defaults.big) == (0, "it's", "new", Decimal("0.00"), False,
-                                              module.RideStatus.ON_TRIP, None)
+            defaults.state, defaults.big, defaults.tags, defaults.doc) == (
+        0, "it's", "new", Decimal("0.00"), False, module.RideStatus.ON_TRIP, None, [], {})
+    other = module.Everything(**{k: v for k, v in vars(defaults).items()
+                                 if k not in ("tags", "doc")})
+    assert other.tags is not defaults.tags and other.doc is not defaults.doc
     objects = [everything_value(module, 1), defaults]
     with kvfast.Client(settings) as client, Drainer(settings) as drainer:
         repo = kvfast.Repository(module.Everything, client=client)
