@@ -7,7 +7,7 @@ in bigint range, a str without NUL, an ISO datetime in UTC) and sends anything
 else through the full ``from_wire`` + ``check`` path, which raises DecodeError
 naming the field.  Values are re-checked because a queue may hold entries
 written by something other than kvfast's producer.  Compiled by
-``codegen.build_function``: tracebacks show the generated lines.
+``generated.build_function``: tracebacks show the generated lines.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kvfast.codegen import build_function
 from kvfast.errors import DecodeError
 from kvfast.fieldtypes import INT64_MAX, INT64_MIN, BoolType, DateTimeType, IntType, Reject, StrType
+from kvfast.generated import build_function
 
 if TYPE_CHECKING:
     from kvfast.model import FieldInfo, ModelInfo

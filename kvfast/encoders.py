@@ -13,7 +13,7 @@ took ~3.2 µs per booking HSET (ints go through a slow path in it), the template
 ~1.5 µs, and the producer only prepends the command header and the object key.
 The code is built from the model's field list only: field names are read as
 attributes (identifiers, as dataclasses require) and every other value is
-passed in as a constant, never as source text.  ``codegen.build_function``
+passed in as a constant, never as source text.  ``generated.build_function``
 compiles it, so a traceback shows the generated line and ``encode.__kvfast_source__``
 holds the whole source.
 """
@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from kvfast.codegen import build_function
 from kvfast.containertypes import JsonType
 from kvfast.errors import ValidationError
 from kvfast.fieldtypes import (
@@ -45,6 +44,7 @@ from kvfast.fieldtypes import (
     StrType,
     UUIDType,
 )
+from kvfast.generated import build_function
 
 if TYPE_CHECKING:
     from kvfast.model import ModelInfo

@@ -14,13 +14,13 @@ from pathlib import Path
 import kvfast
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fieldtypes", "codegen", "impl"),  # impl: C or Python (issue 12)
+    ("errors", "fieldtypes", "generated", "impl"),  # impl: C or Python (issue 12)
     ("pgtypes", "containertypes"),              # declared column types (issue 10)
     ("columns", "indexspec"),                   # annotations → column types; indexable fields
     ("options", "settings", "keys", "retry", "codec", "memory", "holds"),
     ("model",),
     ("pgindex",),                               # PostgreSQL indexes of indexed fields
-    ("encoders", "decoders", "schema", "demo"),
+    ("encoders", "decoders", "schema", "introspect", "demo"),  # introspect: pg_catalog → tables
     ("cencoders",),                             # the C encoder's plan (issue 12)
     ("resp",),                                  # the Redis wire
     ("drivers", "meta", "cluster"),             # driver errors in, connect options, slots
@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("stats",),                                 # the supervisor: reports, status, health
     ("worker", "metrics"),                      # the drainer child; Prometheus + /healthz
     ("pool",),                                  # fork, signals, restart
-    ("supervisor", "deadletter", "loadgen"),    # command lines and tools
+    ("supervisor", "deadletter", "codegen", "loadgen"),  # command lines and tools
     ("reindex",),                               # python -m kvfast.reindex
     ("__init__",),
 ]
