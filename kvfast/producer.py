@@ -88,7 +88,8 @@ def _piece(commands: list[bytes], piece_keys: list[bytes], records: int, *,
     head = [_MULTI] if opens else []
     if piece_keys:
         head.append(_pack(("DEL", *piece_keys)))
-    return Piece(b"".join(head) + b"".join(commands), len(head) + len(commands), records, ends)
+    head += commands  # one join: every byte of the piece is copied once here
+    return Piece(b"".join(head), len(head), records, ends)
 
 
 def _close_block(commands: list[bytes], entries: dict[int, list[bytes]], queues: list[str]) -> None:
@@ -206,44 +207,80 @@ class WriteBuilder:
         frame = None if index_prefixes is not None else framer_for(
             encode, self.info, partitions, prefixes, head, sep, tail, max_key, _WRITE_FIELD)
         write_id = None
-        for obj in objs:
+
+        def frame_py(key: Any, fields: bytes, nfields: int, wire: Any,
+                     write_id: bytes | None) -> tuple[int, bytes, bytes, bytes, bytes]:
+            """locate(), over bytes: the key is encoded once for the partition, the
+            object key and the entry -> (partition, key, object key, HSET, entry)."""
+            if type(key) is int:
+                key_b = b"%d" % key
+                wire_key = key_b
+            elif type(key) is tuple:  # a composite key (keys.key_string's rule)
+                key_b = key_string(key).encode()
+                if len(key_b) > max_key:
+                    self.info.check_key_size(key_b, key)
+                wire_key = dumps(key_wire(key))
+            else:
+                key_s = key if type(key) is str else str(key)  # UUID keys: their text
+                key_b = key_s.encode()
+                if len(key_b) > max_key:
+                    self.info.check_key_size(key_b, key)
+                wire_key = dumps(key_s)
+            p = partition_of(key_b, partitions)
+            obj_key = prefixes[p] + key_b
+            if write_id is not None:
+                command = _HSET % (4 + 2 * nfields, len(obj_key), obj_key,
+                                   fields + _bulk_pair(_WRITE_FIELD, write_id))
+                entry = head + wire_key + sep + dumps(wire) + codec.mark(write_id) + tail
+            else:
+                command = _HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields)
+                entry = head + wire_key + sep + dumps(wire) + tail
+            return p, key_b, obj_key, command, entry
+
+        if frame is not None:
+            # The C framer's loop frames and files whole runs of records (Framer.run
+            # in kvfast/_speedups.c: the loop below, in C); a record it declines (a
+            # tuple key, an over-long key) comes back as `rest` to be framed here.
+            run = frame.run  # type: ignore[attr-defined]
+            it = iter(objs)
+            run_prefix = id_prefix if ttl else None
+            while True:
+                want = _PIECE - in_piece
+                filed, serial, rest = run(it, want, run_prefix, serial, commands, piece_keys,
+                                          seen, entries)
+                in_piece += filed
+                if rest is not None:
+                    _, write_id, (encoded,) = rest
+                    key, fields, nfields, wire = encoded
+                    p, _, obj_key, command, entry = frame_py(key, fields, nfields, wire,
+                                                             write_id)
+                    if obj_key in seen:  # as below
+                        commands.append(_pack(("DEL", obj_key)))
+                    else:
+                        seen.add(obj_key)
+                        piece_keys.append(obj_key)
+                    commands.append(command)
+                    entries.setdefault(p, []).append(entry)
+                    in_piece += 1
+                elif filed < want:
+                    break  # the records ran out
+                if in_piece == _PIECE:
+                    yield _piece(commands, piece_keys, in_piece, opens=opens, ends=False)
+                    commands, piece_keys, seen = [], [], set()
+                    in_piece = 0
+                    opens = False
+            objs = ()
+        for obj in objs:  # the Python encoder's records
             if ttl:
                 # No EXPIRE here: the object gets its TTL when this write has
                 # drained (ack.lua), if the write id is still the one it left.
                 write_id = b"%b%x" % (id_prefix, serial)
                 serial += 1
-            if frame is not None and len(framed := frame(obj, write_id)) == 4:
-                p, obj_key, command, entry = framed
+            if index_prefixes is not None:
+                key, fields, nfields, wire, ivalues = encode(obj)
             else:
-                if index_prefixes is not None:
-                    key, fields, nfields, wire, ivalues = encode(obj)
-                else:
-                    key, fields, nfields, wire = encode(obj) if frame is None else framed[0]
-                # locate(), over bytes: the key is encoded once for the partition,
-                # the object key and the entry.
-                if type(key) is int:
-                    key_b = b"%d" % key
-                    wire_key = key_b
-                elif type(key) is tuple:  # a composite key (keys.key_string's rule)
-                    key_b = key_string(key).encode()
-                    if len(key_b) > max_key:
-                        self.info.check_key_size(key_b, key)
-                    wire_key = dumps(key_wire(key))
-                else:
-                    key_s = key if type(key) is str else str(key)  # UUID keys: their text
-                    key_b = key_s.encode()
-                    if len(key_b) > max_key:
-                        self.info.check_key_size(key_b, key)
-                    wire_key = dumps(key_s)
-                p = partition_of(key_b, partitions)
-                obj_key = prefixes[p] + key_b
-                if write_id is not None:
-                    command = _HSET % (4 + 2 * nfields, len(obj_key), obj_key,
-                                       fields + _bulk_pair(_WRITE_FIELD, write_id))
-                    entry = head + wire_key + sep + dumps(wire) + codec.mark(write_id) + tail
-                else:
-                    command = _HSET % (2 + 2 * nfields, len(obj_key), obj_key, fields)
-                    entry = head + wire_key + sep + dumps(wire) + tail
+                key, fields, nfields, wire = encode(obj)
+            p, key_b, obj_key, command, entry = frame_py(key, fields, nfields, wire, write_id)
             # create replaces the whole object (NULL = absent field, a pending
             # tombstone must go), like the upsert in PostgreSQL: each piece starts
             # with one DEL of all its keys; a key repeated inside the piece gets

@@ -277,7 +277,8 @@ def assert_same(name: str, obj: Any) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
-@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_the_c_encoder_matches_the_python_one_byte_for_byte(model: type, data: st.DataObject
                                                             ) -> None:
@@ -467,8 +468,8 @@ def _batch_outcome(builder: Any, objs: list[Any]) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
-@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.data_too_large])
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_a_create_batch_framed_in_c_is_the_python_batch_byte_for_byte(
         model: type, data: st.DataObject, monkeypatch_module: Any) -> None:
@@ -480,6 +481,48 @@ def test_a_create_batch_framed_in_c_is_the_python_batch_byte_for_byte(
     py, c = _builders(model)
     want, got = _batch_outcome(py, objs), _batch_outcome(c, objs)
     assert got == want
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@hsettings(max_examples=4, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_a_batch_of_many_pieces_framed_in_c_is_the_python_batch_byte_for_byte(
+        model: type, data: st.DataObject, monkeypatch_module: Any) -> None:
+    """Framer.run files whole pieces (250 records) in C: across piece boundaries,
+    with keys repeated inside a piece and across pieces, TTL write ids counting
+    up (Session), and tuple keys handed back to Python one by one (SpPair)."""
+    seeds = data.draw(st.lists(objects(model, max_bad=0), min_size=1, max_size=40))
+    rng = data.draw(st.randoms(use_true_random=False))
+    objs = [rng.choice(seeds) for _ in range(700)]
+    py, c = _builders(model)
+    want, got = _batch_outcome(py, objs), _batch_outcome(c, objs)
+    assert want[0] == "packed"
+    assert got == want
+    assert want[3] == 700
+
+
+def test_the_framer_loop_stops_at_its_limit_and_at_the_end() -> None:
+    from models import Account
+    info = kvfast.model_info(Account)
+    _, c = _builders(Account)
+    objs = [Account(name=f"n{i}", balance=decimal.Decimal(i), active=True) for i in range(5)]
+    from kvfast.cencoders import framer_for
+    frame = framer_for(c._encode, info, 2, [b"a:", b"b:"], b"{", b",", b"}", 2000, b"w")
+    assert frame is not None
+    it = iter([*objs, objs[0]])
+    commands: list[bytes] = []
+    keys: list[bytes] = []
+    seen: set[bytes] = set()
+    entries: dict[int, list[bytes]] = {}
+    assert frame.run(it, 4, b"ff", 9, commands, keys, seen, entries) == (4, 13, None)  # type: ignore[attr-defined]
+    assert len(commands) == 4 and len(keys) == 4 and sum(map(len, entries.values())) == 4
+    # the rest: one new key, then objs[0] again, which gets its own DEL first
+    assert frame.run(it, 4, None, 13, commands, keys, seen, entries) == (2, 13, None)  # type: ignore[attr-defined]
+    assert commands[-2].startswith(b"*2\r\n$3\r\nDEL\r\n") and len(keys) == 5
+    assert b"ff9" in commands[0] and b"ff" + b"c" in commands[3]
+    with pytest.raises(TypeError):
+        frame.run(it, 4, "not bytes", 0, commands, keys, seen, entries)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
