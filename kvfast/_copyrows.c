@@ -298,8 +298,12 @@ static int lit(const char **pp, const char *e, const char *word, Py_ssize_t n)
     return OK;
 }
 
-/* Skip one JSON value, checking it (what orjson would accept, or FALL). */
-static int skip_value(const char **pp, const char *e, int depth)
+/* Skip one JSON value, checking it (what orjson would accept, or FALL).
+ * ``strict``: a value nothing else reads (an unknown member): no exponents
+ * or long numbers, which orjson might refuse (a double's overflow).  A field's
+ * value is read again by its decoder (C's own checks, or orjson for R_PY),
+ * which refuses what it must: there the grammar is enough. */
+static int skip_value(const char **pp, const char *e, int depth, int strict)
 {
     const char *p = ws(*pp, e);
     if (p >= e || depth > 64) return FALL;
@@ -320,7 +324,7 @@ static int skip_value(const char **pp, const char *e, int depth)
             p = ws(p, e);
             if (p >= e || *p != ':') return FALL;
             p++;
-            if ((r = skip_value(&p, e, depth + 1)) != OK) return r;
+            if ((r = skip_value(&p, e, depth + 1, strict)) != OK) return r;
             p = ws(p, e);
             if (p < e && *p == ',') { p = ws(p + 1, e); continue; }
             if (p < e && *p == '}') { p++; break; }
@@ -332,7 +336,7 @@ static int skip_value(const char **pp, const char *e, int depth)
         p = ws(p + 1, e);
         if (p < e && *p == ']') { p++; r = OK; break; }
         for (;;) {
-            if ((r = skip_value(&p, e, depth + 1)) != OK) return r;
+            if ((r = skip_value(&p, e, depth + 1, strict)) != OK) return r;
             p = ws(p, e);
             if (p < e && *p == ',') { p++; continue; }
             if (p < e && *p == ']') { p++; break; }
@@ -346,7 +350,7 @@ static int skip_value(const char **pp, const char *e, int depth)
         r = scan_number(&p, e, &is_int);
         /* orjson reads a long integer as a float and refuses one that overflows
          * a double: no exponents, no long numbers, rather than decide which. */
-        if (r == OK && (p - start > 64 || (is_int ? p - start > 18
+        if (r == OK && strict && (p - start > 64 || (is_int ? p - start > 18
                                            : memchr(start, 'e', (size_t)(p - start))
                                              || memchr(start, 'E', (size_t)(p - start)))))
             return FALL;
@@ -665,7 +669,7 @@ static int scan_fields(const RowCodec *c, const char **pp, const char *e, Span *
         }
         if (i < 0 || spans[i].s) return FALL;
         const char *v = p;
-        int r = skip_value(&p, e, 1);
+        int r = skip_value(&p, e, 1, 0);
         if (r != OK) return r;
         spans[i].s = v;
         spans[i].e = p;
@@ -724,7 +728,7 @@ static PyObject *create_row(PyObject *module, PyObject *const *args, Py_ssize_t 
             else if (n == 1 && name[0] == 'f') into = &f;
             else if (n == 1 && name[0] == 'i') into = &i;
             if (into && into->s) Py_RETURN_NONE;  /* repeated: orjson keeps the last */
-            int r = skip_value(&p, e, 1);
+            int r = skip_value(&p, e, 1, into == NULL);
             if (r == ERR) return NULL;
             if (r != OK) Py_RETURN_NONE;
             if (into) { into->s = v; into->e = p; }
@@ -736,10 +740,21 @@ static PyObject *create_row(PyObject *module, PyObject *const *args, Py_ssize_t 
     }
     if (ws(p, e) != e || !have_v || !have_o || !have_t || !m.s || !k.s || !f.s) Py_RETURN_NONE;
 
+    /* the table name, unescaped (a table may be named anything) */
+    PyObject *tkey;
     const char *table;
     Py_ssize_t table_n;
-    if (plain_string(m.s, m.e, &table, &table_n) != OK) Py_RETURN_NONE;
-    PyObject *tkey = PyBytes_FromStringAndSize(table, table_n);
+    if (plain_string(m.s, m.e, &table, &table_n) == OK) {
+        tkey = PyBytes_FromStringAndSize(table, table_n);
+    } else {
+        Buf tb;
+        const char *tp = m.s;
+        buf_init(&tb);
+        int tr = *tp == '"' ? scan_string(&tp, m.e, &tb, NULL, NULL) : FALL;
+        tkey = tr == OK ? PyBytes_FromStringAndSize(tb.p, tb.len) : NULL;
+        buf_free(&tb);
+        if (tr == FALL) Py_RETURN_NONE;
+    }
     if (!tkey) return NULL;
     PyObject *codec_obj = PyDict_GetItemWithError(args[1], tkey);  /* borrowed */
     Py_DECREF(tkey);
