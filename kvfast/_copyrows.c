@@ -741,26 +741,42 @@ static PyObject *create_row(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (ws(p, e) != e || !have_v || !have_o || !have_t || !m.s || !k.s || !f.s) Py_RETURN_NONE;
 
     /* the table name, unescaped (a table may be named anything) */
-    PyObject *tkey;
+    PyObject *codec_obj = NULL;  /* borrowed */
     const char *table;
     Py_ssize_t table_n;
-    if (plain_string(m.s, m.e, &table, &table_n) == OK) {
-        tkey = PyBytes_FromStringAndSize(table, table_n);
+    if (plain_string(m.s, m.e, &table, &table_n) == OK && PyDict_GET_SIZE(args[1]) <= 16) {
+        /* a drainer runs a few models: comparing the names costs less than
+         * making and hashing a bytes key per entry (callgrind) */
+        Py_ssize_t pos = 0;
+        PyObject *name, *value;
+        while (PyDict_Next(args[1], &pos, &name, &value)) {
+            if (PyBytes_Check(name) && PyBytes_GET_SIZE(name) == table_n
+                && memcmp(PyBytes_AS_STRING(name), table, (size_t)table_n) == 0) {
+                codec_obj = value;
+                break;
+            }
+        }
+        if (!codec_obj) Py_RETURN_NONE;
     } else {
-        Buf tb;
-        const char *tp = m.s;
-        buf_init(&tb);
-        int tr = *tp == '"' ? scan_string(&tp, m.e, &tb, NULL, NULL) : FALL;
-        tkey = tr == OK ? PyBytes_FromStringAndSize(tb.p, tb.len) : NULL;
-        buf_free(&tb);
-        if (tr == FALL) Py_RETURN_NONE;
-    }
-    if (!tkey) return NULL;
-    PyObject *codec_obj = PyDict_GetItemWithError(args[1], tkey);  /* borrowed */
-    Py_DECREF(tkey);
-    if (!codec_obj) {
-        if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
+        PyObject *tkey;
+        if (plain_string(m.s, m.e, &table, &table_n) == OK) {
+            tkey = PyBytes_FromStringAndSize(table, table_n);
+        } else {
+            Buf tb;
+            const char *tp = m.s;
+            buf_init(&tb);
+            int tr = *tp == '"' ? scan_string(&tp, m.e, &tb, NULL, NULL) : FALL;
+            tkey = tr == OK ? PyBytes_FromStringAndSize(tb.p, tb.len) : NULL;
+            buf_free(&tb);
+            if (tr == FALL) Py_RETURN_NONE;
+        }
+        if (!tkey) return NULL;
+        codec_obj = PyDict_GetItemWithError(args[1], tkey);
+        Py_DECREF(tkey);
+        if (!codec_obj) {
+            if (PyErr_Occurred()) return NULL;
+            Py_RETURN_NONE;
+        }
     }
     if (!PyObject_TypeCheck(codec_obj, &RowCodecType)) {
         PyErr_SetString(PyExc_TypeError, "create_row: codecs must map to RowCodec");
