@@ -10,7 +10,7 @@ setup(
     ext_modules=[
         Extension(
             "kvfast._speedups",
-            sources=["kvfast/_speedups.c"],
+            sources=["kvfast/_speedups.c", "kvfast/_copyrows.c"],
             optional=True,
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
         )

@@ -1236,6 +1236,9 @@ static PyObject *pack_command(PyObject *module, PyObject *const *args, Py_ssize_
     return out;
 }
 
+/* kvfast/_copyrows.c: the drainer's create entry -> COPY row */
+int kv_copyrows_add(PyObject *m);
+
 static PyMethodDef module_methods[] = {
     {"pack_command", (PyCFunction)(void (*)(void))pack_command, METH_FASTCALL,
      "pack_command(fallback, args): hiredis.pack_command(args) for bytes/str arguments."},
@@ -1285,7 +1288,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         || PyModule_AddIntConstant(m, "K_UUID", K_UUID) < 0
         || PyModule_AddIntConstant(m, "K_BYTES", K_BYTES) < 0
         || PyModule_AddIntConstant(m, "K_ENUM", K_ENUM) < 0
-        || PyModule_AddIntConstant(m, "K_PY", K_PY) < 0) {
+        || PyModule_AddIntConstant(m, "K_PY", K_PY) < 0 || kv_copyrows_add(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvfast import codec
+from kvfast import codec, crows, impl
 from kvfast.decoders import build_row_decoder, decode_value
 from kvfast.errors import DecodeError
 from kvfast.fieldtypes import Reject
@@ -39,7 +39,8 @@ from kvfast.holds import MODEL, VERSION, Hold
 from kvfast.keys import key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, ModelInfo, get_model, model_version
 
-__all__ = ["DELETE", "UPDATE", "UPSERT", "Batch", "Hashes", "KeyOp", "ModelOps", "build_batch"]
+__all__ = ["DELETE", "UPDATE", "UPSERT", "Batch", "Hashes", "KeyOp", "ModelOps", "build_batch",
+           "python_row", "values_of"]
 
 #: (table, key string) → the key's object hash read after the claim ({} when absent)
 Hashes = Mapping[tuple[str, str], Mapping[bytes, bytes]]
@@ -61,6 +62,9 @@ class KeyOp:
     entries: list[bytes] = field(default_factory=list)
     #: models with a TTL: the write id the key's last write here left in its hash
     mark: str | None = None
+    #: an upsert decoded by C (kvfast.crows): ``row`` is its binary COPY row (bytes)
+    #: and this the create entry it came from (``python_row`` makes values of it)
+    origin: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -123,6 +127,40 @@ def _row_decoder(info: ModelInfo) -> Callable[[dict[str, Any]], list[Any]]:
     if cached is None or cached[0] is not info:
         cached = _row_decoders[id(info)] = (info, build_row_decoder(info))
     return cached[1]
+
+
+def python_row(info: ModelInfo, raw: bytes) -> list[Any]:
+    """The row (values in field order) the Python decoder makes of a create entry C
+    took (C takes only entries of this model version that decode: this cannot fail)."""
+    return _row_decoder(info)(codec.check(codec.parse(raw))[3])
+
+
+def values_of(info: ModelInfo, op: KeyOp) -> Any:
+    """An op's row as values: a C upsert's COPY bytes decoded the Python way."""
+    if type(op.row) is bytes:
+        assert op.origin is not None
+        op.row = python_row(info, op.origin)
+    return op.row
+
+
+#: kvfast._speedups.create_row when the C implementation is in use (kvfast.crows)
+_create_row = impl.speedups.create_row if impl.speedups is not None else None
+#: table name (bytes) → the C RowCodec of its registered model, for create_row
+_codecs: dict[bytes, Any] = {}
+_codec_of: dict[int, tuple[ModelInfo, Any]] = {}
+
+
+def _add_codec(info: ModelInfo) -> None:
+    """Let C decode ``info``'s creates from now on (when it can: ``crows.row_codec``)."""
+    cached = _codec_of.get(id(info))
+    if cached is None or cached[0] is not info:
+        cached = _codec_of[id(info)] = (info, crows.row_codec(info))
+    rc = cached[1]
+    table = info.table.encode("utf-8")
+    if rc is None:
+        _codecs.pop(table, None)
+    else:
+        _codecs[table] = rc
 
 
 def build_batch(parts: Iterable[tuple[int, Sequence[bytes]]],
@@ -206,7 +244,41 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes], hashes: Hashes | N
     entries_of = batch.entries_of
     #: keys set from their current hash by a resync: later entries are already in it
     settled: set[tuple[str, Any]] = set()
+    create_row = _create_row
     for raw in raw_entries:
+        # The C path: a create entry of a model C decodes, straight to its COPY row.
+        # Anything it does not take (None) goes the Python way below.
+        got = None if create_row is None else create_row(raw, _codecs)
+        if got is not None:
+            rc, key, crow, t_us, mark_id = got
+            cinfo: ModelInfo = rc.info
+            ctable = cinfo.table
+            mops = models.get(ctable)
+            if mops is None or mops.info is cinfo:
+                if mops is None and get_model(ctable) is not cinfo:
+                    # another model registered for the table since: Python decides
+                    _codecs.pop(ctable.encode("utf-8"), None)
+                else:
+                    seen = entries_of.get((p, ctable))
+                    if seen is None:
+                        entries_of[(p, ctable)] = [raw]
+                    else:
+                        seen.append(raw)
+                    if held and (p, ctable) in held:
+                        held[(p, ctable)][1].append(raw)  # behind an entry that waits
+                        continue
+                    if mops is None:
+                        mops = models[ctable] = ModelOps(cinfo)
+                    write_times.append(t_us)
+                    op = mops.ops.get(key)
+                    if op is None:
+                        mops.ops[key] = KeyOp(UPSERT, key, crow, p, [raw], mark_id, raw)
+                    elif settled and (ctable, key) in settled:
+                        op.entries.append(raw)
+                    else:
+                        op.kind, op.row, op.mark, op.origin = UPSERT, crow, mark_id, raw
+                        op.entries.append(raw)
+                    continue
         table = None
         try:
             obj = codec.parse(raw)
@@ -226,6 +298,8 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes], hashes: Hashes | N
                     raise _Held(Hold.new(table, MODEL, (
                         f"no model registered for table {table!r} in this drainer")))
                 mops = ModelOps(info)
+                if create_row is not None:
+                    _add_codec(info)
             info = mops.info
             version = obj.get("mv")
             if (version is not None and op_kind != codec.OP_DELETE
@@ -276,8 +350,9 @@ def _fold(batch: Batch, p: int, raw_entries: Sequence[bytes], hashes: Hashes | N
                 dead.append((raw, "update of a key deleted earlier in the same batch", p))
             elif op.kind == UPSERT:
                 index = info.by_name
+                values = values_of(info, op)
                 for name, value in row.items():
-                    op.row[index[name].index] = value
+                    values[index[name].index] = value
                 op.entries.append(raw)
                 op.mark = mark_id
             else:

@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp, ModelOps
+from kvfast.batch import DELETE, UPDATE, UPSERT, Batch, KeyOp, ModelOps, values_of
 from kvfast.holds import TABLE
 from kvfast.model import ModelInfo
 from kvfast.schema import FENCE_TABLE, table_sql, type_sql
@@ -74,6 +74,11 @@ class StatementTimeout(Exception):
 # whole batch: with ~1% poison rows a 2,000-op batch has ~20 bad rows and
 # bisecting 45-op chunks costs far fewer statements than bisecting 2,000 ops.
 _CAREFUL_CHUNK = 45
+
+
+#: binary COPY's signature, flags (none) and header extension length (0); its end
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
 
 
 class RowValueError(psycopg.errors.DataError):
@@ -391,9 +396,27 @@ class Applier:
                 # entry that slipped through: isolate the row, never crash-loop.
                 raise RowValueError(f"cannot encode a row for COPY: {exc}") from exc
 
+    def _copy_rows(self, stmts: _Stmts, rows: list[bytes]) -> None:
+        """COPY whole binary rows (C-decoded upserts, kvfast.crows) into the stage.
+
+        In block mode psycopg sends the buffer as given: the header and the
+        trailer are ours (psycopg's ``BinaryFormatter`` adds them only to rows).
+        """
+        if stmts.dirty:
+            self.conn.execute(stmts.clear)
+        stmts.dirty = True
+        with self.conn.cursor().copy(stmts.copy(stmts.all_columns)) as copy:
+            copy.write(b"".join((_COPY_HEADER, *rows, _COPY_TRAILER)))
+
     def _upsert(self, stmts: _Stmts, ops: list[KeyOp]) -> DeadList:
-        # Upsert rows are already lists in field order (see batch.KeyOp).
-        self._copy(stmts, stmts.all_columns, [op.row for op in ops])
+        # Upsert rows are lists in field order, or the binary COPY rows C made of
+        # creates (see batch.KeyOp): all bytes go as one buffer, a mix as values.
+        rows = [op.row for op in ops]
+        if all(type(row) is bytes for row in rows):
+            self._copy_rows(stmts, rows)
+        else:
+            info = stmts.info
+            self._copy(stmts, stmts.all_columns, [values_of(info, op) for op in ops])
         self.conn.execute(stmts.upsert)
         return []
 

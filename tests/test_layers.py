@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("pgindex",),                               # PostgreSQL indexes of indexed fields
     ("encoders", "decoders", "schema", "introspect", "demo"),  # introspect: pg_catalog → tables
-    ("cencoders",),                             # the C encoder's plan (issue 12)
+    ("cencoders", "crows"),                     # the C encoder's and row decoder's plans (issue 12)
     ("resp",),                                  # the Redis wire
     ("drivers", "meta", "cluster"),             # driver errors in, connect options, slots
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
