@@ -132,7 +132,7 @@ class Client:
             return
         plain.close()
         node = cluster_client(self.settings)
-        self._topology = Topology(node, self.keys.tags)
+        self._topology = Topology(node, self.keys.tags, self.settings.cluster_retry_ms)
         # RedisCluster is not a redis.Redis subclass, but it has the same command
         # methods and pipeline(): everything kvfast calls on ``redis``.
         self._redis = cast(redis.Redis, node)

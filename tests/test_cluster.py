@@ -18,11 +18,13 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 import kvfast
 import kvfast.aio
 from kvfast import deadletter
+from kvfast.cluster import refresh_slot_map
 from kvfast.drainer import Drainer
 from kvfast.model import TOMBSTONE_FIELD
 
@@ -212,8 +214,12 @@ def test_wait_replicas_confirms_each_write_on_a_cluster(cluster_settings: kvfast
     assert "1 of the 2 replicas asked for" in str(err.value)
 
 
-def restart_cluster() -> None:
-    """Bring every node of the test cluster back (a killed master rejoins as a replica)."""
+def cluster_ready(rc: RedisCluster | None = None) -> None:
+    """Every node of the test cluster up, and ready for a failover: ``tools/services up
+    cluster`` restarts a killed node (it rejoins as a replica) and returns once the
+    cluster is ok, every slot served and every replica's link up (its full sync
+    done).  A master killed while its replica still syncs is not failed over: its
+    slots would stay down and every write to them retry for cluster_retry_ms."""
     import subprocess
     from pathlib import Path
 
@@ -221,6 +227,12 @@ def restart_cluster() -> None:
     out = subprocess.run([str(services), "up", "cluster"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+    if rc is not None:
+        refresh_slot_map(rc)
+
+
+def node_pid(node: redis.Redis) -> int:
+    return int(node.info("server")["process_id"])
 
 
 @pytest.mark.slow
@@ -229,10 +241,11 @@ def test_a_master_killed_under_load_loses_no_write_that_returned(
     """kill -9 of a master while a producer writes with wait_replicas=1: its replica
     takes over (cluster-node-timeout 2 s); every write that returned is in
     PostgreSQL at the end, with its last returned value."""
+    cluster_ready(rc)
     waiting = dataclasses.replace(cluster_settings, wait_replicas=1, wait_timeout_ms=2000,
                                   redis_socket_timeout=1.0)
     victim = rc.get_primaries()[0]
-    pid = int(victim.redis_connection.info("server")["process_id"])
+    pid = node_pid(victim.redis_connection)
     returned: dict[int, int] = {}   # key -> the fare of its last write that returned
     failed = 0
     try:
@@ -260,10 +273,10 @@ def test_a_master_killed_under_load_loses_no_write_that_returned(
                 for ride in batch:
                     returned[ride.id] = round_no
             assert killed_at is not None
-        restart_cluster()
+        cluster_ready()
         drain(cluster_settings)
     finally:
-        restart_cluster()
+        cluster_ready()
     rows = dict(tables.execute("SELECT id, fare FROM cl_rides").fetchall())
     lost = {k: v for k, v in returned.items() if rows.get(k) is None}
     # A key whose later write did not return may hold that later value: never an older one.
@@ -271,6 +284,118 @@ def test_a_master_killed_under_load_loses_no_write_that_returned(
     assert not lost and not older, (len(lost), dict(list(older.items())[:5]), failed)
     print(f"rounds {round_no}, failed {failed}, keys {len(returned)}")
     assert round_no > 25  # the producer kept writing after the failover
+
+
+@pytest.mark.slow
+def test_without_wait_a_failover_loses_at_most_the_last_moment_of_writes(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    """The loss window without ``wait_replicas``, measured: kill -9 of a master while a
+    producer creates new keys (every write a key of its own, so a lost one is an
+    absent row); once its replica has taken over, the producer keeps writing
+    until a deadline.  Replication is asynchronous, so writes the master
+    acknowledged in its last moments may be lost: none acknowledged more than
+    1 s before the kill may be, nor any after it."""
+    cluster_ready(rc)
+    quick = dataclasses.replace(cluster_settings, redis_socket_timeout=1.0)
+    victim = rc.get_primaries()[0]
+    pid = node_pid(victim.redis_connection)
+    acked: dict[int, float] = {}  # key -> when the call that wrote it returned
+    failed = 0
+    next_key = 0
+    killed_at = recovered_at = None
+    try:
+        with kvfast.Repository(Ride, quick) as repo:
+            repo.get_by_id(0)  # the start-up check, before the kill
+            started = time.monotonic()
+            deadline = started + 90  # a bound on the test only; it normally ends in ~10 s
+            while time.monotonic() < deadline:
+                if killed_at is None and time.monotonic() - started > 2:
+                    os.kill(pid, signal.SIGKILL)
+                    killed_at = time.monotonic()
+                batch = [Ride(k, "new") for k in range(next_key, next_key + 64)]
+                next_key += 64
+                try:
+                    repo.create_many(batch)
+                    written = [ride.id for ride in batch]
+                except kvfast.PartialWrite as exc:
+                    written = list(exc.written_keys)
+                except kvfast.RedisUnavailable:
+                    written = []
+                now = time.monotonic()
+                if len(written) < len(batch):
+                    failed += 1
+                for k in written:
+                    acked[k] = now
+                if killed_at is not None and recovered_at is None and len(written) == len(batch):
+                    recovered_at = now  # the replica took over: every node writes again
+                if recovered_at is not None and now - recovered_at > 2:
+                    break
+        assert killed_at is not None and recovered_at is not None, "no failover before the deadline"
+        cluster_ready(rc)
+        drain(cluster_settings)
+    finally:
+        cluster_ready()
+    stored = {row[0] for row in tables.execute("SELECT id FROM cl_rides").fetchall()}
+    lost = {k: killed_at - t for k, t in acked.items() if k not in stored}  # age at the kill
+    before = [k for k, t in acked.items() if t <= killed_at]
+    last_second = [k for k, t in acked.items() if killed_at - 1 < t <= killed_at]
+    print(f"\nloss window without WAIT: {len(acked)} writes acknowledged ({len(before)} before "
+          f"the kill), {failed} calls not (fully) written, failover in "
+          f"{recovered_at - killed_at:.1f} s; lost {len(lost)}"
+          + (f", acknowledged {min(lost.values()):.3f}-{max(lost.values()):.3f} s before the kill"
+             if lost else ""))
+    assert len(acked) > len(before) > 0  # writes acknowledged before and after the failover
+    # only writes of the last moment before the kill, never older, never later
+    assert all(0 <= age <= 1.0 for age in lost.values()), sorted(lost.values())[-5:]
+    assert len(lost) <= len(last_second)
+
+
+def test_a_slot_down_for_good_fails_within_the_retry_budget(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    """A master killed while its replica is stopped (no failover possible): a write to
+    its slots stops re-sending once ``cluster_retry_ms`` is spent, with
+    ``PartialWrite`` (the other nodes' keys written, the dead node's not: its
+    connections were refused, nothing was sent) or, once the cluster itself
+    says CLUSTERDOWN, ``RedisUnavailable``; either says how many attempts were made."""
+    import re
+
+    cluster_ready(rc)
+    victim = rc.get_primaries()[0]
+    replica_port = int(victim.redis_connection.info("replication")["slave0"]["port"])
+    with redis.Redis(port=replica_port) as replica:
+        replica_pid = node_pid(replica)
+    pid = node_pid(victim.redis_connection)
+    rides = [Ride(i, "new") for i in range(200)]
+    attempts: dict[int, list[int]] = {}
+    try:
+        with kvfast.Repository(Ride, cluster_settings) as repo:
+            repo.get_by_id(0)  # the start-up check, before the kill
+            on_victim = {r.id for r in rides if rc.nodes_manager.get_node_from_slot(
+                rc.keyslot(repo.producer.locate(r.id)[2])).name == victim.name}
+            assert 0 < len(on_victim) < len(rides)
+            os.kill(replica_pid, signal.SIGSTOP)
+            os.kill(pid, signal.SIGKILL)
+            # The first call finds the pooled connection to the killed node: its send
+            # went into the socket before the reset came, so its outcome is unknown.
+            repo.client.topology.retry_ms = 0  # type: ignore[union-attr]
+            with pytest.raises((kvfast.PartialWrite, kvfast.RedisUnavailable)):
+                repo.create_many(rides)
+            for budget in (0, 300):
+                repo.client.topology.retry_ms = budget  # type: ignore[union-attr]
+                with pytest.raises((kvfast.PartialWrite, kvfast.RedisUnavailable)) as err:
+                    repo.create_many(rides)
+                if isinstance(err.value, kvfast.PartialWrite):
+                    assert not err.value.unknown_keys  # refused connections: nothing sent
+                    assert set(err.value.written_keys) == {r.id for r in rides} - on_victim
+                attempts[budget] = [int(n) for n in re.findall(r"after (\d+) attempts",
+                                                               str(err.value))]
+                assert f"cluster_retry_ms={budget}" in str(err.value)
+    finally:
+        os.kill(replica_pid, signal.SIGCONT)  # it takes over; the killed node rejoins
+        cluster_ready()
+    # no retry without a budget; with 300 ms, the pauses 10+50+100 ms fit, 250 more do not
+    assert attempts[0] == [1], attempts
+    assert attempts[300] and all(2 <= n <= 4 for n in attempts[300]), attempts
 
 
 def test_find_on_a_cluster(cluster_settings: kvfast.Settings, rc: RedisCluster,
@@ -320,6 +445,7 @@ def test_slots_resharded_under_load_lose_and_reorder_nothing(
     without a restart; at the end PostgreSQL holds every key's last value."""
     import threading
 
+    cluster_ready(rc)
     masters = [n.name for n in rc.get_primaries()]
     src, dst = masters[0], masters[1]
     stop = threading.Event()
