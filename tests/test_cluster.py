@@ -160,13 +160,29 @@ def test_the_dead_letter_tool_counts_on_a_cluster(cluster_settings: kvfast.Setti
     assert "cl_rides" in capsys.readouterr().out
 
 
-def test_the_async_repository_says_it_does_not_run_on_a_cluster_yet(
-        cluster_settings: kvfast.Settings) -> None:
-    async def go() -> None:
-        await kvfast.aio.AsyncRepository.open(Ride, cluster_settings)
+def test_the_async_repository_on_a_cluster(cluster_settings: kvfast.Settings,
+                                           rc: RedisCluster, tables: Conn) -> None:
+    """kvfast.aio routes as the sync client does: writes split by partition to every
+    master, reads and updates by slot, find merged with PostgreSQL; then the drain."""
+    async def go() -> tuple[list[Ride | None], list[int]]:
+        async with await kvfast.aio.AsyncRepository.open(Ride, cluster_settings) as repo:
+            assert await repo.create_many([Ride(i, "new", fare=i) for i in range(300)]) == 300
+            await repo.update_many({i: {"status": "on trip"} for i in range(0, 300, 7)})
+            assert await repo.delete_many(list(range(0, 300, 11))) == 28
+            got = await repo.get_many(range(301))
+        async with await kvfast.aio.AsyncRepository.open(Trip, cluster_settings) as trips:
+            await trips.create_many([Trip(i, f"r{i % 3}") for i in range(30)])
+            found = [t.id for t in await trips.find(rider="r1")]
+        return got, found
 
-    with pytest.raises(kvfast.ConfigError, match=r"Redis Cluster node: kvfast\.aio runs on one"):
-        asyncio.run(go())
+    got, found = kvfast.aio.run(go())
+    assert all(n > 0 for n in keys_per_master(rc).values()), keys_per_master(rc)
+    want = {i: Ride(i, "on trip" if i % 7 == 0 else "new", fare=i) for i in range(300) if i % 11}
+    assert {o.id: o for o in got if o is not None} == want and got[300] is None
+    assert found == list(range(1, 30, 3))
+    drain(cluster_settings)
+    rows = tables.execute("SELECT id, status, fare FROM cl_rides ORDER BY id").fetchall()
+    assert [Ride(*row) for row in rows] == [want[k] for k in sorted(want)]
 
 
 def test_a_node_that_stops_answering_gives_a_partial_write(
@@ -198,6 +214,40 @@ def test_a_node_that_stops_answering_gives_a_partial_write(
     assert written <= stored  # and the unknown ones: whatever the stopped node applied
 
 
+def test_a_node_that_stops_answering_gives_a_partial_write_on_aio(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    """The same with kvfast.aio: the stopped node's blocks time out on its connection,
+    the other nodes' connections answer; ``PartialWrite`` names both sets."""
+    quick = dataclasses.replace(cluster_settings, redis_socket_timeout=0.5)
+    victim = rc.get_primaries()[0]
+    pid = node_pid(victim.redis_connection)
+    rides = [Ride(i, "new") for i in range(300)]
+
+    async def go() -> kvfast.PartialWrite:
+        async with await kvfast.aio.AsyncRepository.open(Ride, quick) as repo:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(kvfast.PartialWrite) as err:
+                    await repo.create_many(rides)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(0.2)
+            # the broken connection is replaced: the node answers again
+            assert await repo.create_many([Ride(1000, "after")]) == 1
+            written = sorted(err.value.written_keys)
+            assert all(o is not None for o in await repo.get_many(written))
+            return err.value
+
+    err = kvfast.aio.run(go())
+    written, unknown = set(err.written_keys), set(err.unknown_keys)
+    assert written and unknown and not written & unknown
+    assert written | unknown == set(range(300))
+    assert f"{len(written)} of 300 keys were written" in str(err)
+    drain(cluster_settings)
+    stored = {r[0] for r in tables.execute("SELECT id FROM cl_rides").fetchall()}
+    assert written | {1000} <= stored
+
+
 # -- WAIT: a write that returned survives a failover ---------------------------------------
 
 def test_wait_replicas_confirms_each_write_on_a_cluster(cluster_settings: kvfast.Settings,
@@ -212,6 +262,28 @@ def test_wait_replicas_confirms_each_write_on_a_cluster(cluster_settings: kvfast
         repo.create_many([Ride(i, "two") for i in range(10)])  # only one replica each
     assert sorted(err.value.keys) == list(range(10))
     assert "1 of the 2 replicas asked for" in str(err.value)
+
+
+def test_wait_replicas_on_aio_on_a_cluster(cluster_settings: kvfast.Settings,
+                                           tables: Conn) -> None:
+    waiting = dataclasses.replace(cluster_settings, wait_replicas=1, wait_timeout_ms=2000)
+    too_many = dataclasses.replace(waiting, wait_replicas=2, wait_timeout_ms=50)
+
+    async def go() -> None:
+        async with await kvfast.aio.AsyncRepository.open(Ride, waiting) as repo:
+            assert await repo.create_many([Ride(i, "new") for i in range(100)]) == 100
+            await repo.update_many({i: {"status": "x"} for i in range(0, 100, 2)})
+            assert await repo.delete_many([1, 3]) == 2
+        async with await kvfast.aio.AsyncRepository.open(Ride, too_many) as repo:
+            with pytest.raises(kvfast.NotReplicated) as err:
+                await repo.create_many([Ride(i, "two") for i in range(10)])
+            assert sorted(err.value.keys) == list(range(10))
+            with pytest.raises(kvfast.NotReplicated) as err:
+                await repo.update(4, status="y")
+            assert err.value.keys == [4]
+            assert "1 of the 2 replicas asked for" in str(err.value)
+
+    kvfast.aio.run(go())
 
 
 def cluster_ready(rc: RedisCluster | None = None) -> None:
