@@ -160,6 +160,93 @@ def test_the_dead_letter_tool_counts_on_a_cluster(cluster_settings: kvfast.Setti
     assert "cl_rides" in capsys.readouterr().out
 
 
+def _metrics(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        body = resp.read().decode()
+    return {name: float(value) for line in body.splitlines() if line and line[0] != "#"
+            for name, value in [line.rsplit(" ", 1)]}
+
+
+def _health(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_supervisor_reports_a_cluster_backlog(cluster_settings: kvfast.Settings,
+                                                  rc: RedisCluster, tables: Conn) -> None:
+    """The status line, /metrics and /healthz of a supervisor on a cluster count every
+    master's queues, in-flight batches and dead letters: with the table locked
+    the queue depth equals what the test counts on every node; once it is
+    released, everything is drained but the row PostgreSQL refuses."""
+    import socket
+
+    from drainprocs import start_supervisor
+
+    tables.execute("ALTER TABLE cl_rides ADD CONSTRAINT fare_ok CHECK (fare >= 0)")
+    with kvfast.Repository(Ride, cluster_settings) as repo:
+        repo.create_many([Ride(i, "new", fare=i) for i in range(2000)])
+        repo.create(Ride(5000, "bad", fare=-1))
+        queues = [repo.client.keys.queues[p] for p in range(cluster_settings.partitions)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def wait_for(check: Any, what: str) -> dict[str, float]:
+        deadline = time.monotonic() + 60
+        while True:  # a wait-loop guard, not a timing check
+            try:
+                got = _metrics(port)
+                if check(got):
+                    return got
+            except OSError:
+                got = {}
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: {got}\n{sup.output()[-3000:]}")
+            time.sleep(0.1)
+
+    assert cluster_settings.pg_dsn
+    with psycopg.connect(cluster_settings.pg_dsn) as locker:
+        locker.execute("LOCK TABLE cl_rides IN ACCESS EXCLUSIVE MODE")
+        with start_supervisor(cluster_settings, "--metrics-port", str(port),
+                              "--status-interval", "0.2", workers=2,
+                              models=("test_cluster",)) as sup:
+            # the drainers claim (partitions in flight) and block on the lock: the
+            # backlog stops moving, the metrics then say what every node holds
+            def settled(m: dict[str, float]) -> bool:
+                nonlocal queued
+                queued = sum(int(rc.llen(q)) for q in queues)  # on the node of each queue
+                return (m.get("kvfast_inflight_batches", 0) > 0
+                        and m.get("kvfast_queue_depth") == queued)
+
+            queued = -1
+            got = wait_for(settled, "queue depth as counted on the nodes")
+            assert 0 < queued < 2001 and got["kvfast_drainers_alive"] == 2
+            inflight = int(got["kvfast_inflight_batches"])
+            assert inflight == sum(int(rc.exists(repo.client.keys.inflight_meta[p]))
+                                   for p in range(cluster_settings.partitions))
+            assert _health(port) == (200, "ok: 2/2 drainers\n")
+            locker.rollback()  # the drainers go on
+            got = wait_for(lambda m: m.get("kvfast_rows_drained_total") == 2000
+                           and m.get("kvfast_dead_letters") == 1
+                           and m.get("kvfast_queue_depth") == 0
+                           and m.get("kvfast_inflight_batches") == 0, "all drained")
+            assert got["kvfast_dead_lettered_total"] == 1
+            sup.send(signal.SIGTERM)
+            assert sup.wait(60) == 0
+            out = sup.output()
+    assert f"queued {queued:,} | in flight {inflight}" in out, out[-3000:]
+    assert "dead letters 1" in out, out[-3000:]
+    assert tables.execute("SELECT count(*) FROM cl_rides").fetchone() == (2000,)
+
+
 def test_the_async_repository_on_a_cluster(cluster_settings: kvfast.Settings,
                                            rc: RedisCluster, tables: Conn) -> None:
     """kvfast.aio routes as the sync client does: writes split by partition to every
