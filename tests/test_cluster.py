@@ -683,3 +683,22 @@ def test_two_supervisors_share_one_cluster(cluster_settings: kvfast.Settings,
     assert tables.execute("SELECT count(*), sum(fare) FROM cl_rides").fetchone() == (
         6000, sum(range(6000)))
     assert len(shares) == 2 and sum(shares) == 6000, shares  # each reports its own share
+
+
+def test_the_demo_runs_on_a_cluster(cluster_settings: kvfast.Settings, tables: Conn) -> None:
+    """tools/demo.py (producers, a supervisor, the Redis/PostgreSQL comparison over every
+    master) against the cluster: everything drained, PostgreSQL equals Redis."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert cluster_settings.pg_dsn
+    demo = Path(__file__).resolve().parent.parent / "tools" / "demo.py"
+    env = dict(os.environ, KVFAST_REDIS_URL=cluster_settings.redis_url,
+               KVFAST_PG_DSN=cluster_settings.pg_dsn)
+    out = subprocess.run([sys.executable, str(demo), "--writes", "4000", "--producers", "1",
+                          "--workers", "2"], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "result              OK: PostgreSQL equals Redis" in out.stdout, out.stdout[-3000:]
+    assert "dead letters        0" in out.stdout
