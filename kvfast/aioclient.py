@@ -142,6 +142,8 @@ class AsyncConnection:
             # shield: a timeout must not cancel the future, which stays in _pending
             # until _fail hands every caller its error.
             replies = await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except WriteOutcomeUnknown:
+            raise  # the reader lost the connection: _fail said so already
         except (TimeoutError, OSError, ConnectionError) as exc:
             what = (f"no reply within the socket timeout ({self.timeout} s)"
                     if isinstance(exc, TimeoutError) else f"connection lost: {exc}")

@@ -509,6 +509,66 @@ def test_without_wait_a_failover_loses_at_most_the_last_moment_of_writes(
     assert len(lost) <= len(last_second)
 
 
+@pytest.mark.slow
+def test_aio_rides_out_a_master_killed_under_load(
+        cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
+    """kill -9 of a master while kvfast.aio writes new keys with wait_replicas=1: the
+    writes to its slots wait for the failover (refused connections re-sent, the
+    slot map re-read) and go on; every write that returned is in PostgreSQL.
+    (The promoted replica has no replica of its own until the killed node
+    rejoins: its writes are applied and raise ``NotReplicated``, not counted as
+    returned, but they show that the failover was followed.)"""
+    cluster_ready(rc)
+    waiting = dataclasses.replace(cluster_settings, wait_replicas=1, wait_timeout_ms=200,
+                                  redis_socket_timeout=1.0)
+    pid = node_pid(rc.get_primaries()[0].redis_connection)
+
+    async def go() -> tuple[set[int], int, bool]:
+        acked: set[int] = set()
+        failed = 0
+        killed = recovered = None
+        async with await kvfast.aio.AsyncRepository.open(Ride, waiting) as repo:
+            started = time.monotonic()
+            next_key = 0
+            while time.monotonic() < started + 90:  # a bound on the test only
+                if killed is None and time.monotonic() - started > 2:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = time.monotonic()
+                batch = [Ride(k, "new") for k in range(next_key, next_key + 64)]
+                next_key += 64
+                served = True  # every node applied its part (replicated or not)
+                try:
+                    await repo.create_many(batch)
+                    written = [ride.id for ride in batch]
+                except kvfast.NotReplicated as exc:
+                    written = [k for k in (r.id for r in batch) if k not in set(exc.keys)]
+                except kvfast.PartialWrite as exc:
+                    written, served = list(exc.written_keys), False
+                except kvfast.RedisUnavailable:
+                    written, served = [], False
+                if len(written) < len(batch):
+                    failed += 1
+                acked.update(written)
+                now = time.monotonic()
+                if killed is not None and recovered is None and served:
+                    recovered = now
+                if recovered is not None and now - recovered > 2:
+                    break
+        return acked, failed, recovered is not None
+
+    try:
+        acked, failed, recovered = kvfast.aio.run(go())
+        assert recovered, "no failover before the deadline"
+        cluster_ready(rc)
+        drain(cluster_settings)
+    finally:
+        cluster_ready()
+    stored = {row[0] for row in tables.execute("SELECT id FROM cl_rides").fetchall()}
+    print(f"\naio under failover: {len(acked)} writes returned, {failed} calls not (fully) "
+          f"written, {len(acked - stored)} lost")
+    assert acked and acked <= stored
+
+
 def test_a_slot_down_for_good_fails_within_the_retry_budget(
         cluster_settings: kvfast.Settings, rc: RedisCluster, tables: Conn) -> None:
     """A master killed while its replica is stopped (no failover possible): a write to
