@@ -9,7 +9,9 @@ Figures, each against its reference measured in the same run:
   throughput of three servers;
 * the busiest master's share of the 64 partitions for 3, 6 and 10 masters on
   equal slot ranges (target <= 1.05x its fair share), against the old ``{ns:p}``;
-* ``create`` p50 with ``KVFAST_WAIT_REPLICAS=1`` vs without, on the cluster.
+* ``create`` p50 with ``KVFAST_WAIT_REPLICAS=1`` vs without, on the cluster;
+* ``kvfast.aio`` ``create_many`` records/s on the cluster vs the sync producer on
+  the cluster (the same routing plan, one pipelined connection per node).
 
 The cluster is ``KVFAST_BENCH_CLUSTER_URL`` (default: the test cluster of
 ``tools/services up cluster``); without one these benchmarks skip.
@@ -76,6 +78,19 @@ def _produce(settings: kvfast.Settings, bookings: list[Booking]) -> float:
         return len(bookings) / (time.perf_counter() - t0)
 
 
+def _produce_aio(settings: kvfast.Settings, bookings: list[Booking]) -> float:
+    import kvfast.aio
+
+    async def go() -> float:
+        async with await kvfast.aio.AsyncRepository.open(Booking, settings) as repo:
+            t0 = time.perf_counter()
+            for i in range(0, len(bookings), BATCH):
+                await repo.create_many(bookings[i:i + BATCH])
+            return len(bookings) / (time.perf_counter() - t0)
+
+    return kvfast.aio.run(go())
+
+
 def _drain(settings: kvfast.Settings) -> float:
     drainer = Drainer(settings)
     try:
@@ -115,6 +130,8 @@ def test_cluster_producer_and_drain(benchmark: Any, cluster: RedisCluster) -> No
             stats[node.name] = {c: cmd[f"cmdstat_{c}"]["usec_per_call"]
                                 for c in KVFAST_COMMANDS if f"cmdstat_{c}" in cmd}
         out["cluster_drain"] = _drain(on_cluster)
+        _flush_cluster(cluster)
+        out["cluster_produce_aio"] = _produce_aio(on_cluster, bookings)
         return out
 
     result = benchmark.pedantic(one_round, rounds=1, iterations=1)
@@ -126,6 +143,9 @@ def test_cluster_producer_and_drain(benchmark: Any, cluster: RedisCluster) -> No
                      note="2 cores: three masters share them with the client"))
     add(_results.Row("cluster", "cluster: drain rows/s, 1 drainer, 3 masters", "rows/s",
                      result["cluster_drain"], result["single_drain"], "one Redis"))
+    add(_results.Row("cluster", "cluster: kvfast.aio create_many records/s, 3 masters",
+                     "records/s", result["cluster_produce_aio"], result["cluster_produce"],
+                     "sync create_many on the cluster"))
     for name, per in sorted(stats.items()):
         add(_results.Row("cluster", f"cluster: master {name} usec/call hset, rpush, exec",
                          "µs", per.get("hset"), None, "",

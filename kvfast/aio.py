@@ -6,23 +6,26 @@
 Batches are validated and packed by the same ``WriteBuilder`` as the sync
 producer (per-model RESP templates, one buffer per batch), and reads and updates
 follow the same plans (``kvfast.core``); this class performs their I/O on the
-pipelined connection of ``kvfast.aioclient``.  ``kvfast.aio.run`` runs a
-coroutine on uvloop when it is installed.
+pipelined connection of ``kvfast.aioclient`` (one per node on a Redis Cluster,
+routed by ``kvfast.cluster``'s plan, as the sync client).  ``kvfast.aio.run``
+runs a coroutine on uvloop when it is installed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from kvfast.aioclient import AsyncClient, AsyncConnection, run
+from kvfast.cluster import Unit
 from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, hash_of
 from kvfast.drivers import pg_errors
 from kvfast.errors import RedisFull
 from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
 from kvfast.model import model_info
-from kvfast.producer import WriteBuilder, gc_paused
+from kvfast.producer import Block, WriteBuilder, gc_paused
+from kvfast.replicas import check_wait, wait_command
 from kvfast.resp import check_replies, pack
 from kvfast.schema import rows_by_key, select_rows_params, select_rows_sql
 from kvfast.settings import Settings
@@ -63,28 +66,62 @@ class AsyncRepository(Generic[M]):
         await self.create_many((obj,))
 
     async def create_many(self, objs: Iterable[M]) -> int:
-        with gc_paused():  # only around the synchronous encoding, never across an await
-            request = self.builder.build_create(objs)
+        if self.client.topology is not None:
+            with gc_paused():  # only around the synchronous encoding, never across an await
+                blocks = self.builder.create_blocks(objs)
+            return await self._send_blocks(blocks)
+        items = list(objs) if self.client.settings.wait_replicas else objs
+        with gc_paused():
+            request = self.builder.build_create(items)
         if request.records:
-            await self._write(request.payload, request.nreplies)
+            await self._write(request.payload, request.nreplies, "create",
+                              lambda: [self.info.key_of(o) for o in items])
         return request.records
 
     async def delete(self, key: Any) -> None:
         await self.delete_many((key,))
 
     async def delete_many(self, keys: Iterable[Any]) -> int:
+        if self.client.topology is not None:
+            with gc_paused():
+                blocks = self.builder.delete_blocks(keys)
+            return await self._send_blocks(blocks)
+        keys = list(keys)
         with gc_paused():
             request = self.builder.build_delete(keys)
         if request.records:
-            await self._write(request.payload, request.nreplies)
+            await self._write(request.payload, request.nreplies, "delete", lambda: keys)
         return request.records
 
-    async def _write(self, payload: bytes, nreplies: int) -> None:
-        replies = await self.client.conn.execute(payload, nreplies)
+    async def _write(self, payload: bytes, nreplies: int, what: str,
+                     keys: Callable[[], list[Any]]) -> None:
+        """One batch on the one Redis, with ``WAIT`` at its end under ``wait_replicas``."""
+        settings = self.client.settings
+        wait = wait_command(settings)
+        replies = await self.client.execute(payload + wait, nreplies + bool(wait))
+        waited = replies.pop() if wait else None
         try:
             self.builder.check_block_replies(replies)
         except RedisFull as exc:
             raise await self.client.full(exc) from exc.__cause__
+        if wait:
+            check_wait(settings, waited, keys, f"{self.info.name} {what}")
+
+    async def _send_blocks(self, blocks: list[Block]) -> int:
+        """``Producer._send_blocks``, awaited: one MULTI per partition, each to its slot's
+        node, all at once; ``PartialWrite`` names the keys written when a node fails."""
+        client = self.client
+        topology = client.topology
+        assert topology is not None
+        need = client.settings.wait_replicas
+        results = await client.send_units(
+            self.builder.block_units(blocks, topology.partition_slots), bool(need))
+        outcome = self.builder.blocks_outcome(blocks, results, need)
+        if isinstance(outcome.first, RedisFull):
+            full = await client.full(outcome.first)
+            full.__cause__ = outcome.first.__cause__
+            outcome.first = full
+        return outcome.settle(client.settings, self.info.name)
 
     async def update(self, key: Any, **fields: Any) -> None:
         await self.update_many([(key, fields)])
@@ -116,21 +153,35 @@ class AsyncRepository(Generic[M]):
 
     async def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
-            return await self.client.eval_many(step.script, step.calls)
+            return await self.client.eval_many(step.script, step.calls, step.wait_keys)
         if isinstance(step, ReadHashes):
-            payload = b"".join(pack(("HGETALL", k)) for k in step.obj_keys)
-            replies = await self.client.conn.execute(payload, len(step.obj_keys))
+            commands = [pack(("HGETALL", k)) for k in step.obj_keys]
+            replies = await self._commands(commands, step.obj_keys)
             check_replies(replies, "HGETALL")
             return [hash_of(flat) for flat in replies]
         if isinstance(step, SelectWhere):
             return await self._select_where(step)
         if isinstance(step, Commands):
-            return await self.client.conn.execute(step.payload, step.nreplies)
+            return await self._commands(step.commands, step.route, step)
         if isinstance(step, Overlapped):
             return await asyncio.gather(
-                self.client.conn.execute(step.redis.payload, step.redis.nreplies),
+                self._commands(step.redis.commands, step.redis.route, step.redis),
                 self._select_where(step.select))
         return await self._select(step.keys)
+
+    async def _commands(self, commands: Sequence[bytes], route: Sequence[Any],
+                        packed: Commands | None = None) -> list[Any]:
+        """One reply per command: one payload on one Redis; on a cluster each command to
+        the node of its key's slot (``route``), all nodes at once."""
+        client = self.client
+        topology = client.topology
+        if topology is None:
+            if packed is not None:
+                return await client.execute(packed.payload, packed.nreplies)
+            return await client.execute(b"".join(commands), len(commands))
+        units = [Unit(topology.slot_of_key(key), command, 1)
+                 for command, key in zip(commands, route, strict=True)]
+        return [r[0] for r in await client.execute_units(units)]
 
     async def _select_where(self, step: SelectWhere) -> list[tuple[Any, ...]]:
         conn = await self.client.pg()

@@ -27,19 +27,18 @@ from kvfast import memory, meta
 from kvfast.cluster import Topology, Unit, is_cluster
 from kvfast.cluster import redirected as _redirected
 from kvfast.drivers import pg_connect_kwargs, pg_errors, redis_errors
-from kvfast.errors import KvfastError, NotReplicated, RedisFull, WriteOutcomeUnknown
+from kvfast.errors import KvfastError, RedisFull, WriteOutcomeUnknown
 from kvfast.holds import parse_holds
 from kvfast.keys import Keys
+from kvfast.replicas import check_wait, wait_command
 from kvfast.resp import (
     DISCARD,
-    REPLY_ERRORS,
     Piece,
-    pack,
     read_replies,
     reply_exception,
     unavailable_reply,
 )
-from kvfast.scripts import Call, EvalBatch, pack_eval
+from kvfast.scripts import Call, EvalBatch, SendUnits, routed_eval_plan
 from kvfast.settings import Settings, redact
 
 # pg_errors and redis_errors live in kvfast.drivers; they stay importable from here.
@@ -132,7 +131,7 @@ class Client:
             return
         plain.close()
         node = cluster_client(self.settings)
-        self._topology = Topology(node, self.keys.tags)
+        self._topology = Topology(node, self.keys.tags, self.settings.cluster_retry_ms)
         # RedisCluster is not a redis.Redis subclass, but it has the same command
         # methods and pipeline(): everything kvfast calls on ``redis``.
         self._redis = cast(redis.Redis, node)
@@ -336,7 +335,7 @@ class Client:
         try:
             if self.topology is not None:
                 self.check_partitions()  # as execute() does on one Redis
-                self._eval_routed(batch, tail, wait_keys or [])
+                self._eval_routed(batch, wait_keys)
                 return batch.results
             while True:
                 replies = self.execute(batch.payload() + tail, len(batch.pending) + bool(tail))
@@ -350,31 +349,22 @@ class Client:
             self.check_wait(waited, lambda: list(wait_keys or []), f"{script}.lua")
         return batch.results
 
-    def _eval_routed(self, batch: EvalBatch, tail: bytes, wait_keys: Sequence[Any]) -> None:
+    def _eval_routed(self, batch: EvalBatch, wait_keys: Sequence[Any] | None) -> None:
+        """``scripts.routed_eval_plan`` performed with blocking calls."""
         topology = self.topology
         assert topology is not None
-        short: list[Any] = []
-        while True:
-            pending = batch.pending
-            units = [Unit(topology.slot_of_key(batch.calls[i][0][0]),
-                          pack_eval(batch.name, *batch.calls[i]), 1) for i in pending]
-            results = self.execute_units(units, wait=bool(tail))
-            if tail:
-                for i, replies in zip(pending, results, strict=True):
-                    if not isinstance(replies[-1], int) or replies[-1] < (
-                            self.settings.wait_replicas):
-                        short.append((i, replies[-1]))
-            if not batch.take([replies[0] for replies in results]):
-                break
-            # A node without the script (restarted, or a replica just promoted):
-            # load it on every master, it is one small command each.
-            for pool in topology.primary_pools():
-                self._send([Piece(batch.load_command, 1, 0, False)], pool)
-        done = [(i, n) for i, n in short if i not in batch.pending]
-        if done:
-            self.check_wait(min(n for _, n in done) if all(isinstance(n, int) for _, n in done)
-                            else next(n for _, n in done if not isinstance(n, int)),
-                            lambda: [wait_keys[i] for i, _ in done], f"{batch.name}.lua")
+        plan = routed_eval_plan(batch, topology.slot_of_key, self.settings, wait_keys)
+        try:
+            step = next(plan)
+            while True:
+                if isinstance(step, SendUnits):
+                    step = plan.send(self.execute_units(step.units, step.wait))
+                    continue
+                for pool in topology.primary_pools():
+                    self._send([Piece(step.command, 1, 0, False)], pool)
+                step = plan.send(None)
+        except StopIteration:
+            pass
 
     def execute_units(self, units: Sequence[Unit], wait: bool = False) -> list[list[Any]]:
         """Each unit's replies (cluster only); the first failure is raised."""
@@ -397,23 +387,12 @@ class Client:
 
     @property
     def wait_command(self) -> bytes:
-        """``WAIT wait_replicas wait_timeout_ms``, or nothing without ``wait_replicas``.
-
-        It must ride on the connection that wrote (WAIT waits for that connection's
-        last write), so it is sent in the write's own payload."""
-        n = self.settings.wait_replicas
-        return pack(("WAIT", n, self.settings.wait_timeout_ms)) if n else b""
+        """``WAIT`` for ``wait_replicas`` (``kvfast.replicas``), or nothing."""
+        return wait_command(self.settings)
 
     def check_wait(self, reply: Any, keys: Callable[[], list[Any]], what: str) -> None:
         """``NotReplicated`` when ``reply`` (to ``wait_command``) counts too few replicas."""
-        if isinstance(reply, REPLY_ERRORS):
-            raise reply_exception(reply, "WAIT") from reply
-        need = self.settings.wait_replicas
-        if int(reply) < need:
-            raise NotReplicated(
-                f"{what}: written, but {int(reply)} of the {need} replicas asked for "
-                f"(wait_replicas) confirmed it within {self.settings.wait_timeout_ms} ms: a "
-                "failover now could lose it (write it again, or check the replicas)", keys())
+        check_wait(self.settings, reply, keys, what)
 
     def send_many(
         self, jobs: list[tuple[ConnectionPool, bytes, int]]

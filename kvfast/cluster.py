@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +32,13 @@ from redis.crc import key_slot
 from kvfast.errors import RedisUnavailable, WriteOutcomeUnknown
 from kvfast.resp import REPLY_ERRORS
 
-__all__ = ["REDIRECT_PREFIXES", "Topology", "Unit", "is_cluster", "redirected",
-           "refresh_slot_map"]
+__all__ = ["REDIRECT_PREFIXES", "Retry", "RoutePlan", "Routing", "SendJobs", "Topology", "Unit",
+           "is_cluster", "redirected", "refresh_slot_map", "route_plan"]
 
 #: replies that mean "not applied here, ask the slot map again"
 REDIRECT_PREFIXES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
-#: how often a redirected unit is sent again before the call gives up (a
-#: failover takes about cluster-node-timeout plus an election: seconds)
-_ATTEMPTS = 40
+#: the pause before each new attempt at a redirected or unreachable unit (then the
+#: last one again), until ``cluster_retry_ms`` is spent
 _PAUSE_S = (0.01, 0.05, 0.1, 0.25, 0.5)
 
 
@@ -91,26 +90,150 @@ class Unit:
     nreplies: int
 
 
+@dataclass(frozen=True, slots=True)
+class SendJobs:
+    """Send each payload to its node (``host:port``), all at once; send back one
+    result per job: its replies, or the exception that node's send raised
+    (``RedisUnavailable`` when nothing was sent, ``WriteOutcomeUnknown`` once it may
+    have been)."""
+
+    jobs: list[tuple[str, bytes, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Sleep ``pause_s``, then read the slot map again (a failure to read it is
+    ignored: the next attempt tells); send back None."""
+
+    pause_s: float
+
+
+RouteStep = SendJobs | Retry
+RoutePlan = Generator[RouteStep, Any, list[list[Any] | BaseException]]
+
+
+def route_plan(units: Sequence[Unit], node_of_slot: Callable[[int], str], tail: bytes,
+               retry_ms: int) -> RoutePlan:
+    """Every unit's replies, in order, one pipelined payload per node per round.
+
+    The routing of ``Client`` and ``AsyncClient`` (psycopg's shape, as in
+    ``kvfast.core``): this plan decides, the shell performs ``SendJobs`` and
+    ``Retry`` with blocking calls or awaited.  ``node_of_slot`` reads the
+    shell's current slot map (a ``Retry`` refreshes it).
+
+    A unit whose replies are a redirection is sent again after a refresh of the
+    slot map; a node that failed after the send (``WriteOutcomeUnknown``) gives
+    that exception for each of its units, so the caller can tell what was
+    written from what was not.  A node that refused the connection before
+    anything was sent is retried the same way, so a failover is ridden out.
+    Retries stop once the next pause would end past ``retry_ms`` after the first
+    send: the units still pending then get a ``RedisUnavailable`` that says how
+    many attempts were made (a master down and not failed over, its replica
+    down too, is not waited for forever).
+
+    ``tail`` (one command, e.g. ``WAIT``) ends each node's payload; its reply
+    is appended to the replies of every unit of that node.
+    """
+    extra = 1 if tail else 0
+    out: list[list[Any] | BaseException | None] = [None] * len(units)
+    last: dict[int, Any] = {}  # unit -> its last redirect reply or node error
+    pending = list(range(len(units)))
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        by_node: dict[str, list[int]] = {}
+        for i in pending:
+            by_node.setdefault(node_of_slot(units[i].slot), []).append(i)
+        groups = list(by_node.items())
+        results = yield SendJobs([
+            (node, b"".join([*(units[i].payload for i in idx), tail]),
+             sum(units[i].nreplies for i in idx) + extra)
+            for node, idx in groups])
+        again: list[int] = []
+        for (_, idx), result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException):
+                for i in idx:
+                    out[i] = result
+                # Nothing was sent (the node refused the connection: it died
+                # and its replica is taking over): safe to send again.
+                if not isinstance(result, WriteOutcomeUnknown):
+                    again += idx
+                    last.update(dict.fromkeys(idx, result))
+                continue
+            at = 0
+            for i in idx:
+                n = units[i].nreplies
+                replies = result[at:at + n]
+                at += n
+                if extra:
+                    replies.append(result[-1])
+                if redirected(replies):
+                    again.append(i)
+                    last[i] = next((r for r in replies if isinstance(r, REPLY_ERRORS)), None)
+                else:
+                    out[i] = replies
+        if not again:
+            break
+        pause = _PAUSE_S[min(attempt - 1, len(_PAUSE_S) - 1)]
+        spent = time.monotonic() - started
+        if spent + pause > retry_ms / 1000:
+            for i in again:
+                exc = RedisUnavailable(
+                    f"Redis Cluster: slot {units[i].slot} still unreachable or redirected "
+                    f"after {attempt} attempts in {spent:.2f} s (cluster_retry_ms={retry_ms}: "
+                    f"a failover or a resharding that did not end in time): {last.get(i)}")
+                cause = last.get(i)
+                if isinstance(cause, BaseException):
+                    exc.__cause__ = cause
+                out[i] = exc
+            break
+        yield Retry(pause)
+        pending = again
+    assert all(r is not None for r in out)
+    return [r for r in out if r is not None]
+
+
 #: sends payloads to several nodes at once: ``[(pool, payload, nreplies)]`` →
 #: one reply list per payload, or the exception that node's send raised
 SendMany = Callable[[list[tuple[ConnectionPool, bytes, int]]], list[list[Any] | BaseException]]
 
 
-class Topology:
-    """The slot map of one cluster (kept by redis-py) and the partitions' slots."""
+class Routing:
+    """What the sync and the asyncio slot maps share: the partitions' slots."""
 
-    def __init__(self, cluster: RedisCluster, tags: Sequence[str]) -> None:
-        self.cluster = cluster
+    def __init__(self, tags: Sequence[str], retry_ms: int) -> None:
         #: the slot of each partition (every key of partition p has tag tags[p])
         self.partition_slots = [key_slot(tag.encode()) for tag in tags]
+        self.retry_ms = retry_ms
 
-    def pool_of_slot(self, slot: int) -> ConnectionPool:
-        node = self.cluster.nodes_manager.get_node_from_slot(slot)
-        conn = node.redis_connection
+    @staticmethod
+    def slot_of_key(key: str | bytes) -> int:
+        return key_slot(key.encode() if isinstance(key, str) else key)
+
+
+class Topology(Routing):
+    """The slot map of one cluster (kept by redis-py) and the partitions' slots."""
+
+    def __init__(self, cluster: RedisCluster, tags: Sequence[str],
+                 retry_ms: int = 20_000) -> None:
+        super().__init__(tags, retry_ms)
+        self.cluster = cluster
+
+    def node_of_slot(self, slot: int) -> str:
+        name: str = self.cluster.nodes_manager.get_node_from_slot(slot).name
+        return name
+
+    def pool_of_node(self, name: str) -> ConnectionPool:
+        node = self.cluster.nodes_manager.nodes_cache.get(name)
+        conn = None if node is None else node.redis_connection
         if conn is None:  # pragma: no cover - redis-py creates it with the node
-            raise RedisUnavailable(f"Redis Cluster: no connection to the node of slot {slot}")
+            raise RedisUnavailable(f"Redis Cluster: no connection to node {name}")
         pool: ConnectionPool = conn.connection_pool
         return pool
+
+    def pool_of_slot(self, slot: int) -> ConnectionPool:
+        return self.pool_of_node(self.node_of_slot(slot))
 
     def primary_pools(self) -> list[ConnectionPool]:
         """The connection pool of every master."""
@@ -118,70 +241,26 @@ class Topology:
         return [n.redis_connection.connection_pool for n in nodes
                 if n.redis_connection is not None]
 
-    def slot_of_key(self, key: str | bytes) -> int:
-        return key_slot(key.encode() if isinstance(key, str) else key)
-
     def refresh(self) -> None:
         """Re-read the slot map (after a redirection or a node failure)."""
         refresh_slot_map(self.cluster)
 
     def run(self, units: Sequence[Unit], send_many: SendMany,
             tail: bytes = b"") -> list[list[Any] | BaseException]:
-        """Every unit's replies, in order, one pipelined payload per node per round.
-
-        A unit whose replies are a redirection is sent again after a refresh of
-        the slot map; a node that failed (an exception) gives that exception for
-        each of its units, so the caller can tell what was written from what was
-        not.  A node that refused the connection before anything was sent is
-        retried the same way, so a failover is ridden out.
-
-        ``tail`` (one command, e.g. ``WAIT``) ends each node's payload; its reply
-        is appended to the replies of every unit of that node.
-        """
-        extra = 1 if tail else 0
-        out: list[list[Any] | BaseException | None] = [None] * len(units)
-        pending = list(range(len(units)))
-        for attempt in range(_ATTEMPTS):
-            by_pool: dict[int, tuple[ConnectionPool, list[int]]] = {}
-            for i in pending:
-                pool = self.pool_of_slot(units[i].slot)
-                by_pool.setdefault(id(pool), (pool, []))[1].append(i)
-            groups = list(by_pool.values())
-            results = send_many([
-                (pool, b"".join([*(units[i].payload for i in idx), tail]),
-                 sum(units[i].nreplies for i in idx) + extra)
-                for pool, idx in groups])
-            again: list[int] = []
-            for (_, idx), result in zip(groups, results, strict=True):
-                if isinstance(result, BaseException):
-                    for i in idx:
-                        out[i] = result
-                    # Nothing was sent (the node refused the connection: it died
-                    # and its replica is taking over): safe to send again.
-                    if not isinstance(result, WriteOutcomeUnknown):
-                        again += idx
+        """``route_plan`` performed with blocking calls (``send_many`` sends)."""
+        plan = route_plan(units, self.node_of_slot, tail, self.retry_ms)
+        try:
+            step = next(plan)
+            while True:
+                if isinstance(step, SendJobs):
+                    sent = send_many([(self.pool_of_node(node), payload, n)
+                                      for node, payload, n in step.jobs])
+                    step = plan.send(sent)
                     continue
-                at = 0
-                for i in idx:
-                    n = units[i].nreplies
-                    replies = result[at:at + n]
-                    at += n
-                    if extra:
-                        replies.append(result[-1])
-                    if redirected(replies):
-                        again.append(i)
-                        out[i] = RedisUnavailable(
-                            f"Redis Cluster: slot {units[i].slot} was still redirected after "
-                            f"{_ATTEMPTS} attempts (a failover or a resharding that does not "
-                            "end)")
-                    else:
-                        out[i] = replies
-            if not again:
-                break
-            time.sleep(_PAUSE_S[min(attempt, len(_PAUSE_S) - 1)])
-            # every node unreachable for now: the next attempt tells
-            with contextlib.suppress(redis.RedisError, OSError):
-                self.refresh()
-            pending = again
-        assert all(r is not None for r in out)
-        return [r for r in out if r is not None]
+                time.sleep(step.pause_s)
+                # every node unreachable for now: the next attempt tells
+                with contextlib.suppress(redis.RedisError, OSError):
+                    self.refresh()
+                step = plan.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]

@@ -41,6 +41,7 @@ import gc
 import itertools
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -51,6 +52,7 @@ from kvfast.cluster import Unit
 from kvfast.errors import KvfastError, PartialWrite, RedisFull, WriteOutcomeUnknown
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, model_version
+from kvfast.replicas import check_wait
 from kvfast.resp import EXEC as _EXEC
 from kvfast.resp import MULTI as _MULTI
 from kvfast.resp import Piece, Request, check_replies
@@ -61,9 +63,10 @@ if TYPE_CHECKING:
     from kvfast.client import Client
     from kvfast.keys import Keys
     from kvfast.model import ModelInfo
+    from kvfast.settings import Settings
 
 # Piece, Request (kvfast.resp) and Call (kvfast.scripts) stay importable from here.
-__all__ = ["Producer", "WriteBuilder", "gc_paused"]
+__all__ = ["Block", "BlocksOutcome", "Producer", "WriteBuilder", "gc_paused"]
 
 #: HSET header: argument count, then the object key as a bulk string; the
 #: fields come from the model's encoder already in RESP (see encoders).
@@ -119,6 +122,41 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+#: one partition's MULTI block on a Redis Cluster: (partition, request, its keys)
+Block = tuple[int, Request, list[Any]]
+
+
+@dataclass(slots=True)
+class BlocksOutcome:
+    """The blocks of one call after the nodes answered (``WriteBuilder.blocks_outcome``)."""
+
+    records: int
+    total: int
+    written: list[Any] = field(default_factory=list)
+    unknown: list[Any] = field(default_factory=list)
+    unreplicated: list[Any] = field(default_factory=list)
+    fewest: int = 0
+    #: the first block's error (a ``RedisFull`` the shell may enrich with the backlog)
+    first: BaseException | None = None
+
+    def settle(self, settings: Settings, name: str) -> int:
+        """The records written, or the error: the first one when nothing was written,
+        else ``PartialWrite`` naming exactly the keys written (and those whose
+        node took the block without answering); ``NotReplicated`` when every
+        block was written but too few replicas confirmed some."""
+        first = self.first
+        if first is None:
+            if self.unreplicated:
+                check_wait(settings, self.fewest, lambda: self.unreplicated, f"{name} write")
+            return self.records
+        if not self.written and not self.unknown:
+            raise first
+        raise PartialWrite(
+            f"{name}: {len(self.written)} of {self.total} keys were written, "
+            f"{len(self.unknown)} may have been, the rest were not: {first}",
+            self.written, self.unknown) from first
 
 
 class WriteBuilder:
@@ -335,6 +373,48 @@ class WriteBuilder:
                 group.append(obj)
         return groups
 
+    def create_blocks(self, objs: Iterable[Any]) -> list[Block]:
+        """A create batch for a Redis Cluster: one MULTI block per partition."""
+        groups = self.by_partition(objs)
+        return [(p, self.build_create(group), [self.info.key_of(o) for o in group])
+                for p, group in groups.items()]
+
+    def delete_blocks(self, keys: Iterable[Any]) -> list[Block]:
+        """A delete batch for a Redis Cluster: one MULTI block per partition (every key
+        checked before any block is built)."""
+        info = self.info
+        groups: dict[int, list[Any]] = {}
+        for key in [info.check_key(k) for k in keys]:
+            groups.setdefault(self.locate(key)[1], []).append(key)
+        return [(p, self.build_delete(group), group) for p, group in groups.items()]
+
+    @staticmethod
+    def block_units(blocks: Sequence[Block], slots: Sequence[int]) -> list[Unit]:
+        return [Unit(slots[p], request.payload, request.nreplies) for p, request, _ in blocks]
+
+    def blocks_outcome(self, blocks: Sequence[Block], results: Sequence[list[Any] | BaseException],
+                       wait_replicas: int) -> BlocksOutcome:
+        """What the nodes did with each block (``results``: each block's replies, WAIT's
+        last when ``wait_replicas``, or its node's error)."""
+        out = BlocksOutcome(sum(request.records for _, request, _ in blocks),
+                            sum(len(keys) for _, _, keys in blocks), fewest=wait_replicas)
+        for (_, _, keys), result in zip(blocks, results, strict=True):
+            if not isinstance(result, BaseException):
+                waited = result.pop() if wait_replicas else None
+                try:
+                    self.check_block_replies(result)
+                    out.written += keys
+                    if wait_replicas and (not isinstance(waited, int) or waited < wait_replicas):
+                        out.unreplicated += keys
+                        out.fewest = min(out.fewest, waited if isinstance(waited, int) else 0)
+                    continue
+                except KvfastError as exc:
+                    result = exc
+            out.first = out.first or result
+            if isinstance(result, WriteOutcomeUnknown):
+                out.unknown += keys
+        return out
+
     def build_delete(self, keys: Iterable[Any]) -> Request:
         """Validate and pack a delete batch (no I/O)."""
         info = self.info
@@ -424,9 +504,7 @@ class Producer(WriteBuilder):
         client = self.client
         if client.topology is not None:
             with gc_paused():
-                groups = self.by_partition(objs)
-                blocks = [(p, self.build_create(group), [self.info.key_of(o) for o in group])
-                          for p, group in groups.items()]
+                blocks = self.create_blocks(objs)
             return self._send_blocks(blocks)
         wait = client.wait_command
         if wait:  # WAIT rides at the end of the batch's own payload (same connection)
@@ -451,12 +529,7 @@ class Producer(WriteBuilder):
     def delete(self, keys: Iterable[Any]) -> int:
         client = self.client
         if client.topology is not None:
-            info = self.info
-            groups: dict[int, list[Any]] = {}
-            for key in [info.check_key(k) for k in keys]:  # all checked before any write
-                groups.setdefault(self.locate(key)[1], []).append(key)
-            return self._send_blocks([(p, self.build_delete(group), group)
-                                      for p, group in groups.items()])
+            return self._send_blocks(self.delete_blocks(keys))
         keys = list(keys)
         with gc_paused():
             request = self.build_delete(keys)
@@ -469,50 +542,24 @@ class Producer(WriteBuilder):
                 client.check_wait(waited, lambda: keys, f"{self.info.name} delete")
         return request.records
 
-    def _send_blocks(self, blocks: list[tuple[int, Request, list[Any]]]) -> int:
+    def _send_blocks(self, blocks: list[Block]) -> int:
         """One MULTI block per partition, each to the node of its slot, all at once.
 
         A node that fails leaves the other nodes' blocks written: ``PartialWrite``
         then names exactly the keys written (and those whose outcome is unknown)."""
-        self.client.check_partitions()
-        topology = self.client.topology
+        client = self.client
+        client.check_partitions()
+        topology = client.topology
         assert topology is not None
-        slots = topology.partition_slots
-        wait = bool(self.client.wait_command)
-        results = self.client.send_units(
-            [Unit(slots[p], request.payload, request.nreplies) for p, request, _ in blocks],
-            wait)
-        written: list[Any] = []
-        unknown: list[Any] = []
-        unreplicated: list[Any] = []
-        first: BaseException | None = None
-        need = fewest = self.client.settings.wait_replicas
-        for (_, _, keys), result in zip(blocks, results, strict=True):
-            if not isinstance(result, BaseException):
-                waited = result.pop() if wait else None
-                try:
-                    self._check(result)
-                    written += keys
-                    if wait and (not isinstance(waited, int) or waited < need):
-                        unreplicated += keys
-                        fewest = min(fewest, waited if isinstance(waited, int) else 0)
-                    continue
-                except KvfastError as exc:
-                    result = exc
-            first = first or result
-            if isinstance(result, WriteOutcomeUnknown):
-                unknown += keys
-        if first is None:
-            if unreplicated:
-                self.client.check_wait(fewest, lambda: unreplicated, f"{self.info.name} write")
-            return sum(request.records for _, request, _ in blocks)
-        if not written and not unknown:
-            raise first
-        total = sum(len(keys) for _, _, keys in blocks)
-        raise PartialWrite(
-            f"{self.info.name}: {len(written)} of {total} keys were written, "
-            f"{len(unknown)} may have been, the rest were not: {first}",
-            written, unknown) from first
+        need = client.settings.wait_replicas
+        results = client.send_units(self.block_units(blocks, topology.partition_slots),
+                                    bool(need))
+        outcome = self.blocks_outcome(blocks, results, need)
+        if isinstance(outcome.first, RedisFull):
+            full = client.full(outcome.first)
+            full.__cause__ = outcome.first.__cause__
+            outcome.first = full
+        return outcome.settle(client.settings, self.info.name)
 
     def _check(self, replies: list[Any]) -> None:
         try:

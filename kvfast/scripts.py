@@ -13,15 +13,18 @@ refused (a restarted Redis forgets scripts).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
 
+from kvfast.cluster import Unit
 from kvfast.holds import FIELD_PREFIX, Hold, parse_holds
 from kvfast.keys import WRITE_FIELD, Keys
+from kvfast.replicas import check_wait
 from kvfast.resp import REPLY_ERRORS, pack, reply_exception
+from kvfast.settings import Settings
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -31,13 +34,16 @@ __all__ = [
     "EvalBatch",
     "HoldAction",
     "Hydrate",
+    "LoadEverywhere",
     "Part",
     "Prune",
     "Rebase",
     "Renew",
     "Requeue",
+    "SendUnits",
     "Update",
     "pack_eval",
+    "routed_eval_plan",
     "source",
 ]
 
@@ -98,6 +104,54 @@ class EvalBatch:
     @property
     def load_command(self) -> bytes:
         return pack(("SCRIPT", "LOAD", source(self.name)))
+
+
+@dataclass(frozen=True, slots=True)
+class SendUnits:
+    """Send each unit to the node of its slot, all nodes at once (``execute_units``);
+    send back each unit's replies (WAIT's reply last when ``wait``)."""
+
+    units: list[Unit]
+    wait: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoadEverywhere:
+    """Run ``command`` (SCRIPT LOAD) on every master; send back None."""
+
+    command: bytes
+
+
+def routed_eval_plan(batch: EvalBatch, slot_of_key: Callable[[Any], int], settings: Settings,
+                     wait_keys: Sequence[Any] | None) -> Generator[
+                         SendUnits | LoadEverywhere, Any, None]:
+    """``batch`` on a Redis Cluster, for ``Client`` and ``AsyncClient`` alike: each call
+    to the node of its first key's slot (every kvfast script keeps its keys in one
+    partition, or on one node); results in ``batch.results``.  ``wait_keys`` (the
+    application's key of each call): the calls are writes, ``wait_replicas``
+    applies (``NotReplicated`` names the keys concerned)."""
+    wait = bool(settings.wait_replicas) and wait_keys is not None
+    short: list[tuple[int, Any]] = []
+    while True:
+        pending = batch.pending
+        units = [Unit(slot_of_key(batch.calls[i][0][0]), pack_eval(batch.name, *batch.calls[i]),
+                      1) for i in pending]
+        results = yield SendUnits(units, wait)
+        if wait:
+            for i, replies in zip(pending, results, strict=True):
+                if not isinstance(replies[-1], int) or replies[-1] < settings.wait_replicas:
+                    short.append((i, replies[-1]))
+        if not batch.take([replies[0] for replies in results]):
+            break
+        # A node without the script (restarted, or a replica just promoted):
+        # load it on every master, it is one small command each.
+        yield LoadEverywhere(batch.load_command)
+    done = [(i, n) for i, n in short if i not in batch.pending]
+    if done:
+        keys = wait_keys or []
+        check_wait(settings, min(n for _, n in done) if all(isinstance(n, int) for _, n in done)
+                   else next(n for _, n in done if not isinstance(n, int)),
+                   lambda: [keys[i] for i, _ in done], f"{batch.name}.lua")
 
 
 # -- claim.lua ---------------------------------------------------------------------

@@ -139,6 +139,13 @@ class Settings(Declared):
         "milliseconds a write waits for its replicas; past it the write raises NotReplicated",
         env="KVFAST_WAIT_TIMEOUT_MS", flag="--wait-timeout-ms", metavar="MS",
         **_in_range(1, 600_000)))
+    cluster_retry_ms: int = field(default=20_000, metadata=opt(
+        "Redis Cluster: milliseconds a write or claim keeps re-sending to a slot that is "
+        "redirected or whose master refuses connections (a failover, a resharding) before "
+        "it raises RedisUnavailable (PartialWrite if other nodes took their part); keep it "
+        "above cluster-node-timeout plus an election",
+        env="KVFAST_CLUSTER_RETRY_MS", flag="--cluster-retry-ms", metavar="MS",
+        **_in_range(0, 3_600_000, "an integer (milliseconds)")))
     pg_dsn: str | None = field(default=None, metadata=opt(
         "PostgreSQL DSN or URL; without it reads do not fall back and nothing drains",
         env="KVFAST_PG_DSN", flag="--pg-dsn", metavar="DSN", expected="a PostgreSQL DSN",

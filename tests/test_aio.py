@@ -8,12 +8,16 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import storeparams
 from helpers import all_entries, create_tables, everything_full, insert_row, snapshot
 from models import Everything
 
 import kvfast
 import kvfast.aio
 from kvfast.drainer import Drainer
+
+# every case on one Redis and on the Redis Cluster (tests/storeparams.py)
+store, r, settings = storeparams.both_stores()
 
 
 def run(coro: Any) -> Any:

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("encoders", "decoders", "schema", "introspect", "demo"),  # introspect: pg_catalog → tables
     ("cencoders", "crows"),                     # the C encoder's and row decoder's plans (issue 12)
     ("resp",),                                  # the Redis wire
-    ("drivers", "meta", "cluster"),             # driver errors in, connect options, slots
+    ("drivers", "meta", "cluster", "replicas"),  # driver errors in, connect, slots, WAIT
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
     ("client", "aioclient"),                    # transports
     ("indexmeta",),                             # which indexes Redis's sets were built for

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import storeparams
 from helpers import create_tables, everything, insert_row, obj_key
 from models import Everything
 
@@ -24,6 +25,9 @@ from kvfast.drivers import pg_connect_kwargs
 from kvfast.keys import LAYOUT_VERSION
 
 Conn = psycopg.Connection[Any]
+
+# every case on one Redis and on the Redis Cluster (tests/storeparams.py)
+store, r, settings = storeparams.both_stores()
 
 
 class AsyncShell:

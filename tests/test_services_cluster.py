@@ -7,6 +7,7 @@ cluster (or the single Redis) the rest of the suite uses.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -68,6 +69,26 @@ def test_up_cluster_forms_three_masters_with_a_replica_each(env: dict[str, str])
     # up again is a no-op on a running cluster
     again = services(env, "up", "cluster")
     assert again.returncode == 0 and "up on" in again.stdout
+    # A replica killed with -9 (as a failover test leaves its old master): `up` starts
+    # it again and returns only once it is in sync, so a failover test can start.
+    node = redis.Redis(port=base)
+    try:
+        replica_port = next(int(line.split()[1].split(":")[1].split("@")[0]) for line in
+                            node.execute_command("CLUSTER", "NODES").decode().splitlines()
+                            if "slave" in line.split()[2])
+    finally:
+        node.close()
+    replica = redis.Redis(port=replica_port)
+    try:
+        os.kill(int(replica.info("server")["process_id"]), signal.SIGKILL)
+        assert services(env, "status", "cluster").returncode == 3
+        again = services(env, "up", "cluster")
+        assert again.returncode == 0, again.stdout + again.stderr
+        info = replica.info("replication")
+        assert info["role"] == "slave" and info["master_link_status"] == "up", info
+        assert info["master_sync_in_progress"] == 0
+    finally:
+        replica.close()
     exports = services(env, "env", "cluster").stdout
     assert f"export KVFAST_REDIS_URL=redis://127.0.0.1:{base}/0" in exports
     assert "KVFAST_PG_DSN=" in exports
