@@ -21,6 +21,7 @@ from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, hash_of
 from kvfast.drivers import pg_errors
 from kvfast.errors import RedisFull
 from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
+from kvfast.indexmeta import first_record
 from kvfast.model import model_info
 from kvfast.producer import WriteBuilder, gc_paused
 from kvfast.resp import check_replies, pack
@@ -44,6 +45,7 @@ class AsyncRepository(Generic[M]):
         self.core: RepositoryCore[M] = RepositoryCore(self.info, self.builder,
                                                       bool(client.settings.pg_dsn))
         self._own = own_client
+        self._recorded = False
 
     @classmethod
     async def open(cls, model: type[M], settings: Settings | None = None) -> AsyncRepository[M]:
@@ -79,7 +81,16 @@ class AsyncRepository(Generic[M]):
             await self._write(request.payload, request.nreplies)
         return request.records
 
+    async def _record_indexes(self) -> None:
+        """``Producer.record_indexes``, awaited."""
+        if not self._recorded:
+            (reply,) = await self.client.conn.execute(
+                pack(first_record(self.client.keys, self.info)), 1)
+            check_replies([reply], "HSETNX")
+            self._recorded = True
+
     async def _write(self, payload: bytes, nreplies: int) -> None:
+        await self._record_indexes()
         replies = await self.client.conn.execute(payload, nreplies)
         try:
             self.builder.check_block_replies(replies)
@@ -92,6 +103,7 @@ class AsyncRepository(Generic[M]):
     async def update_many(
         self, changes: Mapping[Any, Mapping[str, Any]] | Iterable[tuple[Any, Mapping[str, Any]]]
     ) -> int:
+        await self._record_indexes()
         return await self._run(self.core.update_plan(changes))
 
     async def get_by_id(self, key: Any) -> M | None:

@@ -6,6 +6,11 @@ them in Redis.  The record (``x:<table>`` → the indexed fields, comma-joined)
 lets the supervisor's start-up catch that, like a partition mismatch:
 
 * recorded and equal to the model's: fine;
+* the first producer to write a model records its indexes (``HSETNX``, before
+  its first write): a supervisor started after it then finds them recorded and
+  equal, instead of objects and no record (which it must take for sets built by
+  an older model); a producer never overwrites a record, so a real change is
+  still caught here;
 * nothing recorded, or something else: if Redis holds no object of the table,
   the model's indexes are recorded (nothing to rebuild); otherwise it is a
   ``ConfigError`` (exit 2) asking for ``python -m kvfast.reindex``, which
@@ -25,9 +30,11 @@ from kvfast.errors import ConfigError
 
 if TYPE_CHECKING:
     from kvfast.client import Client
+    from kvfast.keys import Keys
     from kvfast.model import ModelInfo
 
-__all__ = ["check_recorded", "has_objects", "meta_field", "record", "recorded"]
+__all__ = ["check_recorded", "first_record", "has_objects", "meta_field", "record",
+           "record_first", "recorded"]
 
 
 def meta_field(info: ModelInfo) -> str:
@@ -44,6 +51,21 @@ def recorded(client: Client, info: ModelInfo) -> str | None:
 def record(client: Client, info: ModelInfo) -> None:
     with redis_errors(client.settings):
         client.redis.hset(client.keys.meta, meta_field(info), ",".join(info.indexes))
+
+
+def first_record(keys: Keys, info: ModelInfo) -> tuple[str, str, str, str]:
+    """The command a producer sends before its first write of ``info``: record its
+    indexes unless something is recorded already (module docstring)."""
+    return ("HSETNX", keys.meta, meta_field(info), ",".join(info.indexes))
+
+
+def record_first(client: Client, info: ModelInfo) -> None:
+    """``first_record`` on the sync client (routed on a cluster), after the start-up
+    check of ``kvfast.meta`` (a Redis kvfast refuses gets nothing written)."""
+    client.check_partitions()
+    _, name, field, value = first_record(client.keys, info)
+    with redis_errors(client.settings):
+        client.redis.hsetnx(name, field, value)
 
 
 def has_objects(client: Client, info: ModelInfo) -> bool:

@@ -49,6 +49,7 @@ from kvfast import codec
 from kvfast.cencoders import create_encoder, framer_for
 from kvfast.cluster import Unit
 from kvfast.errors import KvfastError, PartialWrite, RedisFull, WriteOutcomeUnknown
+from kvfast.indexmeta import record_first
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, model_version
 from kvfast.resp import EXEC as _EXEC
@@ -382,8 +383,17 @@ class Producer(WriteBuilder):
     def __init__(self, client: Client, info: ModelInfo) -> None:
         super().__init__(client.keys, info)
         self.client = client
+        self._recorded = False
+
+    def record_indexes(self) -> None:
+        """Once, before the first write: the model's indexes recorded unless something
+        is (``kvfast.indexmeta``: a supervisor started later sees them recorded)."""
+        if not self._recorded:
+            record_first(self.client, self.info)
+            self._recorded = True
 
     def create(self, objs: Iterable[Any]) -> int:
+        self.record_indexes()
         client = self.client
         if client.topology is not None:
             with gc_paused():
@@ -412,6 +422,7 @@ class Producer(WriteBuilder):
         return records
 
     def delete(self, keys: Iterable[Any]) -> int:
+        self.record_indexes()
         client = self.client
         if client.topology is not None:
             info = self.info

@@ -95,6 +95,7 @@ class Repository(Generic[M]):
         ``NotFound`` (the other updates of the batch are applied: each update is
         atomic on its own, the batch is not).
         """
+        self.producer.record_indexes()
         return self._run(self.core.update_plan(changes))
 
     def delete(self, key: Any) -> None:
