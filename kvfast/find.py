@@ -5,19 +5,21 @@ the drain lags.
 key whose current value of the field is ``r``.  The plan below is shared by the
 sync and asyncio shells, like ``kvfast.core``'s:
 
-1. at the same time: ``SINTER`` of the value's index sets in every partition,
-   pipelined (one Redis round trip), and one ``SELECT … WHERE col = $1 [AND …]``
-   (PostgreSQL's index on the column) that also returns, from the same
-   snapshot, the drain's fence epoch of every partition;
-2. one Redis round trip: ``HGETALL`` of every member and of every row's key, and
-   the epoch counter ``{ns:p}:e`` of the rows' partitions.  A member whose hash
-   holds the values is found; a Redis copy of a row's key is newer than the row:
-   a tombstone or another value drops the row, a matching copy (hydrated from
-   PostgreSQL, so in no index set) replaces it; a row whose key Redis does not
-   have is the answer, if its partition's epoch counter still equals the fence
-   epoch the snapshot saw (below);
+1. at the same time: the members of the value's index sets in every partition
+   (one ``SUNION`` on one Redis; several fields, or a cluster: a ``SINTER`` per
+   partition), and one ``SELECT … WHERE col = $1 [AND …]`` (PostgreSQL's index on
+   the column) that also returns, from the same snapshot, the drain's fence
+   epoch of every partition;
+2. one Redis round trip: ``HGETALL`` of every member and of every row's key that
+   is no member, and the epoch counter ``{ns:p}:e`` of those rows' partitions.  A
+   member whose hash holds the values is found; a Redis copy of a row's key is
+   newer than the row: a tombstone or another value drops the row, a matching
+   copy (hydrated before hydrate.lua indexed) replaces it; a row whose key Redis
+   does not have is the answer, if its partition's epoch counter still equals
+   the fence epoch the snapshot saw (below);
 3. rarely: prune.lua where members were stale (moved, deleted, expired), and a
-   read by key of the rows whose partition's epochs differed.
+   read by key of the rows whose partition's epochs differed, or whose member's
+   hash was gone (expired: PostgreSQL answers, as for ``get_by_id``'s miss).
 
 Why the epochs: between the SELECT's snapshot and step 2, a drain may commit a
 write newer than the row and then remove the key's Redis copy (its ack clears a
@@ -31,10 +33,11 @@ committed since) the row is read again by key after step 2, as ``get_many``
 falls back after its Redis miss.  Reading a counter in Redis before the SELECT
 would do too, but costs a round trip before the query; the fence comes with it.
 
-Measured (bench/test_7_find.py): a find.lua call per partition that read and
-pruned the sets atomically cost ~10x the plain SELECT with 64 partitions (Lua's
-per-call cost); plain SINTERs overlapped with the SELECT, then one round trip of
-HGETALLs, is what is left.
+Measured (bench/test_7_find.py, README "The cost"): the members' hashes cannot
+come in the first round trip cheaply (members are bare keys, their partition is
+known only by crc32): a read-only Lua script doing it cost 1.7x the SELECT on
+its own, 64 ``SORT_RO … GET`` 5x, a find.lua call per partition ~10x; one
+``SUNION`` instead of 64 ``SINTER`` replies saves their parsing.
 """
 
 from __future__ import annotations
