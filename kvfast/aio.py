@@ -103,7 +103,6 @@ class AsyncRepository(Generic[M]):
     async def update_many(
         self, changes: Mapping[Any, Mapping[str, Any]] | Iterable[tuple[Any, Mapping[str, Any]]]
     ) -> int:
-        await self._record_indexes()
         return await self._run(self.core.update_plan(changes))
 
     async def get_by_id(self, key: Any) -> M | None:
@@ -128,6 +127,8 @@ class AsyncRepository(Generic[M]):
 
     async def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
+            if step.wait_keys is not None:  # writes (update.lua): see Producer.record_indexes
+                await self._record_indexes()
             return await self.client.eval_many(step.script, step.calls)
         if isinstance(step, ReadHashes):
             payload = b"".join(pack(("HGETALL", k)) for k in step.obj_keys)

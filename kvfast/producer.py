@@ -393,13 +393,14 @@ class Producer(WriteBuilder):
             self._recorded = True
 
     def create(self, objs: Iterable[Any]) -> int:
-        self.record_indexes()
         client = self.client
         if client.topology is not None:
             with gc_paused():
                 groups = self.by_partition(objs)
                 blocks = [(p, self.build_create(group), [self.info.key_of(o) for o in group])
                           for p, group in groups.items()]
+            if blocks:
+                self.record_indexes()
             return self._send_blocks(blocks)
         wait = client.wait_command
         if wait:  # WAIT rides at the end of the batch's own payload (same connection)
@@ -411,7 +412,7 @@ class Producer(WriteBuilder):
         else:
             pieces = self.create_pieces(objs)
         with gc_paused():
-            replies, records = client.execute_pieces(pieces)
+            replies, records = client.execute_pieces(self._recorded_first(pieces))
         if wait:
             waited = replies.pop()
             self._check(replies)
@@ -421,20 +422,33 @@ class Producer(WriteBuilder):
             self._check(replies)
         return records
 
-    def delete(self, keys: Iterable[Any]) -> int:
+    def _recorded_first(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
+        """``pieces``, the indexes recorded once the first is encoded (a batch whose first
+        records are refused sends nothing, not even the record)."""
+        it = iter(pieces)
+        first = next(it, None)
+        if first is None:
+            return
         self.record_indexes()
+        yield first
+        yield from it
+
+    def delete(self, keys: Iterable[Any]) -> int:
         client = self.client
         if client.topology is not None:
             info = self.info
             groups: dict[int, list[Any]] = {}
             for key in [info.check_key(k) for k in keys]:  # all checked before any write
                 groups.setdefault(self.locate(key)[1], []).append(key)
+            if groups:
+                self.record_indexes()
             return self._send_blocks([(p, self.build_delete(group), group)
                                       for p, group in groups.items()])
         keys = list(keys)
         with gc_paused():
             request = self.build_delete(keys)
         if request.records:
+            self.record_indexes()
             wait = client.wait_command
             replies = client.execute(request.payload + wait, request.nreplies + bool(wait))
             waited = replies.pop() if wait else None

@@ -95,7 +95,6 @@ class Repository(Generic[M]):
         ``NotFound`` (the other updates of the batch are applied: each update is
         atomic on its own, the batch is not).
         """
-        self.producer.record_indexes()
         return self._run(self.core.update_plan(changes))
 
     def delete(self, key: Any) -> None:
@@ -134,6 +133,8 @@ class Repository(Generic[M]):
 
     def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
+            if step.wait_keys is not None:  # writes (update.lua): see Producer.record_indexes
+                self.producer.record_indexes()
             return self.client.eval_many(step.script, step.calls, step.wait_keys)
         if isinstance(step, ReadHashes):
             self.client.check_partitions()
