@@ -40,6 +40,7 @@ import contextlib
 import gc
 import itertools
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,13 @@ import orjson
 from kvfast import codec
 from kvfast.cencoders import create_encoder, framer_for
 from kvfast.cluster import Unit
-from kvfast.errors import KvfastError, PartialWrite, RedisFull, WriteOutcomeUnknown
+from kvfast.errors import (
+    ConnectionFailed,
+    KvfastError,
+    PartialWrite,
+    RedisFull,
+    WriteOutcomeUnknown,
+)
 from kvfast.indexmeta import record_first
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, model_version
@@ -70,6 +77,8 @@ __all__ = ["Producer", "WriteBuilder", "gc_paused"]
 #: fields come from the model's encoder already in RESP (see encoders).
 _HSET = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b"
 _WRITE_FIELD = WRITE_FIELD.encode()
+#: seconds before a producer tries again to record its indexes after a failure
+_RECORD_RETRY_S = 10.0
 #: SADD of one member to an index set (name = prefix + value), in RESP
 _SADD = b"*3\r\n$4\r\nSADD\r\n$%d\r\n%b%b\r\n$%d\r\n%b\r\n"
 
@@ -384,13 +393,24 @@ class Producer(WriteBuilder):
         super().__init__(client.keys, info)
         self.client = client
         self._recorded = False
+        self._record_retry_at = 0.0
 
     def record_indexes(self) -> None:
         """Once, before the first write: the model's indexes recorded unless something
         is (``kvfast.indexmeta``: a supervisor started later sees them recorded)."""
-        if not self._recorded:
+        if self._recorded or time.monotonic() < self._record_retry_at:
+            return
+        try:
             record_first(self.client, self.info)
-            self._recorded = True
+        except ConnectionFailed:
+            # On a cluster the meta hash may live on a node that is away while the
+            # write's own nodes answer: the write goes ahead (with its own outcome,
+            # e.g. PartialWrite); the record is tried again by a later write.
+            if self.client.topology is None:
+                raise
+            self._record_retry_at = time.monotonic() + _RECORD_RETRY_S
+            return
+        self._recorded = True
 
     def create(self, objs: Iterable[Any]) -> int:
         client = self.client
