@@ -9,7 +9,8 @@ second half only in PostgreSQL (as after their copies expired).  A find of a
 rider of the first half takes the index sets' round trip overlapped with the
 SELECT, then the members' hashes; one of the second half the rows' keys and
 epochs instead.  The reference, in the same run and interleaved call by call:
-the plain ``SELECT … WHERE rider = $1`` on the indexed column with psycopg (rows as tuples), on its own connection.
+the plain ``SELECT … WHERE rider = $1`` on the indexed column with psycopg (rows
+as tuples), on its own connection.
 
 The index's cost: ``create_many`` of ``FIND_CREATE_N`` records (batches of
 ``PRODUCER_BATCH``) into a model with one index against the same model without

@@ -25,8 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvfast.cluster import Unit
 from kvfast.drivers import redis_errors
 from kvfast.errors import ConfigError
+from kvfast.resp import check_replies, pack
 
 if TYPE_CHECKING:
     from kvfast.client import Client
@@ -63,9 +65,17 @@ def record_first(client: Client, info: ModelInfo) -> None:
     """``first_record`` on the sync client (routed on a cluster), after the start-up
     check of ``kvfast.meta`` (a Redis kvfast refuses gets nothing written)."""
     client.check_partitions()
-    _, name, field, value = first_record(client.keys, info)
+    command = first_record(client.keys, info)
+    topology = client.topology
+    if topology is not None:
+        # kvfast's own routed send: one try within the socket timeout (redis-py's
+        # cluster client retries a node that does not answer for seconds)
+        (replies,) = client.execute_units([Unit(topology.slot_of_key(command[1]),
+                                                pack(command), 1)])
+        check_replies(replies, "HSETNX")
+        return
     with redis_errors(client.settings):
-        client.redis.hsetnx(name, field, value)
+        client.redis.hsetnx(*command[1:])
 
 
 def has_objects(client: Client, info: ModelInfo) -> bool:

@@ -419,9 +419,7 @@ class Producer(WriteBuilder):
                 groups = self.by_partition(objs)
                 blocks = [(p, self.build_create(group), [self.info.key_of(o) for o in group])
                           for p, group in groups.items()]
-            if blocks:
-                self.record_indexes()
-            return self._send_blocks(blocks)
+            return self._recorded_after(self._send_blocks(blocks))
         wait = client.wait_command
         if wait:  # WAIT rides at the end of the batch's own payload (same connection)
             objs = list(objs)
@@ -442,6 +440,14 @@ class Producer(WriteBuilder):
             self._check(replies)
         return records
 
+    def _recorded_after(self, written: int) -> int:
+        """On a cluster the indexes are recorded after a write succeeded (best effort,
+        see ``record_indexes``): a record sent before it to a node that does not answer
+        would delay every block past the cluster's failover timeout."""
+        if written:
+            self.record_indexes()
+        return written
+
     def _recorded_first(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
         """``pieces``, the indexes recorded once the first is encoded (a batch whose first
         records are refused sends nothing, not even the record)."""
@@ -460,10 +466,8 @@ class Producer(WriteBuilder):
             groups: dict[int, list[Any]] = {}
             for key in [info.check_key(k) for k in keys]:  # all checked before any write
                 groups.setdefault(self.locate(key)[1], []).append(key)
-            if groups:
-                self.record_indexes()
-            return self._send_blocks([(p, self.build_delete(group), group)
-                                      for p, group in groups.items()])
+            return self._recorded_after(self._send_blocks([(p, self.build_delete(group), group)
+                                      for p, group in groups.items()]))
         keys = list(keys)
         with gc_paused():
             request = self.build_delete(keys)
