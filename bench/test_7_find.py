@@ -6,10 +6,11 @@ the issue's figure is 1,000,000), ten per rider: every row is in PostgreSQL
 (loaded with COPY, as a drain leaves it, with an index on ``rider``) and the
 first half also in Redis (written with ``create_many``, so indexed), the
 second half only in PostgreSQL (as after their copies expired).  A find of a
-rider of the first half takes find.lua's round trip and the SELECT; one of the
-second half also the Redis check of the rows' keys.  The reference, in the same
-run and interleaved call by call: the plain ``SELECT … WHERE rider = $1`` on the
-indexed column with psycopg (rows as tuples), on its own connection.
+rider of the first half takes the index sets' round trip overlapped with the
+SELECT, then the members' hashes; one of the second half the rows' keys and
+epochs instead.  The reference, in the same run and interleaved call by call:
+the plain ``SELECT … WHERE rider = $1`` on the indexed column with psycopg (rows
+as tuples), on its own connection.
 
 The index's cost: ``create_many`` of ``FIND_CREATE_N`` records (batches of
 ``PRODUCER_BATCH``) into a model with one index against the same model without

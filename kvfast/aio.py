@@ -21,8 +21,9 @@ from kvfast.aioclient import AsyncClient, AsyncConnection, run
 from kvfast.cluster import Unit
 from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore, hash_of
 from kvfast.drivers import pg_errors
-from kvfast.errors import RedisFull
+from kvfast.errors import ConnectionFailed, RedisFull
 from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
+from kvfast.indexmeta import first_record
 from kvfast.model import model_info
 from kvfast.producer import Block, WriteBuilder, gc_paused
 from kvfast.replicas import check_wait, wait_command
@@ -47,6 +48,7 @@ class AsyncRepository(Generic[M]):
         self.core: RepositoryCore[M] = RepositoryCore(self.info, self.builder,
                                                       bool(client.settings.pg_dsn))
         self._own = own_client
+        self._recorded = False
 
     @classmethod
     async def open(cls, model: type[M], settings: Settings | None = None) -> AsyncRepository[M]:
@@ -69,7 +71,7 @@ class AsyncRepository(Generic[M]):
         if self.client.topology is not None:
             with gc_paused():  # only around the synchronous encoding, never across an await
                 blocks = self.builder.create_blocks(objs)
-            return await self._send_blocks(blocks)
+            return await self._recorded_after(await self._send_blocks(blocks))
         items = list(objs) if self.client.settings.wait_replicas else objs
         with gc_paused():
             request = self.builder.build_create(items)
@@ -85,7 +87,7 @@ class AsyncRepository(Generic[M]):
         if self.client.topology is not None:
             with gc_paused():
                 blocks = self.builder.delete_blocks(keys)
-            return await self._send_blocks(blocks)
+            return await self._recorded_after(await self._send_blocks(blocks))
         keys = list(keys)
         with gc_paused():
             request = self.builder.build_delete(keys)
@@ -93,9 +95,31 @@ class AsyncRepository(Generic[M]):
             await self._write(request.payload, request.nreplies, "delete", lambda: keys)
         return request.records
 
+    async def _record_indexes(self) -> None:
+        """``Producer.record_indexes``, awaited (``kvfast.indexmeta``)."""
+        if self._recorded:
+            return
+        command = first_record(self.client.keys, self.info)
+        try:
+            (reply,) = await self._commands([pack(command)], [command[1]])
+        except ConnectionFailed:
+            if self.client.topology is None:  # as the sync producer: see its comment
+                raise
+            return  # tried again by a later write
+        check_replies([reply], "HSETNX")
+        self._recorded = True
+
+    async def _recorded_after(self, written: int) -> int:
+        """On a cluster the indexes are recorded after a write succeeded
+        (``Producer._recorded_after``)."""
+        if written:
+            await self._record_indexes()
+        return written
+
     async def _write(self, payload: bytes, nreplies: int, what: str,
                      keys: Callable[[], list[Any]]) -> None:
         """One batch on the one Redis, with ``WAIT`` at its end under ``wait_replicas``."""
+        await self._record_indexes()
         settings = self.client.settings
         wait = wait_command(settings)
         replies = await self.client.execute(payload + wait, nreplies + bool(wait))
@@ -153,6 +177,8 @@ class AsyncRepository(Generic[M]):
 
     async def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
+            if step.wait_keys is not None:  # writes (update.lua): see Producer.record_indexes
+                await self._record_indexes()
             return await self.client.eval_many(step.script, step.calls, step.wait_keys)
         if isinstance(step, ReadHashes):
             commands = [pack(("HGETALL", k)) for k in step.obj_keys]
@@ -162,22 +188,26 @@ class AsyncRepository(Generic[M]):
         if isinstance(step, SelectWhere):
             return await self._select_where(step)
         if isinstance(step, Commands):
-            return await self._commands(step.commands, step.route, step)
+            return await self._packed(step)
         if isinstance(step, Overlapped):
-            return await asyncio.gather(
-                self._commands(step.redis.commands, step.redis.route, step.redis),
-                self._select_where(step.select))
+            return await asyncio.gather(self._packed(step.redis), self._select_where(step.select))
         return await self._select(step.keys)
 
-    async def _commands(self, commands: Sequence[bytes], route: Sequence[Any],
-                        packed: Commands | None = None) -> list[Any]:
+    async def _packed(self, step: Commands) -> list[Any]:
+        """A find's packed commands: their one payload on one Redis; on a cluster the
+        same commands routed one by one (``Commands.routed``)."""
+        if self.client.topology is None:
+            return await self.client.execute(step.payload, step.nreplies)
+        assert step.routed is not None, "find's commands name their keys on a cluster"
+        args = step.routed()
+        return await self._commands([pack(a) for a in args], [a[1] for a in args])
+
+    async def _commands(self, commands: Sequence[bytes], route: Sequence[Any]) -> list[Any]:
         """One reply per command: one payload on one Redis; on a cluster each command to
         the node of its key's slot (``route``), all nodes at once."""
         client = self.client
         topology = client.topology
         if topology is None:
-            if packed is not None:
-                return await client.execute(packed.payload, packed.nreplies)
             return await client.execute(b"".join(commands), len(commands))
         units = [Unit(topology.slot_of_key(key), command, 1)
                  for command, key in zip(commands, route, strict=True)]

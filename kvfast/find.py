@@ -5,19 +5,21 @@ the drain lags.
 key whose current value of the field is ``r``.  The plan below is shared by the
 sync and asyncio shells, like ``kvfast.core``'s:
 
-1. at the same time: ``SINTER`` of the value's index sets in every partition,
-   pipelined (one Redis round trip), and one ``SELECT … WHERE col = $1 [AND …]``
-   (PostgreSQL's index on the column) that also returns, from the same
-   snapshot, the drain's fence epoch of every partition;
-2. one Redis round trip: ``HGETALL`` of every member and of every row's key, and
-   the epoch counter ``{ns:p}:e`` of the rows' partitions.  A member whose hash
-   holds the values is found; a Redis copy of a row's key is newer than the row:
-   a tombstone or another value drops the row, a matching copy (hydrated from
-   PostgreSQL, so in no index set) replaces it; a row whose key Redis does not
-   have is the answer, if its partition's epoch counter still equals the fence
-   epoch the snapshot saw (below);
+1. at the same time: the members of the value's index sets in every partition
+   (one ``SUNION`` on one Redis; several fields, or a cluster: a ``SINTER`` per
+   partition), and one ``SELECT … WHERE col = $1 [AND …]`` (PostgreSQL's index on
+   the column) that also returns, from the same snapshot, the drain's fence
+   epoch of every partition;
+2. one Redis round trip: ``HGETALL`` of every member and of every row's key that
+   is no member, and the epoch counter ``{ns:p}:e`` of those rows' partitions.  A
+   member whose hash holds the values is found; a Redis copy of a row's key is
+   newer than the row: a tombstone or another value drops the row, a matching
+   copy (hydrated before hydrate.lua indexed) replaces it; a row whose key Redis
+   does not have is the answer, if its partition's epoch counter still equals
+   the fence epoch the snapshot saw (below);
 3. rarely: prune.lua where members were stale (moved, deleted, expired), and a
-   read by key of the rows whose partition's epochs differed.
+   read by key of the rows whose partition's epochs differed, or whose member's
+   hash was gone (expired: PostgreSQL answers, as for ``get_by_id``'s miss).
 
 Why the epochs: between the SELECT's snapshot and step 2, a drain may commit a
 write newer than the row and then remove the key's Redis copy (its ack clears a
@@ -31,16 +33,17 @@ committed since) the row is read again by key after step 2, as ``get_many``
 falls back after its Redis miss.  Reading a counter in Redis before the SELECT
 would do too, but costs a round trip before the query; the fence comes with it.
 
-Measured (bench/test_7_find.py): a find.lua call per partition that read and
-pruned the sets atomically cost ~10x the plain SELECT with 64 partitions (Lua's
-per-call cost); plain SINTERs overlapped with the SELECT, then one round trip of
-HGETALLs, is what is left.
+Measured (bench/test_7_find.py, README "The cost"): the members' hashes cannot
+come in the first round trip cheaply (members are bare keys, their partition is
+known only by crc32): a read-only Lua script doing it cost 1.7x the SELECT on
+its own, 64 ``SORT_RO … GET`` 5x, a find.lua call per partition ~10x; one
+``SUNION`` instead of 64 ``SINTER`` replies saves their parsing.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,6 +52,7 @@ from psycopg import sql
 
 from kvfast.core import Eval, Select, Step, hash_of
 from kvfast.errors import ValidationError
+from kvfast.keys import key_string
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.resp import check_replies, pack
 from kvfast.schema import FENCE_TABLE, select_list, table_sql, type_sql
@@ -80,9 +84,9 @@ class Commands:
 
     payload: bytes
     nreplies: int
-    #: on a Redis Cluster: the same commands one by one, and the key each one routes by
-    commands: tuple[bytes, ...] = ()
-    route: tuple[bytes, ...] = ()
+    #: on a Redis Cluster: each command's arguments, its first key routes it (a call:
+    #: built only there)
+    routed: Callable[[], list[tuple[bytes, ...]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,21 +139,15 @@ def find_sql(info: ModelInfo, names: list[str]) -> sql.Composed:
     ).format(select_list(info, "t"), sql.Identifier(FENCE_TABLE), table_sql(info), on)
 
 
-def row_key(info: ModelInfo, row: tuple[Any, ...]) -> Any:
-    """The key of a row read with ``select_list`` (the one place a find reads key columns);
-    None for the all-NULL row of the LEFT JOIN when nothing matched."""
-    if row[info.key_fields[0].index] is None:
-        return None
-    return info.key_from_values(row)
-
-
 class _Layout:
     """What every find of one model reuses: names per partition, the SQL per field set."""
 
     def __init__(self, builder: WriteBuilder) -> None:
         keys, info = builder.keys, builder.info
+        self.partitions = keys.partitions
         self.obj_prefixes = [keys.obj(p, info.table, "").encode()
                              for p in range(keys.partitions)]
+        self.epochs = [name.encode() for name in keys.epochs]
         assert builder.index_prefixes is not None
         #: per indexed field, its set name prefix in every partition
         self.set_prefixes = [[builder.index_prefixes[p][slot] for p in range(keys.partitions)]
@@ -165,80 +163,119 @@ class _Layout:
 
 _LAYOUTS: weakref.WeakKeyDictionary[WriteBuilder, _Layout] = weakref.WeakKeyDictionary()
 
-#: SINTER of one set, in RESP (the common find of one field)
-_SINTER1 = b"*2\r\n$6\r\nSINTER\r\n$%d\r\n%b%b\r\n"
+_HGETALL = b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n"
+_GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
+
+
+def _sets_plan(layout: _Layout, columns: list[list[bytes]], values: list[bytes]) -> Commands:
+    """The first Redis step: every member of the values' index sets, all partitions.
+
+    One field: one ``SUNION`` of its set in every partition (one command: measured
+    below 64 pipelined ``SINTER``s, whose replies Python parses one by one); a key
+    is in the sets of its own partition only, so the union is the answer.  Several
+    fields: a ``SINTER`` per partition (their intersection is per partition).  On a
+    Redis Cluster (``routed``) each partition's command goes to its slot's node."""
+    nparts = layout.partitions
+    if len(values) == 1:
+        value = values[0]
+        sets = [prefix + value for prefix in columns[0]]
+        return Commands(pack(("SUNION", *sets)), 1,
+                        lambda: [(b"SINTER", name) for name in sets])
+    per = [tuple(col[p] + v for col, v in zip(columns, values, strict=True))
+           for p in range(nparts)]
+    return Commands(b"".join(pack(("SINTER", *names)) for names in per), nparts,
+                    lambda: [(b"SINTER", *names) for names in per])
 
 
 def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPlan[M]:
     """The objects whose indexed fields equal ``conditions`` (ANDed), ordered by key."""
     info, builder = core.info, core.builder
     checked = find_conditions(info, conditions)
-    keys = builder.keys
     layout = _LAYOUTS.get(builder)
     if layout is None:
         layout = _LAYOUTS[builder] = _Layout(builder)
-    columns = [layout.set_prefixes[info.indexes.index(name)] for name, _ in checked]
-    nparts = keys.partitions
-    if len(checked) == 1:
-        value = checked[0][1]
-        sets = [[prefix + value] for prefix in columns[0]]
-        commands = [_SINTER1 % (len(prefix) + len(value), prefix, value)
-                    for prefix in columns[0]]
-    else:
-        sets = [[col[p] + value for col, (_, value) in zip(columns, checked, strict=True)]
-                for p in range(nparts)]
-        commands = [pack(("SINTER", *sets[p])) for p in range(nparts)]
-    inter = Commands(b"".join(commands), nparts, tuple(commands),
-                     tuple(s[0] for s in sets))
+    names = tuple(name for name, _ in checked)
+    values = [value for _, value in checked]
+    columns = [layout.set_prefixes[info.indexes.index(name)] for name in names]
+    first = _sets_plan(layout, columns, values)
     if core.has_pg:
-        select = SelectWhere(layout.query(info, tuple(name for name, _ in checked)),
-                             (keys.namespace, *(value.decode() for _, value in checked)))
-        member_lists, rows = yield Overlapped(inter, select)
+        select = SelectWhere(layout.query(info, names),
+                             (builder.keys.namespace, *(value.decode() for value in values)))
+        member_lists, rows = yield Overlapped(first, select)
         fence: dict[str, int] = orjson.loads(rows[0][-1])
-        rows = [row[:-1] for row in rows if row_key(info, row) is not None]
+        if rows[0][info.key_fields[0].index] is None:
+            rows = []  # the LEFT JOIN's one row without a match: nothing matched
     else:
-        member_lists = yield inter
+        member_lists = yield first
         fence, rows = {}, []
     check_replies(member_lists, "SINTER")
 
+    nparts = layout.partitions
     obj_prefixes = layout.obj_prefixes
-    members = [(p, m, obj_prefixes[p] + m) for p in range(nparts) for m in member_lists[p]]
+    partition_of = info.partition_of_bytes
+    # name -> (partition, member); a RESP3 connection replies sets, RESP2 lists
+    members: dict[bytes, tuple[int, bytes]] = {}
+    for reply in member_lists:
+        for member in reply:
+            p = partition_of(member, nparts)
+            members[obj_prefixes[p] + member] = (p, member)
     by_name: dict[bytes, tuple[int, Any, tuple[Any, ...]]] = {}
     for row in rows:
-        key = info.check_key(row_key(info, row))
-        _, p, obj_name = builder.locate(key)
-        by_name[obj_name.encode()] = (p, key, row)
-    names = list(dict.fromkeys([name for _, _, name in members] + list(by_name)))
-    parts = sorted({p for p, _, _ in by_name.values()})
-    if not names:
+        row = row[:-1]
+        key = info.check_key(info.key_from_values(row))
+        key_b = key_string(key).encode()
+        p = partition_of(key_b, nparts)
+        by_name[obj_prefixes[p] + key_b] = (p, key, row)
+    # The rows whose key is no member: Redis may hold a newer copy (a tombstone, a
+    # create over the row), or nothing (then the epochs below decide).
+    extra = [name for name in by_name if name not in members]
+    if not members and not extra:
         return []
-    reads = [*(pack(("HGETALL", n)) for n in names),
-             *(pack(("GET", keys.epochs[p])) for p in parts)]
-    replies = yield Commands(b"".join(reads), len(reads), tuple(reads),
-                             (*names, *(keys.epochs[p].encode() for p in parts)))
+    parts = sorted({by_name[name][0] for name in extra})
+    epoch_names = layout.epochs
+    payload = b"".join([*(_HGETALL % (len(n), n) for n in members),
+                        *(_HGETALL % (len(n), n) for n in extra),
+                        *(_GET % (len(epoch_names[p]), epoch_names[p]) for p in parts)])
+    read = [*members, *extra]
+    replies = yield Commands(payload, len(read) + len(parts), lambda: [
+        *((b"HGETALL", n) for n in read), *((b"GET", epoch_names[p]) for p in parts)])
     check_replies(replies, "HGETALL")
-    # a RESP3 connection replies maps (and sets, to SINTER), RESP2 flat lists
-    hashes = {n: raw if isinstance(raw, dict) else hash_of(raw)
-              for n, raw in zip(names, replies, strict=False)}
-    epochs = dict(zip(parts, replies[len(names):], strict=True))
 
-    wanted = [(f.encode(), v) for f, v in checked]
     found: dict[bytes, M] = {}
     stale: dict[int, list[bytes]] = {}
-    for p, member, name in members:
-        raw = hashes[name]
-        if raw and _TOMB not in raw and all(raw.get(f) == v for f, v in wanted):
-            found[name] = core.decode(member.decode(), raw)
-        else:
-            stale.setdefault(p, []).append(member)
     again: list[tuple[bytes, Any]] = []
-    for name, (p, key, row) in by_name.items():
-        raw = hashes[name]
-        if name in found:
+    if len(checked) == 1:
+        field0, value0 = checked[0][0].encode(), values[0]
+
+        def matches(raw: Mapping[bytes, bytes]) -> bool:
+            return raw.get(field0) == value0 and _TOMB not in raw
+    else:
+        wanted = [(f.encode(), v) for f, v in checked]
+
+        def matches(raw: Mapping[bytes, bytes]) -> bool:
+            return _TOMB not in raw and all(raw.get(f) == v for f, v in wanted)
+    i = 0
+    for name, (p, member) in members.items():
+        raw = replies[i]
+        i += 1
+        if raw and type(raw) is not dict:
+            raw = hash_of(raw)  # RESP2 (the raw path) replies flat lists, RESP3 maps
+        if raw and matches(raw):
+            found[name] = core.decode(member.decode(), raw)
             continue
+        stale.setdefault(p, []).append(member)
+        if not raw and name in by_name:  # expired (or its delete acked): PostgreSQL,
+            again.append((name, by_name[name][1]))  # read by key like get_by_id's miss
+    epochs = dict(zip(parts, replies[len(read):], strict=True))
+    for name in extra:
+        raw = replies[i]
+        i += 1
+        p, key, row = by_name[name]
         if raw:  # Redis's copy is newer than the row
-            if _TOMB not in raw and all(raw.get(f) == v for f, v in wanted):
-                found[name] = core.decode(key, raw)  # hydrated: in PostgreSQL, in no set
+            if type(raw) is not dict:
+                raw = hash_of(raw)
+            if matches(raw):  # hydrated before hydrate.lua indexed: in no set
+                found[name] = core.decode(key, raw)
             continue
         epoch = epochs[p]
         if (None if epoch is None else int(epoch)) == fence.get(str(p)):
@@ -247,8 +284,10 @@ def find_plan(core: RepositoryCore[M], conditions: Mapping[str, Any]) -> FindPla
             again.append((name, key))
 
     if stale:
-        yield Eval(Prune.name, [Prune.call(obj_prefixes[p], TOMBSTONE_FIELD, checked, sets[p],
-                                           stale[p]) for p in stale])
+        yield Eval(Prune.name, [
+            Prune.call(obj_prefixes[p], TOMBSTONE_FIELD, checked,
+                       [col[p] + v for col, v in zip(columns, values, strict=True)], stale[p])
+            for p in stale])
     if again:
         fresh: dict[Any, tuple[Any, ...]] = yield Select([key for _, key in again])
         for name, key in again:

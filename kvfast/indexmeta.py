@@ -6,6 +6,11 @@ them in Redis.  The record (``x:<table>`` → the indexed fields, comma-joined)
 lets the supervisor's start-up catch that, like a partition mismatch:
 
 * recorded and equal to the model's: fine;
+* the first producer to write a model records its indexes (``HSETNX``, before
+  its first write): a supervisor started after it then finds them recorded and
+  equal, instead of objects and no record (which it must take for sets built by
+  an older model); a producer never overwrites a record, so a real change is
+  still caught here;
 * nothing recorded, or something else: if Redis holds no object of the table,
   the model's indexes are recorded (nothing to rebuild); otherwise it is a
   ``ConfigError`` (exit 2) asking for ``python -m kvfast.reindex``, which
@@ -20,14 +25,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvfast.cluster import Unit
 from kvfast.drivers import redis_errors
 from kvfast.errors import ConfigError
+from kvfast.resp import check_replies, pack
 
 if TYPE_CHECKING:
     from kvfast.client import Client
+    from kvfast.keys import Keys
     from kvfast.model import ModelInfo
 
-__all__ = ["check_recorded", "has_objects", "meta_field", "record", "recorded"]
+__all__ = ["check_recorded", "first_record", "has_objects", "meta_field", "record",
+           "record_first", "recorded"]
 
 
 def meta_field(info: ModelInfo) -> str:
@@ -44,6 +53,29 @@ def recorded(client: Client, info: ModelInfo) -> str | None:
 def record(client: Client, info: ModelInfo) -> None:
     with redis_errors(client.settings):
         client.redis.hset(client.keys.meta, meta_field(info), ",".join(info.indexes))
+
+
+def first_record(keys: Keys, info: ModelInfo) -> tuple[str, str, str, str]:
+    """The command a producer sends before its first write of ``info``: record its
+    indexes unless something is recorded already (module docstring)."""
+    return ("HSETNX", keys.meta, meta_field(info), ",".join(info.indexes))
+
+
+def record_first(client: Client, info: ModelInfo) -> None:
+    """``first_record`` on the sync client (routed on a cluster), after the start-up
+    check of ``kvfast.meta`` (a Redis kvfast refuses gets nothing written)."""
+    client.check_partitions()
+    command = first_record(client.keys, info)
+    topology = client.topology
+    if topology is not None:
+        # kvfast's own routed send: one try within the socket timeout (redis-py's
+        # cluster client retries a node that does not answer for seconds)
+        (replies,) = client.execute_units([Unit(topology.slot_of_key(command[1]),
+                                                pack(command), 1)])
+        check_replies(replies, "HSETNX")
+        return
+    with redis_errors(client.settings):
+        client.redis.hsetnx(*command[1:])
 
 
 def has_objects(client: Client, info: ModelInfo) -> bool:

@@ -92,6 +92,8 @@ class ModelInfo:
         self.table_bytes = table.encode("utf-8")
         self._crc_prefix = self.table_bytes + b"\x00"
         self._init_kwargs = [f.name for f in fields]
+        #: (field, its name as a hash field, its decoder): from_hash's loop, made once
+        self._hash_fields = [(f, f.name.encode("utf-8"), f.ftype.from_hash) for f in fields]
         #: indexed fields, in declaration order of ``indexes=`` (kvfast.index)
         self.indexes = indexes
 
@@ -215,13 +217,14 @@ class ModelInfo:
         A stored value the field cannot hold (an enum label the Enum lacks) is a
         DecodeError naming model, field and value."""
         kwargs: dict[str, Any] = {}
-        for f in self.fields:
-            value = raw.get(f.name.encode("utf-8"))
+        get = raw.get
+        for f, name, decode in self._hash_fields:
+            value = get(name)
             if value is None:
                 kwargs[f.name] = None
                 continue
             try:
-                kwargs[f.name] = f.ftype.from_hash(value)
+                kwargs[f.name] = decode(value)
             except (Reject, ValueError, TypeError, KeyError) as exc:
                 raise self._bad_stored(f, value, "Redis", exc) from None
         return self.cls(**kwargs)

@@ -40,6 +40,7 @@ import contextlib
 import gc
 import itertools
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,14 @@ import orjson
 from kvfast import codec
 from kvfast.cencoders import create_encoder, framer_for
 from kvfast.cluster import Unit
-from kvfast.errors import KvfastError, PartialWrite, RedisFull, WriteOutcomeUnknown
+from kvfast.errors import (
+    ConnectionFailed,
+    KvfastError,
+    PartialWrite,
+    RedisFull,
+    WriteOutcomeUnknown,
+)
+from kvfast.indexmeta import record_first
 from kvfast.keys import MAX_KEY_BYTES, WRITE_FIELD, key_string, key_wire
 from kvfast.model import TOMBSTONE_FIELD, model_version
 from kvfast.replicas import check_wait
@@ -72,6 +80,8 @@ __all__ = ["Block", "BlocksOutcome", "Producer", "WriteBuilder", "gc_paused"]
 #: fields come from the model's encoder already in RESP (see encoders).
 _HSET = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b"
 _WRITE_FIELD = WRITE_FIELD.encode()
+#: seconds before a producer tries again to record its indexes after a failure
+_RECORD_RETRY_S = 10.0
 #: SADD of one member to an index set (name = prefix + value), in RESP
 _SADD = b"*3\r\n$4\r\nSADD\r\n$%d\r\n%b%b\r\n$%d\r\n%b\r\n"
 
@@ -499,13 +509,32 @@ class Producer(WriteBuilder):
     def __init__(self, client: Client, info: ModelInfo) -> None:
         super().__init__(client.keys, info)
         self.client = client
+        self._recorded = False
+        self._record_retry_at = 0.0
+
+    def record_indexes(self) -> None:
+        """Once, before the first write: the model's indexes recorded unless something
+        is (``kvfast.indexmeta``: a supervisor started later sees them recorded)."""
+        if self._recorded or time.monotonic() < self._record_retry_at:
+            return
+        try:
+            record_first(self.client, self.info)
+        except ConnectionFailed:
+            # On a cluster the meta hash may live on a node that is away while the
+            # write's own nodes answer: the write goes ahead (with its own outcome,
+            # e.g. PartialWrite); the record is tried again by a later write.
+            if self.client.topology is None:
+                raise
+            self._record_retry_at = time.monotonic() + _RECORD_RETRY_S
+            return
+        self._recorded = True
 
     def create(self, objs: Iterable[Any]) -> int:
         client = self.client
         if client.topology is not None:
             with gc_paused():
                 blocks = self.create_blocks(objs)
-            return self._send_blocks(blocks)
+            return self._recorded_after(self._send_blocks(blocks))
         wait = client.wait_command
         if wait:  # WAIT rides at the end of the batch's own payload (same connection)
             objs = list(objs)
@@ -516,7 +545,7 @@ class Producer(WriteBuilder):
         else:
             pieces = self.create_pieces(objs)
         with gc_paused():
-            replies, records = client.execute_pieces(pieces)
+            replies, records = client.execute_pieces(self._recorded_first(pieces))
         if wait:
             waited = replies.pop()
             self._check(replies)
@@ -526,14 +555,34 @@ class Producer(WriteBuilder):
             self._check(replies)
         return records
 
+    def _recorded_after(self, written: int) -> int:
+        """On a cluster the indexes are recorded after a write succeeded (best effort,
+        see ``record_indexes``): a record sent before it to a node that does not answer
+        would delay every block past the cluster's failover timeout."""
+        if written:
+            self.record_indexes()
+        return written
+
+    def _recorded_first(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
+        """``pieces``, the indexes recorded once the first is encoded (a batch whose first
+        records are refused sends nothing, not even the record)."""
+        it = iter(pieces)
+        first = next(it, None)
+        if first is None:
+            return
+        self.record_indexes()
+        yield first
+        yield from it
+
     def delete(self, keys: Iterable[Any]) -> int:
         client = self.client
         if client.topology is not None:
-            return self._send_blocks(self.delete_blocks(keys))
+            return self._recorded_after(self._send_blocks(self.delete_blocks(keys)))
         keys = list(keys)
         with gc_paused():
             request = self.build_delete(keys)
         if request.records:
+            self.record_indexes()
             wait = client.wait_command
             replies = client.execute(request.payload + wait, request.nreplies + bool(wait))
             waited = replies.pop() if wait else None

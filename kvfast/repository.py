@@ -26,6 +26,7 @@ from kvfast.drivers import pg_errors, redis_errors
 from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
 from kvfast.model import model_info
 from kvfast.producer import Producer
+from kvfast.resp import pack
 from kvfast.schema import select_rows
 from kvfast.settings import Settings
 
@@ -132,6 +133,8 @@ class Repository(Generic[M]):
 
     def _perform(self, step: FindStep) -> Any:
         if isinstance(step, Eval):
+            if step.wait_keys is not None:  # writes (update.lua): see Producer.record_indexes
+                self.producer.record_indexes()
             return self.client.eval_many(step.script, step.calls, step.wait_keys)
         if isinstance(step, ReadHashes):
             self.client.check_partitions()
@@ -156,8 +159,8 @@ class Repository(Generic[M]):
         if topology is None:
             return client.execute_during(step.payload, step.nreplies, during)
         client.check_partitions()
-        units = [Unit(topology.slot_of_key(key), command, 1)
-                 for command, key in zip(step.commands, step.route, strict=True)]
+        assert step.routed is not None, "find's commands name their keys on a cluster"
+        units = [Unit(topology.slot_of_key(args[1]), pack(args), 1) for args in step.routed()]
         replies = [r[0] for r in client.execute_units(units)]
         return replies, during()
 

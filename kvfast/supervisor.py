@@ -39,6 +39,7 @@ from kvfast.pool import Pool
 from kvfast.schema import check_tables, create_tables
 from kvfast.settings import Settings, SupervisorOptions
 from kvfast.stats import Health, Snapshot, Stats
+from kvfast.sweep import SWEEP_INTERVAL_S, IndexSweeper
 from kvfast.worker import supervisor_title
 
 __all__ = [
@@ -68,7 +69,7 @@ class Supervisor:
     """The main loop: a pool of drainers, their statistics, status lines, metrics."""
 
     def __init__(self, settings: Settings, options: SupervisorOptions | None = None,
-                 *, pool: Pool | None = None) -> None:
+                 *, pool: Pool | None = None, models: Sequence[ModelInfo] = ()) -> None:
         self.settings = settings
         self.options = options if options is not None else SupervisorOptions()
         self.pool = pool if pool is not None else Pool(settings, self.options.level)
@@ -77,6 +78,9 @@ class Supervisor:
         self.client = Client(settings)
         self.tty = sys.stderr.isatty()
         self._last_held: Snapshot | None = None
+        #: prunes the index sets of TTL'd models (kvfast.sweep); None when there are none
+        sweeper = IndexSweeper(self.client, models)
+        self.sweeper = sweeper if sweeper.models else None
 
     def health(self) -> Health:
         health = self.pool.health()
@@ -119,6 +123,7 @@ class Supervisor:
         interval = self.options.status_interval
         until_empty = self.options.drain_until_empty
         next_status = time.monotonic() + interval
+        next_sweep = time.monotonic()
         empty_checks = 0
         try:
             while True:
@@ -137,6 +142,8 @@ class Supervisor:
                         return RET_OK if clean else RET_KILLED
                     continue
                 now = time.monotonic()
+                if self.sweeper is not None and now >= next_sweep:
+                    next_sweep = self._sweep_step(now, next_sweep)
                 if until_empty or now >= next_status:
                     try:
                         snap = self.snapshot(new_window=now >= next_status)
@@ -159,6 +166,16 @@ class Supervisor:
         finally:
             if self.tty:
                 sys.stderr.write("\n")
+
+    def _sweep_step(self, now: float, due: float) -> float:
+        """Some index sets swept (kvfast.sweep); when the next step is due."""
+        assert self.sweeper is not None
+        try:
+            if not self.sweeper.step():
+                return due
+        except KvfastError as exc:  # Redis away: the next pass retries
+            log.warning("index sweep stopped: %s", exc)
+        return now + SWEEP_INTERVAL_S
 
     def report(self) -> dict[str, float]:
         return self.stats.report()
@@ -267,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_CONFIG
     log.info("draining %s into PostgreSQL with %d drainers (%s; %s implementation)",
              ", ".join(m.table for m in models), settings.workers, settings, impl.IMPL)
-    sup = Supervisor(settings, options)
+    sup = Supervisor(settings, options, models=models)
     server = (serve_http(options.metrics_port, sup.metrics.registry, sup.health)
               if options.metrics_port else None)
     try:

@@ -78,6 +78,11 @@ def test_update_of_a_missing_key_raises_not_found_and_writes_nothing(
             before = snapshot(r)  # after open, which records the partition count
             with pytest.raises(kvfast.NotFound):
                 await repo.update(404, n_str="x")
+            # update.lua was sent, so the model's indexes were recorded first
+            # (kvfast.indexmeta); nothing else changed
+            meta = f"{settings.namespace}:meta".encode()
+            assert r.hget(meta, "x:t_everything") == b""
+            r.hdel(meta, "x:t_everything")
             assert snapshot(r) == before
 
     run(go())

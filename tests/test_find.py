@@ -32,6 +32,7 @@ from kvfast.drainer import Drainer
 from kvfast.find import Overlapped, find_plan
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.scripts import Prune
+from kvfast.sweep import IndexSweeper
 
 RIDERS = [f"rider-{i}" for i in range(30)] + ["", "ünï ✓", "a:b%c"]
 STATUSES = [None, "new", "assigned", "done"]
@@ -335,3 +336,72 @@ def test_prune_keeps_a_member_whose_object_holds_the_value_again(
                 prefix, TOMBSTONE_FIELD, [("rider", b"R")], sets, [str(key).encode()])])
             assert removed == [0 if key == 1 else 1]
         assert [o.id for o in repo.find(rider="R")] == [1]
+
+
+def _members(r: redis.Redis, table: str) -> dict[bytes, set[bytes]]:
+    """The index sets of ``table``, every partition's merged: value (the name's tail) →
+    members."""
+    out: dict[bytes, set[bytes]] = {}
+    for name in r.keys(f"*:x:{table}:*"):
+        out.setdefault(name.rsplit(b":", 1)[1], set()).update(r.smembers(name))
+    return out
+
+
+def test_the_index_sets_of_expired_objects_are_pruned_without_a_find(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    """A TTL'd model: members whose objects expired would stay in their sets until a
+    find of that value (never, for a value nobody looks up); the supervisor's sweep
+    removes them, and keeps the members of live objects, pending or drained."""
+    create_tables(pg, Expiring, Typed, Request)  # the supervisor checks every model
+    with kvfast.Repository(Expiring, settings) as repo:
+        repo.create_many([Expiring(f"k{i}", i % 3, i) for i in range(30)])
+        repo.update("k0", rider=7)  # a stale member in the set of 0, and one in 7
+        with Drainer(settings) as drainer:
+            drainer.drain_until_empty(max_idle_polls=1)
+        deadline = time.monotonic() + 10
+        while r.keys("*:o:*") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert r.keys("*:o:*") == []  # expired once drained (ttl=1)
+        assert sum(len(m) for m in _members(r, "f_expiring").values()) == 31  # all dead
+        repo.create(Expiring("k99", 0, 99))  # pending: no TTL, its member must stay
+        with start_supervisor(settings, workers=1, models=("findmodels",)) as sup:
+            # (its first pass runs at start; drained at once, k99 gets its TTL then)
+            deadline = time.monotonic() + 30
+            while (_members(r, "f_expiring") not in ({b"0": {b"k99"}}, {})
+                   and sup.proc.poll() is None and time.monotonic() < deadline):
+                time.sleep(0.1)
+            sup.send(signal.SIGTERM)
+            assert sup.wait(60) == 0, sup.output()[-3000:]
+        assert _members(r, "f_expiring") in ({b"0": {b"k99"}}, {}), _members(r, "f_expiring")
+        # find answers the same from PostgreSQL alone
+        assert sorted(o.code for o in repo.find(rider=0)) == sorted(
+            [f"k{i}" for i in range(3, 30, 3)] + ["k99"])
+        assert [o.code for o in repo.find(rider=7)] == ["k0"]
+
+
+def test_the_sweep_keeps_members_of_live_objects_and_of_keys_written_again(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    create_tables(pg, Expiring)
+    info = kvfast.model_info(Expiring)
+    with kvfast.Repository(Expiring, settings) as repo:
+        repo.create_many([Expiring(f"k{i}", i % 2, i) for i in range(20)])
+        with Drainer(settings) as drainer:
+            drainer.drain_until_empty(max_idle_polls=1)
+        deadline = time.monotonic() + 10
+        while r.keys("*:o:*") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert r.keys("*:o:*") == []
+        repo.create(Expiring("k2", 0, 2))  # written again after it expired: pending
+        repo.create(Expiring("k5", 0, 5))  # moved from 1 to 0 by a create
+        repo.delete("k7")  # a tombstone: stale in every set
+        sweeper = IndexSweeper(repo.client, [info, kvfast.model_info(Request)])
+        assert [m.name for m in sweeper.models] == ["Expiring"]  # only TTL'd, indexed models
+        assert sweeper.sweep() == 19  # all 20 but k2 (k5 is stale in the set of 1)
+        assert _members(r, "f_expiring") == {b"0": {b"k2", b"k5"}}
+        assert sweeper.sweep() == 0
+        assert sorted(o.code for o in repo.find(rider=0)) == sorted(
+            [f"k{i}" for i in range(0, 20, 2)] + ["k5"])
+        assert sorted(o.code for o in repo.find(rider=1)) == sorted(
+            f"k{i}" for i in range(1, 20, 2) if i not in (5, 7))

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("drivers", "meta", "cluster", "replicas"),  # driver errors in, connect, slots, WAIT
     ("scripts", "deadletters"),                 # the Lua calls; the dead-letter document
     ("client", "aioclient"),                    # transports
-    ("indexmeta",),                             # which indexes Redis's sets were built for
+    ("indexmeta", "sweep"),                     # which indexes the sets hold; TTL'd sets pruned
     ("producer", "batch", "versions", "pgcopy"),  # write plans; drain batches
     ("core",),                                  # repository plans
     ("find",),                                  # the find plan (secondary keys)

@@ -4,6 +4,7 @@ sets, and ``python -m kvfast.reindex``."""
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from findmodels import Expiring, Request, Typed
 from helpers import create_tables, insert_row
 
 import kvfast
+import kvfast.aio
 from kvfast import reindex
 from kvfast.schema import check_tables
 
@@ -126,3 +128,53 @@ def test_a_first_start_records_the_indexes_of_tables_without_objects(
     meta = r.hgetall(f"{settings.namespace}:meta")
     assert meta[b"x:f_requests"] == b"rider,status" and meta[b"x:f_expiring"] == b"rider"
     assert "f_typed_owner_idx" in _pg_indexes(pg, "f_typed")
+
+
+def test_a_producer_writing_before_any_supervisor_records_its_indexes(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    """No false alarm: the first writer records the indexes it wrote, so the first
+    supervisor start finds them recorded and equal (it used to find objects and no
+    record, and ask for a reindex)."""
+    create_tables(pg, Request, Expiring, Typed)
+    with kvfast.Repository(Request, settings) as repo:
+        repo.create_many([Request(i, f"r{i % 3}", i, None) for i in range(10)])
+    with kvfast.Repository(Expiring, settings) as expiring:
+        expiring.delete("e1")  # a delete is a first write too
+    meta = f"{settings.namespace}:meta"
+    assert r.hget(meta, "x:f_requests") == b"rider,status"
+    assert r.hget(meta, "x:f_expiring") == b"rider"
+
+    async def write_async() -> None:
+        async with await kvfast.aio.AsyncRepository.open(Typed, settings) as typed:
+            await typed.delete_many([uuid.uuid4()])
+
+    kvfast.aio.run(write_async())
+    assert r.hget(meta, "x:f_typed") == b"owner,stage"
+    code, out = run_supervisor(settings, "--drain-until-empty", models=("findmodels",),
+                               workers=1)
+    assert code == 0, out
+    assert pg.execute("SELECT count(*) FROM f_requests").fetchone() == (10,)
+
+
+def test_a_change_of_indexes_after_a_producer_recorded_them_is_still_refused(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis, tmp_path: Any
+) -> None:
+    """The producer records only where nothing is recorded (HSETNX): a model whose
+    indexes changed is caught at the next supervisor start."""
+    create_tables(pg, Request)
+    with kvfast.Repository(Request, settings) as repo:
+        repo.create(Request(1, "r1", 1, None))  # records rider,status
+    (tmp_path / "changedmodels.py").write_text(
+        "import kvfast\n\n\n"
+        "@kvfast.model(table='f_requests', key='id', indexes=('rider', 'fare'))\n"
+        "class Request:\n    id: int\n    rider: str\n    fare: int\n"
+        "    status: str | None = None\n")
+    code, out = run_supervisor(settings, "--drain-until-empty", "--create-tables",
+                               models=("changedmodels",), workers=1,
+                               pythonpath=[str(tmp_path)])
+    assert code == 2, out
+    assert ("model Request (table 'f_requests') indexes (rider,fare) but its objects in "
+            "Redis were indexed for (rider,status)") in out
+    assert "Traceback" not in out
+    assert r.hget(f"{settings.namespace}:meta", "x:f_requests") == b"rider,status"
