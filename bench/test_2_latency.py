@@ -6,7 +6,8 @@ References, same run:
 
 * a raw socket sending the write kvfast makes — MULTI, DEL, HSET (seven fields),
   RPUSH, EXEC in one packet — with replies parsed by hiredis: the floor for
-  that atomic write (the issue's stretch goal is within 1.5x of it);
+  that atomic write (issue 12's target: within 1.3x of it; the benchmark issue's
+  stretch goal was 1.5x);
 * ``redis-benchmark -P 1 -c 1`` of the HSET and of the RPUSH alone (two round
   trips, not atomic), as the issue asks; their p50s are added.
 """
@@ -127,7 +128,7 @@ def test_kvfast_create(benchmark: Any, r: redis.Redis) -> None:
                   "max", 2.45, "<= 2.45 ms", chart="latency"))
     add(_results.Row("latency", "create p999", "ms", q["p999_ms"], raw.get("p999_ms"), raw_name,
                   chart="latency"))
-    add(_results.Row("latency", "create p50 vs raw socket (stretch)", "ms", q["p50_ms"],
-                  raw.get("p50_ms"), raw_name, "ratio_max", 1.5, "stretch: <= 1.5x"))
+    add(_results.Row("latency", "create p50 vs raw socket", "ms", q["p50_ms"],
+                  raw.get("p50_ms"), raw_name, "ratio_max", 1.3, "<= 1.3x (issue 12)"))
     add(_results.Row("latency", "create p50 vs 2 round trips", "ms", q["p50_ms"], rb_p50,
                   "redis-benchmark -P1 -c1 HSET + RPUSH p50"))
