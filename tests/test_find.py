@@ -28,8 +28,10 @@ from helpers import create_tables, insert_row
 
 import kvfast
 import kvfast.aio
+from kvfast.deadletter import main as deadletter_main
 from kvfast.drainer import Drainer
 from kvfast.find import Overlapped, find_plan
+from kvfast.keys import Keys
 from kvfast.model import TOMBSTONE_FIELD
 from kvfast.scripts import Prune
 from kvfast.sweep import IndexSweeper
@@ -405,3 +407,45 @@ def test_the_sweep_keeps_members_of_live_objects_and_of_keys_written_again(
             [f"k{i}" for i in range(0, 20, 2)] + ["k5"])
         assert sorted(o.code for o in repo.find(rider=1)) == sorted(
             f"k{i}" for i in range(1, 20, 2) if i not in (5, 7))
+
+
+def test_find_answers_a_dead_lettered_key_before_and_after_its_requeue(
+        settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis) -> None:
+    """A write PostgreSQL refused waits in the dead-letter list: ``find`` answers what
+    ``get_by_id`` does all along (Redis's copy), also once it moved, and the same after
+    the operator's requeue has drained it."""
+    create_tables(pg, Request)
+    pg.execute("ALTER TABLE f_requests ADD CONSTRAINT fare_ok CHECK (fare >= 0)")
+    with kvfast.Repository(Request, settings) as repo:
+        repo.create_many([Request(1, "r", -5, "new"), Request(2, "r", 10, "new"),
+                          Request(3, "q", -1, "new")])
+
+        def check() -> None:
+            for rider in ("r", "q", "r2"):
+                want = [o for o in repo.get_many([1, 2, 3]) if o is not None
+                        and o.rider == rider]
+                assert repo.find(rider=rider) == want, rider
+
+        with Drainer(settings) as drainer:
+            drainer.drain_until_empty(max_idle_polls=1)
+        keys = Keys(settings.namespace, settings.partitions)
+        assert sum(r.llen(k) for k in keys.dead) == 2  # the creates of 1 and 3
+        assert pg.execute("SELECT id FROM f_requests ORDER BY id").fetchall() == [(2,)]
+        check()
+        assert [o.id for o in repo.find(rider="r")] == [1, 2]
+        repo.update(1, rider="r2")  # moved while its create waits in the list
+        repo.delete(3)
+        check()
+        assert [o.id for o in repo.find(rider="r2")] == [1] and repo.find(rider="q") == []
+        pg.execute("ALTER TABLE f_requests DROP CONSTRAINT fare_ok")
+        args = ["--redis-url", settings.redis_url, "--partitions", str(settings.partitions),
+                "--namespace", settings.namespace]
+        assert deadletter_main([*args, "requeue"]) == 0
+        with Drainer(settings) as drainer:
+            drainer.drain_until_empty(max_idle_polls=1)
+        check()
+        assert pg.execute("SELECT id, rider FROM f_requests ORDER BY id").fetchall() == [
+            (1, "r2"), (2, "r")]
+        r.delete(*r.keys("*:o:*"))  # Redis's copies gone: PostgreSQL answers the same
+        assert [o.id for o in repo.find(rider="r2")] == [1]
+        assert [o.id for o in repo.find(rider="r")] == [2] and repo.find(rider="q") == []
