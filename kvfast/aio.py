@@ -190,8 +190,22 @@ class AsyncRepository(Generic[M]):
         if isinstance(step, Commands):
             return await self._packed(step)
         if isinstance(step, Overlapped):
-            return await asyncio.gather(self._packed(step.redis), self._select_where(step.select))
+            return await self._overlapped(step)
         return await self._select(step.keys)
+
+    async def _overlapped(self, step: Overlapped) -> tuple[list[Any], list[Any] | None,
+                                                            list[tuple[Any, ...]] | None]:
+        """Both Redis round trips while the SELECT runs (``Repository._overlapped``)."""
+        async def redis_side() -> tuple[list[Any], list[Any] | None]:
+            replies = await self._packed(step.redis)
+            then = step.then(replies)
+            return replies, (await self._packed(then) if then is not None else None)
+
+        if step.select is None:
+            return (*await redis_side(), None)
+        (replies, more), rows = await asyncio.gather(redis_side(),
+                                                     self._select_where(step.select))
+        return replies, more, rows
 
     async def _packed(self, step: Commands) -> list[Any]:
         """A find's packed commands: their one payload on one Redis; on a cluster the

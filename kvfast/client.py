@@ -21,7 +21,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import psycopg
 import redis
@@ -49,7 +49,6 @@ from kvfast.settings import Settings, redact
 # pg_errors and redis_errors live in kvfast.drivers; they stay importable from here.
 __all__ = ["Client", "cluster_client", "connect_pg", "pg_errors", "redis_client", "redis_errors"]
 
-T = TypeVar("T")
 
 
 def _execute_slow(conn: Any, payload: bytes, nreplies: int) -> list[Any]:
@@ -359,34 +358,6 @@ class Client:
         busy = unavailable_reply(replies)
         if busy is not None:
             raise reply_exception(busy, what, redact(self.settings.redis_url))
-
-    def execute_during(self, payload: bytes, nreplies: int,
-                       during: Callable[[], T]) -> tuple[list[Any], T]:
-        """``execute`` of read-only commands with ``during()`` run between sending them
-        and reading their replies: a PostgreSQL query overlapped with the Redis round
-        trip (``kvfast.find``)."""
-        if self.topology is not None:
-            raise RuntimeError("execute_during on a Redis Cluster: route by slot "
-                               "(kvfast.repository routes find's commands)")
-        self.check_partitions()
-        pool = self.redis.connection_pool
-        with redis_errors(self.settings):
-            conn, lease = self._take(pool)
-            try:
-                sock = getattr(conn, "_sock", None)
-                if sock is None:  # pragma: no cover - redis-py internals changed
-                    return _execute_slow(conn, payload, nreplies), during()
-                sock.sendall(payload)
-                result = during()
-                replies = read_replies(sock, nreplies)
-            except BaseException:
-                # replies unread (during() failed) or the socket broke: never reuse it
-                conn.disconnect()
-                raise
-            finally:
-                self._give(pool, conn, lease)
-        self._raise_busy(replies, "a read")
-        return replies, result
 
     def _outcome_unknown(self, exc: BaseException) -> WriteOutcomeUnknown:
         what = ("no reply within the socket timeout "

@@ -16,7 +16,7 @@ The plans (validation, hydration, decoding) are ``kvfast.core``'s, shared with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from kvfast.client import Client
@@ -25,6 +25,7 @@ from kvfast.core import Eval, Plan, ReadHashes, RepositoryCore
 from kvfast.drivers import pg_errors, redis_errors
 from kvfast.find import Commands, FindPlan, FindStep, Overlapped, SelectWhere, find_plan
 from kvfast.model import model_info
+from kvfast.pgpending import PendingQuery
 from kvfast.producer import Producer
 from kvfast.resp import pack
 from kvfast.schema import select_rows
@@ -146,23 +147,44 @@ class Repository(Generic[M]):
         if isinstance(step, SelectWhere):
             return self._select_where(step)
         if isinstance(step, Commands):
-            return self._commands(step, lambda: None)[0]
+            return self._commands(step)
         if isinstance(step, Overlapped):
-            return self._commands(step.redis, lambda: self._select_where(step.select))
+            return self._overlapped(step)
         return self._select(step.keys)
 
-    def _commands(self, step: Commands, during: Callable[[], T]) -> tuple[list[Any], T]:
-        """The replies of ``step`` and ``during()``'s result, run while Redis works on
-        one Redis; on a cluster each command goes to its slot's node (nodes at once)."""
+    def _overlapped(self, step: Overlapped) -> tuple[list[Any], list[Any] | None,
+                                                     list[tuple[Any, ...]] | None]:
+        """The SELECT sent first; both Redis round trips while PostgreSQL runs it
+        (``kvfast.pgpending``); then its rows."""
+        select = step.select
+        pending = None
+        if select is not None:
+            with pg_errors(self.client.settings):
+                pending = PendingQuery(self.client.pg(), select.numbered, select.params)
+        try:
+            replies = self._commands(step.redis)
+            then = step.then(replies)
+            more = self._commands(then) if then is not None else None
+        except BaseException:
+            if pending is not None:
+                pending.abandon()
+            raise
+        if pending is None:
+            return replies, more, None
+        with pg_errors(self.client.settings):
+            return replies, more, pending.rows()
+
+    def _commands(self, step: Commands) -> list[Any]:
+        """The replies of ``step``: one payload on one Redis; on a cluster each command
+        to its slot's node (nodes at once)."""
         client = self.client
         topology = client.topology
         if topology is None:
-            return client.execute_during(step.payload, step.nreplies, during)
+            return client.execute(step.payload, step.nreplies)
         client.check_partitions()
         assert step.routed is not None, "find's commands name their keys on a cluster"
         units = [Unit(topology.slot_of_key(args[1]), pack(args), 1) for args in step.routed()]
-        replies = [r[0] for r in client.execute_units(units)]
-        return replies, during()
+        return [r[0] for r in client.execute_units(units)]
 
     def _select_where(self, step: SelectWhere) -> list[tuple[Any, ...]]:
         with pg_errors(self.client.settings):

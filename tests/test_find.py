@@ -191,14 +191,14 @@ def test_a_delete_drained_between_the_select_and_the_redis_check_does_not_resurr
         plan = find_plan(repo.core, {"rider": "R"})
         step = next(plan)
         assert isinstance(step, Overlapped)  # the index sets, and the SELECT
-        members, rows = repo._perform(step)
+        sets, hashes, rows = repo._perform(step)
         assert sorted(row[0] for row in rows) == [1, 2]
         with Drainer(settings) as drainer:
             drainer.drain_until_empty(max_idle_polls=1)
         assert r.exists(repo.producer.locate(1)[2]) == 0  # the tombstone is gone
         steps = []
         try:
-            step = plan.send((members, rows))
+            step = plan.send((sets, hashes, rows))
             while True:
                 steps.append(type(step).__name__)
                 step = plan.send(repo._perform(step))
@@ -449,3 +449,33 @@ def test_find_answers_a_dead_lettered_key_before_and_after_its_requeue(
         r.delete(*r.keys("*:o:*"))  # Redis's copies gone: PostgreSQL answers the same
         assert [o.id for o in repo.find(rider="r2")] == [1]
         assert [o.id for o in repo.find(rider="r")] == [2] and repo.find(rider="q") == []
+
+
+def test_find_of_a_missing_table_is_a_schema_error_and_the_next_find_works(
+        settings: kvfast.Settings, pg: psycopg.Connection[Any]) -> None:
+    """The SELECT goes out before Redis is asked (kvfast.pgpending): its error is the
+    same clear one, and the connection is idle again after it."""
+    kvfast.create_tables(pg, [])  # kvfast's fence table only
+    with kvfast.Repository(Request, settings) as repo:
+        repo.create(Request(1, "R", 10, None))
+        with pytest.raises(kvfast.SchemaMismatch, match='relation "f_requests" does not'):
+            repo.find(rider="R")
+        create_tables(pg, Request)
+        assert repo.find(rider="R") == [Request(1, "R", 10, None)]
+
+
+def test_redis_away_during_find_leaves_the_postgresql_connection_idle(
+        settings: kvfast.Settings, pg: psycopg.Connection[Any]) -> None:
+    """The SELECT was sent, then Redis failed: its result is read and dropped, the
+    connection's lock released (else the next statement would hang or fail)."""
+    create_tables(pg, Request)
+    insert_row(pg, Request(1, "R", 10, None))
+    away = dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0",
+                               redis_connect_timeout=0.5)
+    with kvfast.Repository(Request, away) as repo:
+        conn = repo.client.pg()
+        for _ in range(2):
+            with pytest.raises(kvfast.RedisUnavailable):
+                repo.find(rider="R")
+        assert repo.client.pg() is conn and not conn.closed
+        assert conn.execute("SELECT id FROM f_requests").fetchall() == [(1,)]

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("indexmeta", "sweep"),                     # which indexes the sets hold; TTL'd sets pruned
     ("producer", "batch", "versions", "pgcopy"),  # write plans; drain batches
     ("core",),                                  # repository plans
-    ("find",),                                  # the find plan (secondary keys)
+    ("find", "pgpending"),                      # the find plan; a query read later
     ("repository", "aio"),                      # the shells over the core
     ("claims", "holding", "acks"),              # a drainer: leases, held tables, ack marks
     ("drainer",),
