@@ -171,8 +171,10 @@ def test_kvfast_drain(benchmark: Any, load: Load, workers: int, r: redis.Redis) 
 
     add = _results.RESULTS.add
     what = "creates" if load.name == "creates" else "mixed c/u/d"
+    # issue 12's targets for creates: 1 worker >= 0.8x the reference, 2 workers >= 1.0x
+    want = 1.0 if load.name == "creates" and workers >= 2 else 0.8
     add(_results.Row("drain", f"{what} rows/s, {workers} worker{'s' * (workers > 1)}", "rows/s",
-                  rate, load.ref_rate, REF_NAME, "ratio_min", 0.8, ">= 0.8x reference",
+                  rate, load.ref_rate, REF_NAME, "ratio_min", want, f">= {want}x reference",
                   chart="throughput"))
     if load.name == "creates" and workers == 2:
         add(_results.Row("drain", "creates rows/s, 2 workers (absolute)", "rows/s", rate, None,

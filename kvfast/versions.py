@@ -75,13 +75,17 @@ class Versions:
         if self._models and time.monotonic() - self._registered_at > _REGISTER_EVERY_S:
             self.register(self._models)
 
-    def newer(self, creates: Mapping[str, ModelInfo]) -> dict[str, tuple[str, str]]:
-        """Tables (of ``creates``: table → this drainer's model) a live newer version
-        has more fields for → (hold kind, why).  Inside the batch's transaction."""
-        if not creates:
-            return {}
+    def live_query(self, creates: Mapping[str, ModelInfo]) -> tuple[sql.Composed, tuple[Any, ...]]:
+        """The live versions of ``creates``' tables (table → this drainer's model): the
+        query and its parameters, run inside the batch's transaction (pipelined with
+        the fence, ``kvfast.pgcopy``); ``judge`` reads its rows."""
+        return self._live, (self.namespace, list(creates), _LIVE_S)
+
+    def judge(self, creates: Mapping[str, ModelInfo],
+              rows: Sequence[tuple[Any, ...]]) -> dict[str, tuple[str, str]]:
+        """Tables a live newer version has more fields for → (hold kind, why), from the
+        rows of ``live_query``."""
         out: dict[str, tuple[str, str]] = {}
-        rows = self.conn.execute(self._live, (self.namespace, list(creates), _LIVE_S))
         for table, version, fields in rows:
             info = creates[table]
             unknown = sorted(set(fields) - set(info.field_names))

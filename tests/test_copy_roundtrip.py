@@ -268,8 +268,10 @@ HYPOTHESIS = hsettings(
     max_examples=60,
     deadline=None,
     database=None,
+    # filter_too_much: the strategies reject values a field cannot hold, and some
+    # seeds draw many of them early (seen once in 8 kept of 58 drawn)
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large],
+                           HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 
 # -- tests ------------------------------------------------------------------------------------
