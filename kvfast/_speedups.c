@@ -58,6 +58,10 @@ typedef struct {
     Py_ssize_t *keys;
     Py_ssize_t nfields;
     FieldPlan *fields;
+    /* the indexed fields (kvfast.index), in the model's `indexes` order: their
+     * hash values are the Encoded tuple's fifth item, one bytes or None each */
+    Py_ssize_t nindex;
+    Py_ssize_t *index;
 } Encoder;
 
 /* One field of one record while it is encoded. */
@@ -411,6 +415,21 @@ static PyObject *key_from_slots(const Encoder *self, const Slot *slots)
     return key;
 }
 
+/* The indexed fields' hash values as the Python encoder returns them: the hash
+ * bytes of each, None for a NULL (the slot of a None has no wire value). */
+static PyObject *index_values(const Encoder *self, const Slot *slots)
+{
+    PyObject *t = PyTuple_New(self->nindex);
+    if (!t) return NULL;
+    for (Py_ssize_t j = 0; j < self->nindex; j++) {
+        const Slot *sl = &slots[self->index[j]];
+        PyObject *h = sl->w ? PyBytes_FromStringAndSize(sl->p, sl->n) : Py_NewRef(Py_None);
+        if (!h) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, j, h);
+    }
+    return t;
+}
+
 static PyObject *encoded_from_slots(const Encoder *self, const Slot *slots, Py_ssize_t count,
                                     Py_ssize_t total)
 {
@@ -426,7 +445,14 @@ static PyObject *encoded_from_slots(const Encoder *self, const Slot *slots, Py_s
     key = key_from_slots(self, slots);
     n = PyLong_FromSsize_t(count);
     if (!key || !n) goto done;
-    result = PyTuple_Pack(4, key, hash, n, wire);
+    if (self->nindex) {
+        PyObject *ivalues = index_values(self, slots);
+        if (!ivalues) goto done;
+        result = PyTuple_Pack(5, key, hash, n, wire, ivalues);
+        Py_DECREF(ivalues);
+    } else {
+        result = PyTuple_Pack(4, key, hash, n, wire);
+    }
 done:
     Py_XDECREF(key);
     Py_XDECREF(n);
@@ -570,6 +596,9 @@ static void encoder_clear_fields(Encoder *self)
     }
     PyMem_Free(self->keys);
     self->keys = NULL;
+    PyMem_Free(self->index);
+    self->index = NULL;
+    self->nindex = 0;
 }
 
 static int encoder_traverse(Encoder *self, visitproc visit, void *arg)
@@ -640,11 +669,11 @@ static int plan_field(FieldPlan *f, PyObject *spec, Py_ssize_t i)
 
 static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"cls", "fields", "key_indexes", "fallback", NULL};
-    PyObject *cls, *fields, *key_indexes, *fallback;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O:Encoder", kwlist, &cls,
+    static char *kwlist[] = {"cls", "fields", "key_indexes", "fallback", "index_fields", NULL};
+    PyObject *cls, *fields, *key_indexes, *fallback, *index_fields = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O|O!:Encoder", kwlist, &cls,
                                      &PyTuple_Type, &fields, &PyTuple_Type, &key_indexes,
-                                     &fallback))
+                                     &fallback, &PyTuple_Type, &index_fields))
         return -1;
     if (!PyType_Check(cls) || !PyCallable_Check(fallback)) {
         PyErr_SetString(PyExc_TypeError, "Encoder(cls: type, fields, key_indexes, fallback: callable)");
@@ -678,6 +707,22 @@ static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds)
             return -1;
         }
         self->keys[k] = x;
+    }
+    Py_ssize_t ni = index_fields ? PyTuple_GET_SIZE(index_fields) : 0;
+    if (ni) {
+        self->index = PyMem_Calloc((size_t)ni, sizeof(Py_ssize_t));
+        if (!self->index) { encoder_clear_fields(self); PyErr_NoMemory(); return -1; }
+        self->nindex = ni;
+    }
+    for (Py_ssize_t j = 0; j < ni; j++) {
+        Py_ssize_t x = PyLong_AsSsize_t(PyTuple_GET_ITEM(index_fields, j));
+        if (x == -1 && PyErr_Occurred()) { encoder_clear_fields(self); return -1; }
+        if (x < 0 || x >= nf) {
+            encoder_clear_fields(self);
+            PyErr_Format(PyExc_ValueError, "index field %zd is not a field", x);
+            return -1;
+        }
+        self->index[j] = x;
     }
     PyObject *tmpl = PyDict_New();
     if (!tmpl) { encoder_clear_fields(self); return -1; }
@@ -761,9 +806,87 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    /* a model with indexes: per partition, the index set prefixes (a tuple of
+     * `nindex` bytes each); NULL without indexes */
+    PyObject *index_prefixes;
+    Py_ssize_t nindex;
     uint32_t crc_seed;
     Py_ssize_t partitions, max_key;
 } Framer;
+
+/* "SADD prefix+value key" in RESP: producer.py's _SADD, one index set member. */
+static PyObject *sadd_command(PyObject *prefix, const char *v, Py_ssize_t vn, const char *kb,
+                              Py_ssize_t kn)
+{
+    Py_ssize_t pn = PyBytes_GET_SIZE(prefix), sn = pn + vn;
+    Py_ssize_t cn = 15 + digits(sn) + 2 + sn + 2 + 1 + digits(kn) + 2 + kn + 2;
+    PyObject *cmd = PyBytes_FromStringAndSize(NULL, cn);
+    if (!cmd) return NULL;
+    char *o = PyBytes_AS_STRING(cmd);
+    memcpy(o, "*3\r\n$4\r\nSADD\r\n$", 15); o += 15;
+    o += put_ll(o, sn); *o++ = '\r'; *o++ = '\n';
+    memcpy(o, PyBytes_AS_STRING(prefix), (size_t)pn); o += pn;
+    memcpy(o, v, (size_t)vn); o += vn;
+    *o++ = '\r'; *o++ = '\n'; *o++ = '$';
+    o += put_ll(o, kn); *o++ = '\r'; *o++ = '\n';
+    memcpy(o, kb, (size_t)kn); o += kn;
+    *o++ = '\r'; *o++ = '\n';
+    if (o != PyBytes_AS_STRING(cmd) + cn) {
+        Py_DECREF(cmd);
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: SADD size mismatch");
+        return NULL;
+    }
+    return cmd;
+}
+
+/* The record's SADDs (a tuple, in index order; none for a NULL value): from the
+ * C slots, or from the Python encoder's fifth item `ivalues`. */
+static PyObject *sadd_commands(const Framer *self, Py_ssize_t p, const Encoder *ce,
+                               const Slot *slots, PyObject *ivalues, const char *kb,
+                               Py_ssize_t kn)
+{
+    PyObject *prefixes = PyTuple_GET_ITEM(self->index_prefixes, p);
+    Py_ssize_t count = 0;
+    const char *vp[STACK_SLOTS];
+    Py_ssize_t vn[STACK_SLOTS];
+    const char **vps = self->nindex <= STACK_SLOTS ? vp
+        : PyMem_Calloc((size_t)self->nindex, sizeof(const char *));
+    Py_ssize_t *vns = self->nindex <= STACK_SLOTS ? vn
+        : PyMem_Calloc((size_t)self->nindex, sizeof(Py_ssize_t));
+    PyObject *out = NULL;
+    if (!vps || !vns) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t j = 0; j < self->nindex; j++) {
+        if (slots) {
+            const Slot *sl = &slots[ce->index[j]];
+            vps[j] = sl->w ? sl->p : NULL;
+            vns[j] = sl->n;
+        } else {
+            PyObject *h = PyTuple_GET_ITEM(ivalues, j);
+            if (h == Py_None) {
+                vps[j] = NULL;
+            } else if (PyBytes_CheckExact(h)) {
+                vps[j] = PyBytes_AS_STRING(h);
+                vns[j] = PyBytes_GET_SIZE(h);
+            } else {
+                PyErr_SetString(PyExc_TypeError, "frame(): index values must be bytes or None");
+                goto done;
+            }
+        }
+        count += vps[j] != NULL;
+    }
+    out = PyTuple_New(count);
+    if (!out) goto done;
+    for (Py_ssize_t j = 0, k = 0; j < self->nindex; j++) {
+        if (!vps[j]) continue;
+        PyObject *cmd = sadd_command(PyTuple_GET_ITEM(prefixes, j), vps[j], vns[j], kb, kn);
+        if (!cmd) { Py_CLEAR(out); goto done; }
+        PyTuple_SET_ITEM(out, k++, cmd);
+    }
+done:
+    if (vps && vps != vp) PyMem_Free(vps);
+    if (vns && vns != vn) PyMem_Free(vns);
+    return out;
+}
 
 static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t nargsf,
                              PyObject *kwnames)
@@ -782,7 +905,8 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
     }
     PyObject *result = NULL, *enc = NULL, *key = NULL, *key_text = NULL, *wire_key = NULL;
     PyObject *body = NULL, *obj_key = NULL, *command = NULL, *entry = NULL;
-    PyObject *fields = NULL, *wire = NULL;  /* borrowed from enc */
+    PyObject *fields = NULL, *wire = NULL, *ivalues = NULL;  /* borrowed from enc */
+    PyObject *sadds = NULL;
     Py_ssize_t nfields = 0, fn = 0;
     /* The C encoder's own objects skip the Encoded tuple: the fields go straight
      * into the HSET and the slots straight into the entry's JSON. */
@@ -812,11 +936,15 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         if (!enc) goto done;
     }
     if (!slots) {
-        if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4
+        if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4 + !!self->nindex
                 || !PyBytes_CheckExact(fields = PyTuple_GET_ITEM(enc, 1))
-                || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))) {
-            PyErr_SetString(PyExc_TypeError,
-                            "frame(): the encoder must return (key, bytes, int, wire)");
+                || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))
+                || (self->nindex && (!PyTuple_CheckExact(ivalues = PyTuple_GET_ITEM(enc, 4))
+                                     || PyTuple_GET_SIZE(ivalues) != self->nindex))) {
+            PyErr_SetString(PyExc_TypeError, self->nindex
+                            ? "frame(): the encoder must return (key, bytes, int, wire, "
+                              "index values)"
+                            : "frame(): the encoder must return (key, bytes, int, wire)");
             goto done;
         }
         key = PyTuple_GET_ITEM(enc, 0);
@@ -928,9 +1056,15 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         PyErr_SetString(PyExc_SystemError, "kvfast framer: entry size mismatch");
         goto done;
     }
+    if (self->nindex) {
+        /* In the same MULTI as the HSET, on the object's slot (create_pieces). */
+        sadds = sadd_commands(self, p, ce, slots, ivalues, kb, kn);
+        if (!sadds) goto done;
+    }
     PyObject *pp = PyLong_FromSsize_t(p);
     if (!pp) goto done;
-    result = PyTuple_Pack(4, pp, obj_key, command, entry);
+    result = sadds ? PyTuple_Pack(5, pp, obj_key, command, entry, sadds)
+                   : PyTuple_Pack(4, pp, obj_key, command, entry);
     Py_DECREF(pp);
     goto done;
 
@@ -948,6 +1082,7 @@ done:
     Py_XDECREF(obj_key);
     Py_XDECREF(command);
     Py_XDECREF(entry);
+    Py_XDECREF(sadds);
     Py_XDECREF(enc);
     if (slots) {
         release_slots(slots, nslots);
@@ -968,6 +1103,7 @@ static int framer_clear(Framer *self)
     Py_CLEAR(self->encode); Py_CLEAR(self->prefixes); Py_CLEAR(self->head);
     Py_CLEAR(self->sep); Py_CLEAR(self->tail); Py_CLEAR(self->dumps);
     Py_CLEAR(self->write_field);
+    Py_CLEAR(self->index_prefixes);
     return 0;
 }
 
@@ -993,13 +1129,15 @@ static PyObject *framer_vectorcall_guard(PyObject *self, PyObject *const *args, 
 static int framer_init(Framer *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"encode", "crc_prefix", "partitions", "prefixes", "head", "sep",
-                             "tail", "dumps", "max_key", "write_field", NULL};
+                             "tail", "dumps", "max_key", "write_field", "index_prefixes", NULL};
     PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    PyObject *index_prefixes = Py_None;
     Py_buffer crc_prefix;
     Py_ssize_t partitions, max_key;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy*nO!SSSOnS:Framer", kwlist, &encode,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy*nO!SSSOnS|O:Framer", kwlist, &encode,
                                      &crc_prefix, &partitions, &PyTuple_Type, &prefixes, &head,
-                                     &sep, &tail, &dumps, &max_key, &write_field))
+                                     &sep, &tail, &dumps, &max_key, &write_field,
+                                     &index_prefixes))
         return -1;
     uint32_t seed = crc_update(0, crc_prefix.buf, crc_prefix.len);
     PyBuffer_Release(&crc_prefix);
@@ -1020,6 +1158,39 @@ static int framer_init(Framer *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Framer is initialized once");
         return -1;
     }
+    /* index_prefixes: None, or per partition a tuple of bytes, one per index (as
+     * many as the C encoder's indexed fields) */
+    Py_ssize_t nindex = 0;
+    if (index_prefixes != Py_None) {
+        if (!PyTuple_CheckExact(index_prefixes) || PyTuple_GET_SIZE(index_prefixes) != partitions) {
+            PyErr_SetString(PyExc_TypeError, "Framer: index_prefixes must be None or a tuple "
+                                             "per partition");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < partitions; i++) {
+            PyObject *t = PyTuple_GET_ITEM(index_prefixes, i);
+            if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) == 0
+                    || (i && PyTuple_GET_SIZE(t) != nindex)) {
+                PyErr_SetString(PyExc_TypeError, "Framer: index_prefixes must hold one "
+                                                 "non-empty tuple of bytes per partition, "
+                                                 "all of one length");
+                return -1;
+            }
+            nindex = PyTuple_GET_SIZE(t);
+            for (Py_ssize_t j = 0; j < nindex; j++)
+                if (!PyBytes_CheckExact(PyTuple_GET_ITEM(t, j))) {
+                    PyErr_SetString(PyExc_TypeError, "Framer: index prefixes must be bytes");
+                    return -1;
+                }
+        }
+    }
+    if (Py_TYPE(encode) == &EncoderType && ((Encoder *)encode)->nindex != nindex) {
+        PyErr_Format(PyExc_ValueError, "Framer: %zd index prefixes per partition for an "
+                     "encoder of %zd indexed fields", nindex, ((Encoder *)encode)->nindex);
+        return -1;
+    }
+    if (nindex) { Py_INCREF(index_prefixes); self->index_prefixes = index_prefixes; }
+    self->nindex = nindex;
     Py_INCREF(encode); self->encode = encode;
     Py_INCREF(prefixes); self->prefixes = prefixes;
     Py_INCREF(head); self->head = head;
@@ -1101,7 +1272,7 @@ static PyObject *framer_run(PyObject *self_, PyObject *const *args, Py_ssize_t n
         PyObject *call_args[2] = {obj, write_id ? write_id : Py_None};
         PyObject *framed = framer_call(self_, call_args, 2, NULL);
         if (!framed) { Py_DECREF(obj); Py_XDECREF(write_id); return NULL; }
-        if (PyTuple_GET_SIZE(framed) != 4) {
+        if (PyTuple_GET_SIZE(framed) == 1) {
             rest = PyTuple_Pack(3, obj, write_id ? write_id : Py_None, framed);
             Py_DECREF(obj); Py_XDECREF(write_id); Py_DECREF(framed);
             if (!rest) return NULL;
@@ -1128,6 +1299,11 @@ static PyObject *framer_run(PyObject *self_, PyObject *const *args, Py_ssize_t n
             goto fail;
         }
         if (PyList_Append(commands, PyTuple_GET_ITEM(framed, 2)) < 0) goto fail;
+        if (PyTuple_GET_SIZE(framed) == 5) {  /* a model with indexes: its SADDs next */
+            PyObject *sadds = PyTuple_GET_ITEM(framed, 4);
+            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(sadds); j++)
+                if (PyList_Append(commands, PyTuple_GET_ITEM(sadds, j)) < 0) goto fail;
+        }
         PyObject *queue = PyDict_GetItemWithError(entries, p);  /* borrowed */
         if (queue) {
             if (!PyList_CheckExact(queue)) {

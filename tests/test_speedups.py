@@ -17,7 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import pytest
@@ -57,7 +57,58 @@ class SpPair:
     note: str | None = None
 
 
-MODELS = (*ALL_MODELS, Typed, SpPair)
+@kvfast.model(table="sp_indexed", key="id", indexes=(
+    "i", "small", "s", "vc", "ch", "u", "b", "d", "tz", "ts", "color", "shade", "status", "kind",
+    "o_i", "o_s", "o_u", "o_d", "o_tz", "o_status"))
+class SpIndexed:
+    """Every indexable field type indexed (kvfast.indexspec), NULL-able twins of some: the
+    C encoder returns their hash values and the C framer writes their SADDs."""
+
+    id: int
+    i: int
+    small: Annotated[int, kvfast.SmallInt]
+    s: str
+    vc: Annotated[str, kvfast.VarChar(4)]
+    ch: Annotated[str, kvfast.Char(3)]
+    u: uuid.UUID
+    b: bool
+    d: dt.date
+    tz: dt.datetime
+    ts: Annotated[dt.datetime, kvfast.Timestamp]
+    color: Color
+    shade: Shade
+    status: Annotated[RideStatus, kvfast.PgEnum("sp_ride_status")]
+    kind: Annotated[str, kvfast.PgEnum("sp_ride_kind", labels=("auto", "cab", ""))]
+    note: str | None = None
+    o_i: int | None = None
+    o_s: str | None = None
+    o_u: uuid.UUID | None = None
+    o_d: dt.date | None = None
+    o_tz: dt.datetime | None = None
+    o_status: Annotated[RideStatus | None, kvfast.PgEnum("sp_ride_status")] = None
+
+
+@kvfast.model(table="sp_indexed_str", key="code", ttl=1, indexes=("rider",))
+class SpIndexedStr:
+    """A str key with a TTL (write ids) and one NULL-able index."""
+
+    code: str
+    rider: str | None
+    fare: int
+
+
+@kvfast.model(table="sp_indexed_pair", key=("a", "b"), indexes=("a", "owner"))
+class SpIndexedPair:
+    """A composite key with an index on one part: the framing of each record is
+    Python's, the SADDs too."""
+
+    a: int
+    b: str
+    owner: uuid.UUID | None = None
+
+
+INDEXED = (SpIndexed, SpIndexedStr, SpIndexedPair)
+MODELS = (*ALL_MODELS, Typed, SpPair, *INDEXED)
 INFOS = [kvfast.model_info(m) for m in MODELS]
 PY = {i.name: build_create_encoder(i) for i in INFOS}
 C = {i.name: build_c_create_encoder(i) for i in INFOS}
@@ -262,11 +313,15 @@ def objects(cls: type, max_bad: int = 2) -> st.SearchStrategy[Any]:
 def outcome(encode: Callable[[Any], Any], obj: Any) -> tuple[Any, ...]:
     """What an encoder made of ``obj``, comparable across implementations."""
     try:
-        key, hash_fields, count, wire = encode(obj)
+        encoded = encode(obj)
     except Exception as exc:
         return ("raised", type(exc), str(exc))
+    key, hash_fields, count, wire = encoded[:4]
+    # a model with indexes: the indexed fields' hash values (bytes, None for NULL)
+    ivalues = encoded[4:]
     return ("encoded", type(key), key, hash_fields, count, list(wire),
-            [type(v) for v in wire.values()], orjson.dumps(wire))
+            [type(v) for v in wire.values()], orjson.dumps(wire), ivalues,
+            [type(v) for v in ivalues[0]] if ivalues else None, len(encoded))
 
 
 def assert_same(name: str, obj: Any) -> tuple[Any, ...]:
