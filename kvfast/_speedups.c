@@ -100,16 +100,39 @@ static char *put_time(char *o, int h, int mi, int s, int us)
     return o;
 }
 
+/* Decimal digits of u: a record writes a dozen numbers (lengths, counts, ints),
+ * most of them one or two digits, so the short ones are tested first. */
+static int udigits(unsigned long long u)
+{
+    if (u < 10) return 1;
+    if (u < 100) return 2;
+    int d = 3;
+    for (u /= 1000; u; u /= 10) d++;
+    return d;
+}
+
+static const char DIGITS2[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* v in decimal at o (as "%lld"), two digits per division; returns its length. */
 static Py_ssize_t put_ll(char *o, long long v)
 {
-    char tmp[24];
-    int n = 0;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u);
     Py_ssize_t len = 0;
     if (v < 0) o[len++] = '-';
-    while (n) o[len++] = tmp[--n];
-    return len;
+    if (u < 10) { o[len] = (char)('0' + u); return len + 1; }
+    int d = udigits(u);
+    char *e = o + len + d;
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        e -= 2; e[0] = DIGITS2[2 * r]; e[1] = DIGITS2[2 * r + 1];
+    }
+    if (u >= 10) { e -= 2; e[0] = DIGITS2[2 * u]; e[1] = DIGITS2[2 * u + 1]; }
+    else *--e = (char)('0' + u);
+    return len + d;
 }
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -328,9 +351,7 @@ static int encode_field(const FieldPlan *f, Slot *sl)
 
 static Py_ssize_t digits(Py_ssize_t n)
 {
-    Py_ssize_t d = 1;
-    while (n >= 10) { n /= 10; d++; }
-    return d;
+    return udigits((unsigned long long)n);  /* n >= 0: a length or a count */
 }
 
 static char *put_value(char *o, const FieldPlan *f, const Slot *sl)
@@ -518,18 +539,17 @@ typedef struct {
 /* orjson.dumps(wire) for a record the C encoder took: {"name":value,...} in
  * field order.  Values C cannot write exactly as orjson does (floats: orjson's
  * shortest form differs from repr; json and arrays; text needing escapes) are
- * each dumped by orjson itself. */
-static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dumps)
+ * each dumped by orjson itself.  In two steps, so that the framer writes the
+ * JSON straight into the queue entry (no bytes object of its own, no copy):
+ * json_measure fills `pieces` (zeroed, nfields of them) and returns the JSON's
+ * size (-1: error), json_write writes it at `o`; json_release in every case. */
+static Py_ssize_t json_measure(const Encoder *self, const Slot *slots, PyObject *dumps,
+                               JsonPiece *pieces)
 {
     Py_ssize_t nf = self->nfields, total = 2 + (nf - 1);
-    JsonPiece stack[STACK_SLOTS];
-    JsonPiece *pieces = nf <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nf, sizeof(JsonPiece));
-    if (!pieces) return PyErr_NoMemory();
-    if (pieces == stack) memset(pieces, 0, sizeof(JsonPiece) * (size_t)nf);
-    PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < nf; i++) {
         const FieldPlan *f = &self->fields[i];
-        Slot *sl = &slots[i];
+        const Slot *sl = &slots[i];
         JsonPiece *jp = &pieces[i];
         PyObject *w = sl->w;
         if (!w) {
@@ -538,30 +558,37 @@ static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dum
             jp->p = sl->p; jp->n = sl->n;  /* the hash text: the digits */
         } else if (f->kind == K_BOOL) {
             jp->p = w == Py_True ? "true" : "false"; jp->n = w == Py_True ? 4 : 5;
+        } else if (f->kind == K_DATETIME_UTC || f->kind == K_TIMESTAMP || f->kind == K_DATE
+                   || f->kind == K_TIME || f->kind == K_UUID) {
+            /* text C wrote itself (ascii_wire: digits, '-', ':', '.', 'T', '+',
+             * hex): nothing to escape, no need to scan it */
+            jp->p = sl->p; jp->n = sl->n; jp->quote = 1;
         } else if (PyUnicode_CheckExact(w)) {
             Py_ssize_t n;
             const char *s = PyUnicode_AsUTF8AndSize(w, &n);
-            if (!s) goto done;
+            if (!s) return -1;
             if (json_plain(s, n)) {
                 jp->p = s; jp->n = n; jp->quote = 1;
             }
         }
         if (!jp->p) {
             jp->own = PyObject_CallOneArg(dumps, w);
-            if (!jp->own) goto done;
+            if (!jp->own) return -1;
             if (!PyBytes_CheckExact(jp->own)) {
                 PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
-                goto done;
+                return -1;
             }
             jp->p = PyBytes_AS_STRING(jp->own); jp->n = PyBytes_GET_SIZE(jp->own);
         }
         total += PyBytes_GET_SIZE(f->json_name) + jp->n + 2 * jp->quote;
     }
-    result = PyBytes_FromStringAndSize(NULL, total);
-    if (!result) goto done;
-    char *o = PyBytes_AS_STRING(result);
+    return total;
+}
+
+static char *json_write(const Encoder *self, const JsonPiece *pieces, char *o)
+{
     *o++ = '{';
-    for (Py_ssize_t i = 0; i < nf; i++) {
+    for (Py_ssize_t i = 0; i < self->nfields; i++) {
         const JsonPiece *jp = &pieces[i];
         if (i) *o++ = ',';
         Py_ssize_t kn = PyBytes_GET_SIZE(self->fields[i].json_name);
@@ -571,14 +598,12 @@ static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dum
         if (jp->quote) *o++ = '"';
     }
     *o++ = '}';
-    if (o != PyBytes_AS_STRING(result) + total) {
-        Py_CLEAR(result);
-        PyErr_SetString(PyExc_SystemError, "kvfast framer: JSON size mismatch");
-    }
-done:
-    for (Py_ssize_t i = 0; i < nf; i++) Py_XDECREF(pieces[i].own);
-    if (pieces != stack) PyMem_Free(pieces);
-    return result;
+    return o;
+}
+
+static void json_release(JsonPiece *pieces, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) Py_CLEAR(pieces[i].own);
 }
 
 static void encoder_clear_fields(Encoder *self)
@@ -888,22 +913,26 @@ done:
     return out;
 }
 
-static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t nargsf,
-                             PyObject *kwnames)
+/* One framed record (new references): Framer.run files it without building a
+ * tuple, frame() returns it as one. */
+typedef struct {
+    Py_ssize_t p;
+    PyObject *obj_key, *command, *entry;
+    PyObject *sadds;     /* a model with indexes: the tuple of its SADDs, else NULL */
+    PyObject *declined;  /* instead of the above: the Encoded tuple, for Python to frame */
+} Framed;
+
+static void framed_release(Framed *fr)
 {
-    Framer *self = (Framer *)self_;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "frame(obj, write_id=None)");
-        return NULL;
-    }
-    PyObject *obj = args[0];
-    PyObject *write_id = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
-    if (write_id && !PyBytes_Check(write_id)) {
-        PyErr_SetString(PyExc_TypeError, "frame(): write_id must be bytes or None");
-        return NULL;
-    }
-    PyObject *result = NULL, *enc = NULL, *key = NULL, *key_text = NULL, *wire_key = NULL;
+    Py_CLEAR(fr->obj_key); Py_CLEAR(fr->command); Py_CLEAR(fr->entry);
+    Py_CLEAR(fr->sadds); Py_CLEAR(fr->declined);
+}
+
+/* Frame `obj` into `out` (zeroed): 0 framed, 1 declined (out->declined), -1 error. */
+static int frame_record(Framer *self, PyObject *obj, PyObject *write_id, Framed *out)
+{
+    int rc = -1;
+    PyObject *enc = NULL, *key = NULL, *key_text = NULL, *wire_key = NULL;
     PyObject *body = NULL, *obj_key = NULL, *command = NULL, *entry = NULL;
     PyObject *fields = NULL, *wire = NULL, *ivalues = NULL;  /* borrowed from enc */
     PyObject *sadds = NULL;
@@ -912,16 +941,18 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
      * into the HSET and the slots straight into the entry's JSON. */
     Encoder *ce = Py_TYPE(self->encode) == &EncoderType ? (Encoder *)self->encode : NULL;
     Slot stack[STACK_SLOTS];
+    JsonPiece jstack[STACK_SLOTS];
+    JsonPiece *jpieces = NULL;
     Slot *slots = NULL;
     Py_ssize_t nslots = 0;
     if (ce && ce->fields && ce->cls && (PyObject *)Py_TYPE(obj) == ce->cls) {
         nslots = ce->nfields;
         slots = nslots <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nslots, sizeof(Slot));
-        if (!slots) return PyErr_NoMemory();
+        if (!slots) { PyErr_NoMemory(); return -1; }
         if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nslots);
-        int rc = fill_slots(ce, obj, slots, &nfields, &fn);
-        if (rc < 0) goto done;
-        if (rc == 1) {
+        int filled = fill_slots(ce, obj, slots, &nfields, &fn);
+        if (filled < 0) goto done;
+        if (filled == 1) {
             release_slots(slots, nslots);
             if (slots != stack) PyMem_Free(slots);
             slots = NULL;
@@ -957,8 +988,8 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
             goto done;
         }
     }
-    const char *kb;
-    Py_ssize_t kn;
+    const char *kb, *wkb;  /* the key's text; its JSON (wire key) */
+    Py_ssize_t kn, wkn;
     char digits_buf[24];
     if (PyLong_CheckExact(key)) {
         int overflow;
@@ -969,8 +1000,7 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         }
         kn = put_ll(digits_buf, x);
         kb = digits_buf;
-        wire_key = PyBytes_FromStringAndSize(kb, kn);  /* an int key's JSON is its digits */
-        if (!wire_key) goto done;
+        wkb = kb; wkn = kn;  /* an int key's JSON is its digits */
     } else if (PyTuple_Check(key)) {
         goto decline;
     } else {
@@ -985,6 +1015,7 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
             PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
             goto done;
         }
+        wkb = PyBytes_AS_STRING(wire_key); wkn = PyBytes_GET_SIZE(wire_key);
     }
     uint32_t crc = crc_update(self->crc_seed, (const unsigned char *)kb, kn);
     Py_ssize_t p = (Py_ssize_t)(crc % (uint32_t)self->partitions);
@@ -1029,23 +1060,41 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         PyErr_SetString(PyExc_SystemError, "kvfast framer: HSET size mismatch");
         goto done;
     }
-    body = slots ? json_from_slots(ce, slots, self->dumps) : PyObject_CallOneArg(self->dumps, wire);
-    if (!body) goto done;
-    if (!PyBytes_CheckExact(body)) {
-        PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
-        goto done;
+    Py_ssize_t bn;
+    if (slots) {  /* the JSON goes straight into the entry below */
+        jpieces = nslots <= STACK_SLOTS ? jstack : PyMem_Calloc((size_t)nslots, sizeof(JsonPiece));
+        if (!jpieces) { PyErr_NoMemory(); goto done; }
+        if (jpieces == jstack) memset(jpieces, 0, sizeof(JsonPiece) * (size_t)nslots);
+        bn = json_measure(ce, slots, self->dumps, jpieces);
+        if (bn < 0) goto done;
+    } else {
+        body = PyObject_CallOneArg(self->dumps, wire);
+        if (!body) goto done;
+        if (!PyBytes_CheckExact(body)) {
+            PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+            goto done;
+        }
+        bn = PyBytes_GET_SIZE(body);
     }
     Py_ssize_t hn = PyBytes_GET_SIZE(self->head), sn = PyBytes_GET_SIZE(self->sep);
-    Py_ssize_t tn = PyBytes_GET_SIZE(self->tail), wkn = PyBytes_GET_SIZE(wire_key);
-    Py_ssize_t bn = PyBytes_GET_SIZE(body);
+    Py_ssize_t tn = PyBytes_GET_SIZE(self->tail);
     Py_ssize_t en = hn + wkn + sn + bn + tn + (write_id ? 6 + wn + 1 : 0);
     entry = PyBytes_FromStringAndSize(NULL, en);
     if (!entry) goto done;
     o = PyBytes_AS_STRING(entry);
     memcpy(o, PyBytes_AS_STRING(self->head), (size_t)hn); o += hn;
-    memcpy(o, PyBytes_AS_STRING(wire_key), (size_t)wkn); o += wkn;
+    memcpy(o, wkb, (size_t)wkn); o += wkn;
     memcpy(o, PyBytes_AS_STRING(self->sep), (size_t)sn); o += sn;
-    memcpy(o, PyBytes_AS_STRING(body), (size_t)bn); o += bn;
+    if (jpieces) {
+        char *json = o;
+        o = json_write(ce, jpieces, o);
+        if (o != json + bn) {
+            PyErr_SetString(PyExc_SystemError, "kvfast framer: JSON size mismatch");
+            goto done;
+        }
+    } else {
+        memcpy(o, PyBytes_AS_STRING(body), (size_t)bn); o += bn;
+    }
     if (write_id) {  /* codec.mark */
         memcpy(o, ",\"i\":\"", 6); o += 6;
         memcpy(o, PyBytes_AS_STRING(write_id), (size_t)wn); o += wn;
@@ -1061,11 +1110,12 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         sadds = sadd_commands(self, p, ce, slots, ivalues, kb, kn);
         if (!sadds) goto done;
     }
-    PyObject *pp = PyLong_FromSsize_t(p);
-    if (!pp) goto done;
-    result = sadds ? PyTuple_Pack(5, pp, obj_key, command, entry, sadds)
-                   : PyTuple_Pack(4, pp, obj_key, command, entry);
-    Py_DECREF(pp);
+    out->p = p;
+    out->obj_key = obj_key; obj_key = NULL;
+    out->command = command; command = NULL;
+    out->entry = entry; entry = NULL;
+    out->sadds = sadds; sadds = NULL;
+    rc = 0;
     goto done;
 
 decline:
@@ -1073,7 +1123,8 @@ decline:
         enc = encoded_from_slots(ce, slots, nfields, fn);
         if (!enc) goto done;
     }
-    result = PyTuple_Pack(1, enc);
+    out->declined = enc; enc = NULL;
+    rc = 1;
 done:
     Py_XDECREF(key);
     Py_XDECREF(key_text);
@@ -1084,10 +1135,43 @@ done:
     Py_XDECREF(entry);
     Py_XDECREF(sadds);
     Py_XDECREF(enc);
+    if (jpieces) {
+        json_release(jpieces, nslots);
+        if (jpieces != jstack) PyMem_Free(jpieces);
+    }
     if (slots) {
         release_slots(slots, nslots);
         if (slots != stack) PyMem_Free(slots);
     }
+    return rc;
+}
+
+static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "frame(obj, write_id=None)");
+        return NULL;
+    }
+    PyObject *write_id = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
+    if (write_id && !PyBytes_Check(write_id)) {
+        PyErr_SetString(PyExc_TypeError, "frame(): write_id must be bytes or None");
+        return NULL;
+    }
+    Framed fr = {0};
+    int rc = frame_record((Framer *)self_, args[0], write_id, &fr);
+    PyObject *result = NULL;
+    if (rc == 1) {
+        result = PyTuple_Pack(1, fr.declined);
+    } else if (rc == 0) {
+        PyObject *pp = PyLong_FromSsize_t(fr.p);
+        if (pp)
+            result = fr.sadds ? PyTuple_Pack(5, pp, fr.obj_key, fr.command, fr.entry, fr.sadds)
+                              : PyTuple_Pack(4, pp, fr.obj_key, fr.command, fr.entry);
+        Py_XDECREF(pp);
+    }
+    framed_release(&fr);
     return result;
 }
 
@@ -1269,21 +1353,25 @@ static PyObject *framer_run(PyObject *self_, PyObject *const *args, Py_ssize_t n
             memcpy(PyBytes_AS_STRING(write_id), PyBytes_AS_STRING(id_prefix), (size_t)ipn);
             memcpy(PyBytes_AS_STRING(write_id) + ipn, hex, (size_t)hn);
         }
-        PyObject *call_args[2] = {obj, write_id ? write_id : Py_None};
-        PyObject *framed = framer_call(self_, call_args, 2, NULL);
-        if (!framed) { Py_DECREF(obj); Py_XDECREF(write_id); return NULL; }
-        if (PyTuple_GET_SIZE(framed) == 1) {
-            rest = PyTuple_Pack(3, obj, write_id ? write_id : Py_None, framed);
-            Py_DECREF(obj); Py_XDECREF(write_id); Py_DECREF(framed);
+        Framed fr = {0};
+        int rc = frame_record(self, obj, write_id, &fr);
+        if (rc < 0) { Py_DECREF(obj); Py_XDECREF(write_id); return NULL; }
+        if (rc == 1) {
+            PyObject *declined = PyTuple_Pack(1, fr.declined);
+            rest = declined ? PyTuple_Pack(3, obj, write_id ? write_id : Py_None, declined)
+                            : NULL;
+            Py_XDECREF(declined);
+            Py_DECREF(obj); Py_XDECREF(write_id); framed_release(&fr);
             if (!rest) return NULL;
             break;
         }
         Py_DECREF(obj);
         Py_XDECREF(write_id);
-        PyObject *p = PyTuple_GET_ITEM(framed, 0), *obj_key = PyTuple_GET_ITEM(framed, 1);
-        int in_seen = PySet_Contains(seen, obj_key);
-        if (in_seen < 0) goto fail;
-        if (in_seen) {  /* a key repeated in the piece: its own DEL before its HSET */
+        PyObject *obj_key = fr.obj_key, *p = NULL;
+        /* one set operation: the set grows unless the key is already in this piece */
+        Py_ssize_t known = PySet_GET_SIZE(seen);
+        if (PySet_Add(seen, obj_key) < 0) goto fail;
+        if (PySet_GET_SIZE(seen) == known) {  /* a key repeated in the piece: its own DEL first */
             Py_ssize_t kn = PyBytes_GET_SIZE(obj_key);
             PyObject *del = PyBytes_FromStringAndSize(NULL, 14 + digits(kn) + 2 + kn + 2);
             if (!del) goto fail;
@@ -1292,41 +1380,42 @@ static PyObject *framer_run(PyObject *self_, PyObject *const *args, Py_ssize_t n
             o += put_ll(o, kn); *o++ = '\r'; *o++ = '\n';
             memcpy(o, PyBytes_AS_STRING(obj_key), (size_t)kn); o += kn;
             *o++ = '\r'; *o = '\n';
-            int rc = PyList_Append(commands, del);
+            int added = PyList_Append(commands, del);
             Py_DECREF(del);
-            if (rc < 0) goto fail;
-        } else if (PySet_Add(seen, obj_key) < 0 || PyList_Append(piece_keys, obj_key) < 0) {
+            if (added < 0) goto fail;
+        } else if (PyList_Append(piece_keys, obj_key) < 0) {
             goto fail;
         }
-        if (PyList_Append(commands, PyTuple_GET_ITEM(framed, 2)) < 0) goto fail;
-        if (PyTuple_GET_SIZE(framed) == 5) {  /* a model with indexes: its SADDs next */
-            PyObject *sadds = PyTuple_GET_ITEM(framed, 4);
-            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(sadds); j++)
-                if (PyList_Append(commands, PyTuple_GET_ITEM(sadds, j)) < 0) goto fail;
-        }
+        if (PyList_Append(commands, fr.command) < 0) goto fail;
+        if (fr.sadds)  /* a model with indexes: its SADDs next, in the same MULTI */
+            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fr.sadds); j++)
+                if (PyList_Append(commands, PyTuple_GET_ITEM(fr.sadds, j)) < 0) goto fail;
+        p = PyLong_FromSsize_t(fr.p);
+        if (!p) goto fail;
         PyObject *queue = PyDict_GetItemWithError(entries, p);  /* borrowed */
         if (queue) {
             if (!PyList_CheckExact(queue)) {
                 PyErr_SetString(PyExc_TypeError, "run(): entries must map to lists");
                 goto fail;
             }
-            if (PyList_Append(queue, PyTuple_GET_ITEM(framed, 3)) < 0) goto fail;
+            if (PyList_Append(queue, fr.entry) < 0) goto fail;
         } else {
             if (PyErr_Occurred()) goto fail;
             PyObject *fresh = PyList_New(1);
             if (!fresh) goto fail;
-            PyObject *entry = PyTuple_GET_ITEM(framed, 3);
-            Py_INCREF(entry);
-            PyList_SET_ITEM(fresh, 0, entry);
-            int rc = PyDict_SetItem(entries, p, fresh);
+            Py_INCREF(fr.entry);
+            PyList_SET_ITEM(fresh, 0, fr.entry);
+            int set = PyDict_SetItem(entries, p, fresh);
             Py_DECREF(fresh);
-            if (rc < 0) goto fail;
+            if (set < 0) goto fail;
         }
-        Py_DECREF(framed);
+        Py_DECREF(p);
+        framed_release(&fr);
         count++;
         continue;
 fail:
-        Py_DECREF(framed);
+        Py_XDECREF(p);
+        framed_release(&fr);
         return NULL;
     }
     PyObject *out = Py_BuildValue("(nKO)", count, serial, rest ? rest : Py_None);
