@@ -69,7 +69,8 @@ def main() -> None:
         for obj in objs:
             encode(obj)
     elapsed = time.perf_counter() - t0
-    print(f"{impl.IMPL} {mode}{' indexed' if indexed else ''}: {n} bookings, {elapsed / max(n, 1) * 1e6:.2f} µs each")
+    what = f"{mode} indexed" if indexed else mode
+    print(f"{impl.IMPL} {what}: {n} bookings, {elapsed / max(n, 1) * 1e6:.2f} µs each")
 
 
 if __name__ == "__main__":
