@@ -159,9 +159,20 @@ static PyObject *b64_str(const unsigned char *s, Py_ssize_t n)
     return r;
 }
 
-/* An ASCII str of `n` bytes from `s`; the slot's hash bytes point into it. */
-static int ascii_wire(Slot *sl, const char *s, Py_ssize_t n)
+/* An ASCII str of `n` bytes from `s`; the slot's hash bytes point into it.
+ * Without `wire` (the framer, which writes the entry's JSON from the slot's
+ * bytes) no str is made: the text stays in the slot's buffer and the wire
+ * value is a None marker (present, not NULL).  n <= 36 here (a UUID). */
+static int ascii_wire(Slot *sl, const char *s, Py_ssize_t n, int wire)
 {
+    if (!wire && n <= (Py_ssize_t)sizeof sl->buf) {
+        memcpy(sl->buf, s, (size_t)n);
+        sl->p = sl->buf;
+        sl->n = n;
+        Py_INCREF(Py_None);
+        sl->w = Py_None;
+        return 0;
+    }
     PyObject *w = PyUnicode_New(n, 127);
     if (!w) return -1;
     memcpy(PyUnicode_DATA(w), s, (size_t)n);
@@ -173,7 +184,7 @@ static int ascii_wire(Slot *sl, const char *s, Py_ssize_t n)
 
 /* -- one field: 0 done, 1 fall back to Python, -1 error -------------------- */
 
-static int encode_field(const FieldPlan *f, Slot *sl)
+static int encode_field(const FieldPlan *f, Slot *sl, int wire)
 {
     PyObject *v = sl->v;
     switch (f->kind) {
@@ -246,14 +257,14 @@ static int encode_field(const FieldPlan *f, Slot *sl)
         o = put_time(o, PyDateTime_DATE_GET_HOUR(v), PyDateTime_DATE_GET_MINUTE(v),
                      PyDateTime_DATE_GET_SECOND(v), PyDateTime_DATE_GET_MICROSECOND(v));
         if (f->kind == K_DATETIME_UTC) { memcpy(o, "+00:00", 6); o += 6; }
-        return ascii_wire(sl, t, o - t);
+        return ascii_wire(sl, t, o - t, wire);
     }
     case K_DATE: {
         if (!PyDate_CheckExact(v)) return 1;
         char t[16];
         char *o = put_date(t, PyDateTime_GET_YEAR(v), PyDateTime_GET_MONTH(v),
                            PyDateTime_GET_DAY(v));
-        return ascii_wire(sl, t, o - t);
+        return ascii_wire(sl, t, o - t, wire);
     }
     case K_TIME: {
         if (!PyTime_CheckExact(v)) return 1;
@@ -261,7 +272,7 @@ static int encode_field(const FieldPlan *f, Slot *sl)
         char t[24];
         char *o = put_time(t, PyDateTime_TIME_GET_HOUR(v), PyDateTime_TIME_GET_MINUTE(v),
                            PyDateTime_TIME_GET_SECOND(v), PyDateTime_TIME_GET_MICROSECOND(v));
-        return ascii_wire(sl, t, o - t);
+        return ascii_wire(sl, t, o - t, wire);
     }
     case K_DECIMAL: {
         if ((PyObject *)Py_TYPE(v) != f->extra) return 1;
@@ -307,7 +318,7 @@ static int encode_field(const FieldPlan *f, Slot *sl)
             unsigned long long word = k < 16 ? hi : lo;
             t[pos++] = HEX[(word >> (60 - 4 * (k % 16))) & 15];
         }
-        return ascii_wire(sl, t, 36);
+        return ascii_wire(sl, t, 36, wire);
     }
     case K_BYTES: {
         if (!PyBytes_CheckExact(v)) return 1;
@@ -379,10 +390,11 @@ static void release_slots(Slot *slots, Py_ssize_t nf)
     }
 }
 
-/* Read and encode every field of `obj` into `slots` (zeroed, nfields of them).
+/* Read and encode every field of `obj` into `slots` (zeroed, nfields of them);
+ * `wire`: the wire values as objects (see ascii_wire).
  * 0: done; 1: hand the object to Python (no exception set); -1: error. */
 static int fill_slots(Encoder *self, PyObject *obj, Slot *slots, Py_ssize_t *count,
-                      Py_ssize_t *total)
+                      Py_ssize_t *total, int wire)
 {
     int fall = 0;
     *count = *total = 0;
@@ -395,7 +407,7 @@ static int fill_slots(Encoder *self, PyObject *obj, Slot *slots, Py_ssize_t *cou
             if (!f->nullable) { fall = 1; break; }
             continue;
         }
-        int rc = encode_field(f, sl);
+        int rc = encode_field(f, sl, wire);
         if (rc) { fall = rc; break; }
         *total += PyBytes_GET_SIZE(f->prefix) + 1 + digits(sl->n) + 2 + sl->n + 2;
         (*count)++;
@@ -506,7 +518,7 @@ static PyObject *encoder_call(PyObject *self_, PyObject *const *args, size_t nar
     if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nf);
     Py_ssize_t count, total;
     PyObject *result = NULL;
-    int rc = fill_slots(self, obj, slots, &count, &total);
+    int rc = fill_slots(self, obj, slots, &count, &total, 1);
     if (rc == 1)
         result = PyObject_CallOneArg(self->fallback, obj);
     else if (rc == 0)
@@ -943,6 +955,7 @@ static int frame_record(Framer *self, PyObject *obj, PyObject *write_id, Framed 
     Slot stack[STACK_SLOTS];
     JsonPiece jstack[STACK_SLOTS];
     JsonPiece *jpieces = NULL;
+    int wired = 1;
     Slot *slots = NULL;
     Py_ssize_t nslots = 0;
     if (ce && ce->fields && ce->cls && (PyObject *)Py_TYPE(obj) == ce->cls) {
@@ -950,7 +963,9 @@ static int frame_record(Framer *self, PyObject *obj, PyObject *write_id, Framed 
         slots = nslots <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nslots, sizeof(Slot));
         if (!slots) { PyErr_NoMemory(); return -1; }
         if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nslots);
-        int filled = fill_slots(ce, obj, slots, &nfields, &fn);
+        /* a tuple key is always handed back with its Encoded tuple: wire objects */
+        wired = ce->nkeys > 1;
+        int filled = fill_slots(ce, obj, slots, &nfields, &fn, wired);
         if (filled < 0) goto done;
         if (filled == 1) {
             release_slots(slots, nslots);
@@ -1120,7 +1135,15 @@ static int frame_record(Framer *self, PyObject *obj, PyObject *write_id, Framed 
 
 decline:
     if (slots) {
-        enc = encoded_from_slots(ce, slots, nfields, fn);
+        int again = 0;
+        if (!wired) {  /* the Encoded tuple needs the wire values as objects: read again */
+            release_slots(slots, nslots);
+            memset(slots, 0, sizeof(Slot) * (size_t)nslots);
+            again = fill_slots(ce, obj, slots, &nfields, &fn, 1);
+            if (again < 0) goto done;
+        }
+        enc = again ? PyObject_CallOneArg(ce->fallback, obj)
+                    : encoded_from_slots(ce, slots, nfields, fn);
         if (!enc) goto done;
     }
     out->declined = enc; enc = NULL;
