@@ -58,6 +58,10 @@ typedef struct {
     Py_ssize_t *keys;
     Py_ssize_t nfields;
     FieldPlan *fields;
+    /* the indexed fields (kvfast.index), in the model's `indexes` order: their
+     * hash values are the Encoded tuple's fifth item, one bytes or None each */
+    Py_ssize_t nindex;
+    Py_ssize_t *index;
 } Encoder;
 
 /* One field of one record while it is encoded. */
@@ -96,16 +100,39 @@ static char *put_time(char *o, int h, int mi, int s, int us)
     return o;
 }
 
+/* Decimal digits of u: a record writes a dozen numbers (lengths, counts, ints),
+ * most of them one or two digits, so the short ones are tested first. */
+static int udigits(unsigned long long u)
+{
+    if (u < 10) return 1;
+    if (u < 100) return 2;
+    int d = 3;
+    for (u /= 1000; u; u /= 10) d++;
+    return d;
+}
+
+static const char DIGITS2[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* v in decimal at o (as "%lld"), two digits per division; returns its length. */
 static Py_ssize_t put_ll(char *o, long long v)
 {
-    char tmp[24];
-    int n = 0;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u);
     Py_ssize_t len = 0;
     if (v < 0) o[len++] = '-';
-    while (n) o[len++] = tmp[--n];
-    return len;
+    if (u < 10) { o[len] = (char)('0' + u); return len + 1; }
+    int d = udigits(u);
+    char *e = o + len + d;
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        e -= 2; e[0] = DIGITS2[2 * r]; e[1] = DIGITS2[2 * r + 1];
+    }
+    if (u >= 10) { e -= 2; e[0] = DIGITS2[2 * u]; e[1] = DIGITS2[2 * u + 1]; }
+    else *--e = (char)('0' + u);
+    return len + d;
 }
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -132,9 +159,20 @@ static PyObject *b64_str(const unsigned char *s, Py_ssize_t n)
     return r;
 }
 
-/* An ASCII str of `n` bytes from `s`; the slot's hash bytes point into it. */
-static int ascii_wire(Slot *sl, const char *s, Py_ssize_t n)
+/* An ASCII str of `n` bytes from `s`; the slot's hash bytes point into it.
+ * Without `wire` (the framer, which writes the entry's JSON from the slot's
+ * bytes) no str is made: the text stays in the slot's buffer and the wire
+ * value is a None marker (present, not NULL).  n <= 36 here (a UUID). */
+static int ascii_wire(Slot *sl, const char *s, Py_ssize_t n, int wire)
 {
+    if (!wire && n <= (Py_ssize_t)sizeof sl->buf) {
+        memcpy(sl->buf, s, (size_t)n);
+        sl->p = sl->buf;
+        sl->n = n;
+        Py_INCREF(Py_None);
+        sl->w = Py_None;
+        return 0;
+    }
     PyObject *w = PyUnicode_New(n, 127);
     if (!w) return -1;
     memcpy(PyUnicode_DATA(w), s, (size_t)n);
@@ -146,7 +184,7 @@ static int ascii_wire(Slot *sl, const char *s, Py_ssize_t n)
 
 /* -- one field: 0 done, 1 fall back to Python, -1 error -------------------- */
 
-static int encode_field(const FieldPlan *f, Slot *sl)
+static int encode_field(const FieldPlan *f, Slot *sl, int wire)
 {
     PyObject *v = sl->v;
     switch (f->kind) {
@@ -219,14 +257,14 @@ static int encode_field(const FieldPlan *f, Slot *sl)
         o = put_time(o, PyDateTime_DATE_GET_HOUR(v), PyDateTime_DATE_GET_MINUTE(v),
                      PyDateTime_DATE_GET_SECOND(v), PyDateTime_DATE_GET_MICROSECOND(v));
         if (f->kind == K_DATETIME_UTC) { memcpy(o, "+00:00", 6); o += 6; }
-        return ascii_wire(sl, t, o - t);
+        return ascii_wire(sl, t, o - t, wire);
     }
     case K_DATE: {
         if (!PyDate_CheckExact(v)) return 1;
         char t[16];
         char *o = put_date(t, PyDateTime_GET_YEAR(v), PyDateTime_GET_MONTH(v),
                            PyDateTime_GET_DAY(v));
-        return ascii_wire(sl, t, o - t);
+        return ascii_wire(sl, t, o - t, wire);
     }
     case K_TIME: {
         if (!PyTime_CheckExact(v)) return 1;
@@ -234,7 +272,7 @@ static int encode_field(const FieldPlan *f, Slot *sl)
         char t[24];
         char *o = put_time(t, PyDateTime_TIME_GET_HOUR(v), PyDateTime_TIME_GET_MINUTE(v),
                            PyDateTime_TIME_GET_SECOND(v), PyDateTime_TIME_GET_MICROSECOND(v));
-        return ascii_wire(sl, t, o - t);
+        return ascii_wire(sl, t, o - t, wire);
     }
     case K_DECIMAL: {
         if ((PyObject *)Py_TYPE(v) != f->extra) return 1;
@@ -280,7 +318,7 @@ static int encode_field(const FieldPlan *f, Slot *sl)
             unsigned long long word = k < 16 ? hi : lo;
             t[pos++] = HEX[(word >> (60 - 4 * (k % 16))) & 15];
         }
-        return ascii_wire(sl, t, 36);
+        return ascii_wire(sl, t, 36, wire);
     }
     case K_BYTES: {
         if (!PyBytes_CheckExact(v)) return 1;
@@ -324,9 +362,7 @@ static int encode_field(const FieldPlan *f, Slot *sl)
 
 static Py_ssize_t digits(Py_ssize_t n)
 {
-    Py_ssize_t d = 1;
-    while (n >= 10) { n /= 10; d++; }
-    return d;
+    return udigits((unsigned long long)n);  /* n >= 0: a length or a count */
 }
 
 static char *put_value(char *o, const FieldPlan *f, const Slot *sl)
@@ -354,10 +390,11 @@ static void release_slots(Slot *slots, Py_ssize_t nf)
     }
 }
 
-/* Read and encode every field of `obj` into `slots` (zeroed, nfields of them).
+/* Read and encode every field of `obj` into `slots` (zeroed, nfields of them);
+ * `wire`: the wire values as objects (see ascii_wire).
  * 0: done; 1: hand the object to Python (no exception set); -1: error. */
 static int fill_slots(Encoder *self, PyObject *obj, Slot *slots, Py_ssize_t *count,
-                      Py_ssize_t *total)
+                      Py_ssize_t *total, int wire)
 {
     int fall = 0;
     *count = *total = 0;
@@ -370,7 +407,7 @@ static int fill_slots(Encoder *self, PyObject *obj, Slot *slots, Py_ssize_t *cou
             if (!f->nullable) { fall = 1; break; }
             continue;
         }
-        int rc = encode_field(f, sl);
+        int rc = encode_field(f, sl, wire);
         if (rc) { fall = rc; break; }
         *total += PyBytes_GET_SIZE(f->prefix) + 1 + digits(sl->n) + 2 + sl->n + 2;
         (*count)++;
@@ -411,6 +448,21 @@ static PyObject *key_from_slots(const Encoder *self, const Slot *slots)
     return key;
 }
 
+/* The indexed fields' hash values as the Python encoder returns them: the hash
+ * bytes of each, None for a NULL (the slot of a None has no wire value). */
+static PyObject *index_values(const Encoder *self, const Slot *slots)
+{
+    PyObject *t = PyTuple_New(self->nindex);
+    if (!t) return NULL;
+    for (Py_ssize_t j = 0; j < self->nindex; j++) {
+        const Slot *sl = &slots[self->index[j]];
+        PyObject *h = sl->w ? PyBytes_FromStringAndSize(sl->p, sl->n) : Py_NewRef(Py_None);
+        if (!h) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, j, h);
+    }
+    return t;
+}
+
 static PyObject *encoded_from_slots(const Encoder *self, const Slot *slots, Py_ssize_t count,
                                     Py_ssize_t total)
 {
@@ -426,7 +478,14 @@ static PyObject *encoded_from_slots(const Encoder *self, const Slot *slots, Py_s
     key = key_from_slots(self, slots);
     n = PyLong_FromSsize_t(count);
     if (!key || !n) goto done;
-    result = PyTuple_Pack(4, key, hash, n, wire);
+    if (self->nindex) {
+        PyObject *ivalues = index_values(self, slots);
+        if (!ivalues) goto done;
+        result = PyTuple_Pack(5, key, hash, n, wire, ivalues);
+        Py_DECREF(ivalues);
+    } else {
+        result = PyTuple_Pack(4, key, hash, n, wire);
+    }
 done:
     Py_XDECREF(key);
     Py_XDECREF(n);
@@ -459,7 +518,7 @@ static PyObject *encoder_call(PyObject *self_, PyObject *const *args, size_t nar
     if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nf);
     Py_ssize_t count, total;
     PyObject *result = NULL;
-    int rc = fill_slots(self, obj, slots, &count, &total);
+    int rc = fill_slots(self, obj, slots, &count, &total, 1);
     if (rc == 1)
         result = PyObject_CallOneArg(self->fallback, obj);
     else if (rc == 0)
@@ -492,18 +551,17 @@ typedef struct {
 /* orjson.dumps(wire) for a record the C encoder took: {"name":value,...} in
  * field order.  Values C cannot write exactly as orjson does (floats: orjson's
  * shortest form differs from repr; json and arrays; text needing escapes) are
- * each dumped by orjson itself. */
-static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dumps)
+ * each dumped by orjson itself.  In two steps, so that the framer writes the
+ * JSON straight into the queue entry (no bytes object of its own, no copy):
+ * json_measure fills `pieces` (zeroed, nfields of them) and returns the JSON's
+ * size (-1: error), json_write writes it at `o`; json_release in every case. */
+static Py_ssize_t json_measure(const Encoder *self, const Slot *slots, PyObject *dumps,
+                               JsonPiece *pieces)
 {
     Py_ssize_t nf = self->nfields, total = 2 + (nf - 1);
-    JsonPiece stack[STACK_SLOTS];
-    JsonPiece *pieces = nf <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nf, sizeof(JsonPiece));
-    if (!pieces) return PyErr_NoMemory();
-    if (pieces == stack) memset(pieces, 0, sizeof(JsonPiece) * (size_t)nf);
-    PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < nf; i++) {
         const FieldPlan *f = &self->fields[i];
-        Slot *sl = &slots[i];
+        const Slot *sl = &slots[i];
         JsonPiece *jp = &pieces[i];
         PyObject *w = sl->w;
         if (!w) {
@@ -512,30 +570,37 @@ static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dum
             jp->p = sl->p; jp->n = sl->n;  /* the hash text: the digits */
         } else if (f->kind == K_BOOL) {
             jp->p = w == Py_True ? "true" : "false"; jp->n = w == Py_True ? 4 : 5;
+        } else if (f->kind == K_DATETIME_UTC || f->kind == K_TIMESTAMP || f->kind == K_DATE
+                   || f->kind == K_TIME || f->kind == K_UUID) {
+            /* text C wrote itself (ascii_wire: digits, '-', ':', '.', 'T', '+',
+             * hex): nothing to escape, no need to scan it */
+            jp->p = sl->p; jp->n = sl->n; jp->quote = 1;
         } else if (PyUnicode_CheckExact(w)) {
             Py_ssize_t n;
             const char *s = PyUnicode_AsUTF8AndSize(w, &n);
-            if (!s) goto done;
+            if (!s) return -1;
             if (json_plain(s, n)) {
                 jp->p = s; jp->n = n; jp->quote = 1;
             }
         }
         if (!jp->p) {
             jp->own = PyObject_CallOneArg(dumps, w);
-            if (!jp->own) goto done;
+            if (!jp->own) return -1;
             if (!PyBytes_CheckExact(jp->own)) {
                 PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
-                goto done;
+                return -1;
             }
             jp->p = PyBytes_AS_STRING(jp->own); jp->n = PyBytes_GET_SIZE(jp->own);
         }
         total += PyBytes_GET_SIZE(f->json_name) + jp->n + 2 * jp->quote;
     }
-    result = PyBytes_FromStringAndSize(NULL, total);
-    if (!result) goto done;
-    char *o = PyBytes_AS_STRING(result);
+    return total;
+}
+
+static char *json_write(const Encoder *self, const JsonPiece *pieces, char *o)
+{
     *o++ = '{';
-    for (Py_ssize_t i = 0; i < nf; i++) {
+    for (Py_ssize_t i = 0; i < self->nfields; i++) {
         const JsonPiece *jp = &pieces[i];
         if (i) *o++ = ',';
         Py_ssize_t kn = PyBytes_GET_SIZE(self->fields[i].json_name);
@@ -545,14 +610,12 @@ static PyObject *json_from_slots(const Encoder *self, Slot *slots, PyObject *dum
         if (jp->quote) *o++ = '"';
     }
     *o++ = '}';
-    if (o != PyBytes_AS_STRING(result) + total) {
-        Py_CLEAR(result);
-        PyErr_SetString(PyExc_SystemError, "kvfast framer: JSON size mismatch");
-    }
-done:
-    for (Py_ssize_t i = 0; i < nf; i++) Py_XDECREF(pieces[i].own);
-    if (pieces != stack) PyMem_Free(pieces);
-    return result;
+    return o;
+}
+
+static void json_release(JsonPiece *pieces, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) Py_CLEAR(pieces[i].own);
 }
 
 static void encoder_clear_fields(Encoder *self)
@@ -570,6 +633,9 @@ static void encoder_clear_fields(Encoder *self)
     }
     PyMem_Free(self->keys);
     self->keys = NULL;
+    PyMem_Free(self->index);
+    self->index = NULL;
+    self->nindex = 0;
 }
 
 static int encoder_traverse(Encoder *self, visitproc visit, void *arg)
@@ -640,11 +706,11 @@ static int plan_field(FieldPlan *f, PyObject *spec, Py_ssize_t i)
 
 static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"cls", "fields", "key_indexes", "fallback", NULL};
-    PyObject *cls, *fields, *key_indexes, *fallback;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O:Encoder", kwlist, &cls,
+    static char *kwlist[] = {"cls", "fields", "key_indexes", "fallback", "index_fields", NULL};
+    PyObject *cls, *fields, *key_indexes, *fallback, *index_fields = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O|O!:Encoder", kwlist, &cls,
                                      &PyTuple_Type, &fields, &PyTuple_Type, &key_indexes,
-                                     &fallback))
+                                     &fallback, &PyTuple_Type, &index_fields))
         return -1;
     if (!PyType_Check(cls) || !PyCallable_Check(fallback)) {
         PyErr_SetString(PyExc_TypeError, "Encoder(cls: type, fields, key_indexes, fallback: callable)");
@@ -678,6 +744,22 @@ static int encoder_init(Encoder *self, PyObject *args, PyObject *kwds)
             return -1;
         }
         self->keys[k] = x;
+    }
+    Py_ssize_t ni = index_fields ? PyTuple_GET_SIZE(index_fields) : 0;
+    if (ni) {
+        self->index = PyMem_Calloc((size_t)ni, sizeof(Py_ssize_t));
+        if (!self->index) { encoder_clear_fields(self); PyErr_NoMemory(); return -1; }
+        self->nindex = ni;
+    }
+    for (Py_ssize_t j = 0; j < ni; j++) {
+        Py_ssize_t x = PyLong_AsSsize_t(PyTuple_GET_ITEM(index_fields, j));
+        if (x == -1 && PyErr_Occurred()) { encoder_clear_fields(self); return -1; }
+        if (x < 0 || x >= nf) {
+            encoder_clear_fields(self);
+            PyErr_Format(PyExc_ValueError, "index field %zd is not a field", x);
+            return -1;
+        }
+        self->index[j] = x;
     }
     PyObject *tmpl = PyDict_New();
     if (!tmpl) { encoder_clear_fields(self); return -1; }
@@ -761,43 +843,131 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    /* a model with indexes: per partition, the index set prefixes (a tuple of
+     * `nindex` bytes each); NULL without indexes */
+    PyObject *index_prefixes;
+    Py_ssize_t nindex;
     uint32_t crc_seed;
     Py_ssize_t partitions, max_key;
 } Framer;
 
-static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t nargsf,
-                             PyObject *kwnames)
+/* "SADD prefix+value key" in RESP: producer.py's _SADD, one index set member. */
+static PyObject *sadd_command(PyObject *prefix, const char *v, Py_ssize_t vn, const char *kb,
+                              Py_ssize_t kn)
 {
-    Framer *self = (Framer *)self_;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "frame(obj, write_id=None)");
+    Py_ssize_t pn = PyBytes_GET_SIZE(prefix), sn = pn + vn;
+    Py_ssize_t cn = 15 + digits(sn) + 2 + sn + 2 + 1 + digits(kn) + 2 + kn + 2;
+    PyObject *cmd = PyBytes_FromStringAndSize(NULL, cn);
+    if (!cmd) return NULL;
+    char *o = PyBytes_AS_STRING(cmd);
+    memcpy(o, "*3\r\n$4\r\nSADD\r\n$", 15); o += 15;
+    o += put_ll(o, sn); *o++ = '\r'; *o++ = '\n';
+    memcpy(o, PyBytes_AS_STRING(prefix), (size_t)pn); o += pn;
+    memcpy(o, v, (size_t)vn); o += vn;
+    *o++ = '\r'; *o++ = '\n'; *o++ = '$';
+    o += put_ll(o, kn); *o++ = '\r'; *o++ = '\n';
+    memcpy(o, kb, (size_t)kn); o += kn;
+    *o++ = '\r'; *o++ = '\n';
+    if (o != PyBytes_AS_STRING(cmd) + cn) {
+        Py_DECREF(cmd);
+        PyErr_SetString(PyExc_SystemError, "kvfast framer: SADD size mismatch");
         return NULL;
     }
-    PyObject *obj = args[0];
-    PyObject *write_id = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
-    if (write_id && !PyBytes_Check(write_id)) {
-        PyErr_SetString(PyExc_TypeError, "frame(): write_id must be bytes or None");
-        return NULL;
+    return cmd;
+}
+
+/* The record's SADDs (a tuple, in index order; none for a NULL value): from the
+ * C slots, or from the Python encoder's fifth item `ivalues`. */
+static PyObject *sadd_commands(const Framer *self, Py_ssize_t p, const Encoder *ce,
+                               const Slot *slots, PyObject *ivalues, const char *kb,
+                               Py_ssize_t kn)
+{
+    PyObject *prefixes = PyTuple_GET_ITEM(self->index_prefixes, p);
+    Py_ssize_t count = 0;
+    const char *vp[STACK_SLOTS];
+    Py_ssize_t vn[STACK_SLOTS];
+    const char **vps = self->nindex <= STACK_SLOTS ? vp
+        : PyMem_Calloc((size_t)self->nindex, sizeof(const char *));
+    Py_ssize_t *vns = self->nindex <= STACK_SLOTS ? vn
+        : PyMem_Calloc((size_t)self->nindex, sizeof(Py_ssize_t));
+    PyObject *out = NULL;
+    if (!vps || !vns) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t j = 0; j < self->nindex; j++) {
+        if (slots) {
+            const Slot *sl = &slots[ce->index[j]];
+            vps[j] = sl->w ? sl->p : NULL;
+            vns[j] = sl->n;
+        } else {
+            PyObject *h = PyTuple_GET_ITEM(ivalues, j);
+            if (h == Py_None) {
+                vps[j] = NULL;
+            } else if (PyBytes_CheckExact(h)) {
+                vps[j] = PyBytes_AS_STRING(h);
+                vns[j] = PyBytes_GET_SIZE(h);
+            } else {
+                PyErr_SetString(PyExc_TypeError, "frame(): index values must be bytes or None");
+                goto done;
+            }
+        }
+        count += vps[j] != NULL;
     }
-    PyObject *result = NULL, *enc = NULL, *key = NULL, *key_text = NULL, *wire_key = NULL;
+    out = PyTuple_New(count);
+    if (!out) goto done;
+    for (Py_ssize_t j = 0, k = 0; j < self->nindex; j++) {
+        if (!vps[j]) continue;
+        PyObject *cmd = sadd_command(PyTuple_GET_ITEM(prefixes, j), vps[j], vns[j], kb, kn);
+        if (!cmd) { Py_CLEAR(out); goto done; }
+        PyTuple_SET_ITEM(out, k++, cmd);
+    }
+done:
+    if (vps && vps != vp) PyMem_Free(vps);
+    if (vns && vns != vn) PyMem_Free(vns);
+    return out;
+}
+
+/* One framed record (new references): Framer.run files it without building a
+ * tuple, frame() returns it as one. */
+typedef struct {
+    Py_ssize_t p;
+    PyObject *obj_key, *command, *entry;
+    PyObject *sadds;     /* a model with indexes: the tuple of its SADDs, else NULL */
+    PyObject *declined;  /* instead of the above: the Encoded tuple, for Python to frame */
+} Framed;
+
+static void framed_release(Framed *fr)
+{
+    Py_CLEAR(fr->obj_key); Py_CLEAR(fr->command); Py_CLEAR(fr->entry);
+    Py_CLEAR(fr->sadds); Py_CLEAR(fr->declined);
+}
+
+/* Frame `obj` into `out` (zeroed): 0 framed, 1 declined (out->declined), -1 error. */
+static int frame_record(Framer *self, PyObject *obj, PyObject *write_id, Framed *out)
+{
+    int rc = -1;
+    PyObject *enc = NULL, *key = NULL, *key_text = NULL, *wire_key = NULL;
     PyObject *body = NULL, *obj_key = NULL, *command = NULL, *entry = NULL;
-    PyObject *fields = NULL, *wire = NULL;  /* borrowed from enc */
+    PyObject *fields = NULL, *wire = NULL, *ivalues = NULL;  /* borrowed from enc */
+    PyObject *sadds = NULL;
     Py_ssize_t nfields = 0, fn = 0;
     /* The C encoder's own objects skip the Encoded tuple: the fields go straight
      * into the HSET and the slots straight into the entry's JSON. */
     Encoder *ce = Py_TYPE(self->encode) == &EncoderType ? (Encoder *)self->encode : NULL;
     Slot stack[STACK_SLOTS];
+    JsonPiece jstack[STACK_SLOTS];
+    JsonPiece *jpieces = NULL;
+    int wired = 1;
     Slot *slots = NULL;
     Py_ssize_t nslots = 0;
     if (ce && ce->fields && ce->cls && (PyObject *)Py_TYPE(obj) == ce->cls) {
         nslots = ce->nfields;
         slots = nslots <= STACK_SLOTS ? stack : PyMem_Calloc((size_t)nslots, sizeof(Slot));
-        if (!slots) return PyErr_NoMemory();
+        if (!slots) { PyErr_NoMemory(); return -1; }
         if (slots == stack) memset(slots, 0, sizeof(Slot) * (size_t)nslots);
-        int rc = fill_slots(ce, obj, slots, &nfields, &fn);
-        if (rc < 0) goto done;
-        if (rc == 1) {
+        /* a tuple key is always handed back with its Encoded tuple: wire objects */
+        wired = ce->nkeys > 1;
+        int filled = fill_slots(ce, obj, slots, &nfields, &fn, wired);
+        if (filled < 0) goto done;
+        if (filled == 1) {
             release_slots(slots, nslots);
             if (slots != stack) PyMem_Free(slots);
             slots = NULL;
@@ -812,11 +982,15 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         if (!enc) goto done;
     }
     if (!slots) {
-        if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4
+        if (!PyTuple_CheckExact(enc) || PyTuple_GET_SIZE(enc) != 4 + !!self->nindex
                 || !PyBytes_CheckExact(fields = PyTuple_GET_ITEM(enc, 1))
-                || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))) {
-            PyErr_SetString(PyExc_TypeError,
-                            "frame(): the encoder must return (key, bytes, int, wire)");
+                || !PyLong_CheckExact(PyTuple_GET_ITEM(enc, 2))
+                || (self->nindex && (!PyTuple_CheckExact(ivalues = PyTuple_GET_ITEM(enc, 4))
+                                     || PyTuple_GET_SIZE(ivalues) != self->nindex))) {
+            PyErr_SetString(PyExc_TypeError, self->nindex
+                            ? "frame(): the encoder must return (key, bytes, int, wire, "
+                              "index values)"
+                            : "frame(): the encoder must return (key, bytes, int, wire)");
             goto done;
         }
         key = PyTuple_GET_ITEM(enc, 0);
@@ -829,8 +1003,8 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
             goto done;
         }
     }
-    const char *kb;
-    Py_ssize_t kn;
+    const char *kb, *wkb;  /* the key's text; its JSON (wire key) */
+    Py_ssize_t kn, wkn;
     char digits_buf[24];
     if (PyLong_CheckExact(key)) {
         int overflow;
@@ -841,8 +1015,7 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         }
         kn = put_ll(digits_buf, x);
         kb = digits_buf;
-        wire_key = PyBytes_FromStringAndSize(kb, kn);  /* an int key's JSON is its digits */
-        if (!wire_key) goto done;
+        wkb = kb; wkn = kn;  /* an int key's JSON is its digits */
     } else if (PyTuple_Check(key)) {
         goto decline;
     } else {
@@ -857,6 +1030,7 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
             PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
             goto done;
         }
+        wkb = PyBytes_AS_STRING(wire_key); wkn = PyBytes_GET_SIZE(wire_key);
     }
     uint32_t crc = crc_update(self->crc_seed, (const unsigned char *)kb, kn);
     Py_ssize_t p = (Py_ssize_t)(crc % (uint32_t)self->partitions);
@@ -901,23 +1075,41 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         PyErr_SetString(PyExc_SystemError, "kvfast framer: HSET size mismatch");
         goto done;
     }
-    body = slots ? json_from_slots(ce, slots, self->dumps) : PyObject_CallOneArg(self->dumps, wire);
-    if (!body) goto done;
-    if (!PyBytes_CheckExact(body)) {
-        PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
-        goto done;
+    Py_ssize_t bn;
+    if (slots) {  /* the JSON goes straight into the entry below */
+        jpieces = nslots <= STACK_SLOTS ? jstack : PyMem_Calloc((size_t)nslots, sizeof(JsonPiece));
+        if (!jpieces) { PyErr_NoMemory(); goto done; }
+        if (jpieces == jstack) memset(jpieces, 0, sizeof(JsonPiece) * (size_t)nslots);
+        bn = json_measure(ce, slots, self->dumps, jpieces);
+        if (bn < 0) goto done;
+    } else {
+        body = PyObject_CallOneArg(self->dumps, wire);
+        if (!body) goto done;
+        if (!PyBytes_CheckExact(body)) {
+            PyErr_SetString(PyExc_TypeError, "frame(): dumps must return bytes");
+            goto done;
+        }
+        bn = PyBytes_GET_SIZE(body);
     }
     Py_ssize_t hn = PyBytes_GET_SIZE(self->head), sn = PyBytes_GET_SIZE(self->sep);
-    Py_ssize_t tn = PyBytes_GET_SIZE(self->tail), wkn = PyBytes_GET_SIZE(wire_key);
-    Py_ssize_t bn = PyBytes_GET_SIZE(body);
+    Py_ssize_t tn = PyBytes_GET_SIZE(self->tail);
     Py_ssize_t en = hn + wkn + sn + bn + tn + (write_id ? 6 + wn + 1 : 0);
     entry = PyBytes_FromStringAndSize(NULL, en);
     if (!entry) goto done;
     o = PyBytes_AS_STRING(entry);
     memcpy(o, PyBytes_AS_STRING(self->head), (size_t)hn); o += hn;
-    memcpy(o, PyBytes_AS_STRING(wire_key), (size_t)wkn); o += wkn;
+    memcpy(o, wkb, (size_t)wkn); o += wkn;
     memcpy(o, PyBytes_AS_STRING(self->sep), (size_t)sn); o += sn;
-    memcpy(o, PyBytes_AS_STRING(body), (size_t)bn); o += bn;
+    if (jpieces) {
+        char *json = o;
+        o = json_write(ce, jpieces, o);
+        if (o != json + bn) {
+            PyErr_SetString(PyExc_SystemError, "kvfast framer: JSON size mismatch");
+            goto done;
+        }
+    } else {
+        memcpy(o, PyBytes_AS_STRING(body), (size_t)bn); o += bn;
+    }
     if (write_id) {  /* codec.mark */
         memcpy(o, ",\"i\":\"", 6); o += 6;
         memcpy(o, PyBytes_AS_STRING(write_id), (size_t)wn); o += wn;
@@ -928,18 +1120,34 @@ static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t narg
         PyErr_SetString(PyExc_SystemError, "kvfast framer: entry size mismatch");
         goto done;
     }
-    PyObject *pp = PyLong_FromSsize_t(p);
-    if (!pp) goto done;
-    result = PyTuple_Pack(4, pp, obj_key, command, entry);
-    Py_DECREF(pp);
+    if (self->nindex) {
+        /* In the same MULTI as the HSET, on the object's slot (create_pieces). */
+        sadds = sadd_commands(self, p, ce, slots, ivalues, kb, kn);
+        if (!sadds) goto done;
+    }
+    out->p = p;
+    out->obj_key = obj_key; obj_key = NULL;
+    out->command = command; command = NULL;
+    out->entry = entry; entry = NULL;
+    out->sadds = sadds; sadds = NULL;
+    rc = 0;
     goto done;
 
 decline:
     if (slots) {
-        enc = encoded_from_slots(ce, slots, nfields, fn);
+        int again = 0;
+        if (!wired) {  /* the Encoded tuple needs the wire values as objects: read again */
+            release_slots(slots, nslots);
+            memset(slots, 0, sizeof(Slot) * (size_t)nslots);
+            again = fill_slots(ce, obj, slots, &nfields, &fn, 1);
+            if (again < 0) goto done;
+        }
+        enc = again ? PyObject_CallOneArg(ce->fallback, obj)
+                    : encoded_from_slots(ce, slots, nfields, fn);
         if (!enc) goto done;
     }
-    result = PyTuple_Pack(1, enc);
+    out->declined = enc; enc = NULL;
+    rc = 1;
 done:
     Py_XDECREF(key);
     Py_XDECREF(key_text);
@@ -948,11 +1156,45 @@ done:
     Py_XDECREF(obj_key);
     Py_XDECREF(command);
     Py_XDECREF(entry);
+    Py_XDECREF(sadds);
     Py_XDECREF(enc);
+    if (jpieces) {
+        json_release(jpieces, nslots);
+        if (jpieces != jstack) PyMem_Free(jpieces);
+    }
     if (slots) {
         release_slots(slots, nslots);
         if (slots != stack) PyMem_Free(slots);
     }
+    return rc;
+}
+
+static PyObject *framer_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "frame(obj, write_id=None)");
+        return NULL;
+    }
+    PyObject *write_id = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
+    if (write_id && !PyBytes_Check(write_id)) {
+        PyErr_SetString(PyExc_TypeError, "frame(): write_id must be bytes or None");
+        return NULL;
+    }
+    Framed fr = {0};
+    int rc = frame_record((Framer *)self_, args[0], write_id, &fr);
+    PyObject *result = NULL;
+    if (rc == 1) {
+        result = PyTuple_Pack(1, fr.declined);
+    } else if (rc == 0) {
+        PyObject *pp = PyLong_FromSsize_t(fr.p);
+        if (pp)
+            result = fr.sadds ? PyTuple_Pack(5, pp, fr.obj_key, fr.command, fr.entry, fr.sadds)
+                              : PyTuple_Pack(4, pp, fr.obj_key, fr.command, fr.entry);
+        Py_XDECREF(pp);
+    }
+    framed_release(&fr);
     return result;
 }
 
@@ -968,6 +1210,7 @@ static int framer_clear(Framer *self)
     Py_CLEAR(self->encode); Py_CLEAR(self->prefixes); Py_CLEAR(self->head);
     Py_CLEAR(self->sep); Py_CLEAR(self->tail); Py_CLEAR(self->dumps);
     Py_CLEAR(self->write_field);
+    Py_CLEAR(self->index_prefixes);
     return 0;
 }
 
@@ -993,13 +1236,15 @@ static PyObject *framer_vectorcall_guard(PyObject *self, PyObject *const *args, 
 static int framer_init(Framer *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"encode", "crc_prefix", "partitions", "prefixes", "head", "sep",
-                             "tail", "dumps", "max_key", "write_field", NULL};
+                             "tail", "dumps", "max_key", "write_field", "index_prefixes", NULL};
     PyObject *encode, *prefixes, *head, *sep, *tail, *dumps, *write_field;
+    PyObject *index_prefixes = Py_None;
     Py_buffer crc_prefix;
     Py_ssize_t partitions, max_key;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy*nO!SSSOnS:Framer", kwlist, &encode,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy*nO!SSSOnS|O:Framer", kwlist, &encode,
                                      &crc_prefix, &partitions, &PyTuple_Type, &prefixes, &head,
-                                     &sep, &tail, &dumps, &max_key, &write_field))
+                                     &sep, &tail, &dumps, &max_key, &write_field,
+                                     &index_prefixes))
         return -1;
     uint32_t seed = crc_update(0, crc_prefix.buf, crc_prefix.len);
     PyBuffer_Release(&crc_prefix);
@@ -1020,6 +1265,39 @@ static int framer_init(Framer *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Framer is initialized once");
         return -1;
     }
+    /* index_prefixes: None, or per partition a tuple of bytes, one per index (as
+     * many as the C encoder's indexed fields) */
+    Py_ssize_t nindex = 0;
+    if (index_prefixes != Py_None) {
+        if (!PyTuple_CheckExact(index_prefixes) || PyTuple_GET_SIZE(index_prefixes) != partitions) {
+            PyErr_SetString(PyExc_TypeError, "Framer: index_prefixes must be None or a tuple "
+                                             "per partition");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < partitions; i++) {
+            PyObject *t = PyTuple_GET_ITEM(index_prefixes, i);
+            if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) == 0
+                    || (i && PyTuple_GET_SIZE(t) != nindex)) {
+                PyErr_SetString(PyExc_TypeError, "Framer: index_prefixes must hold one "
+                                                 "non-empty tuple of bytes per partition, "
+                                                 "all of one length");
+                return -1;
+            }
+            nindex = PyTuple_GET_SIZE(t);
+            for (Py_ssize_t j = 0; j < nindex; j++)
+                if (!PyBytes_CheckExact(PyTuple_GET_ITEM(t, j))) {
+                    PyErr_SetString(PyExc_TypeError, "Framer: index prefixes must be bytes");
+                    return -1;
+                }
+        }
+    }
+    if (Py_TYPE(encode) == &EncoderType && ((Encoder *)encode)->nindex != nindex) {
+        PyErr_Format(PyExc_ValueError, "Framer: %zd index prefixes per partition for an "
+                     "encoder of %zd indexed fields", nindex, ((Encoder *)encode)->nindex);
+        return -1;
+    }
+    if (nindex) { Py_INCREF(index_prefixes); self->index_prefixes = index_prefixes; }
+    self->nindex = nindex;
     Py_INCREF(encode); self->encode = encode;
     Py_INCREF(prefixes); self->prefixes = prefixes;
     Py_INCREF(head); self->head = head;
@@ -1098,21 +1376,25 @@ static PyObject *framer_run(PyObject *self_, PyObject *const *args, Py_ssize_t n
             memcpy(PyBytes_AS_STRING(write_id), PyBytes_AS_STRING(id_prefix), (size_t)ipn);
             memcpy(PyBytes_AS_STRING(write_id) + ipn, hex, (size_t)hn);
         }
-        PyObject *call_args[2] = {obj, write_id ? write_id : Py_None};
-        PyObject *framed = framer_call(self_, call_args, 2, NULL);
-        if (!framed) { Py_DECREF(obj); Py_XDECREF(write_id); return NULL; }
-        if (PyTuple_GET_SIZE(framed) != 4) {
-            rest = PyTuple_Pack(3, obj, write_id ? write_id : Py_None, framed);
-            Py_DECREF(obj); Py_XDECREF(write_id); Py_DECREF(framed);
+        Framed fr = {0};
+        int rc = frame_record(self, obj, write_id, &fr);
+        if (rc < 0) { Py_DECREF(obj); Py_XDECREF(write_id); return NULL; }
+        if (rc == 1) {
+            PyObject *declined = PyTuple_Pack(1, fr.declined);
+            rest = declined ? PyTuple_Pack(3, obj, write_id ? write_id : Py_None, declined)
+                            : NULL;
+            Py_XDECREF(declined);
+            Py_DECREF(obj); Py_XDECREF(write_id); framed_release(&fr);
             if (!rest) return NULL;
             break;
         }
         Py_DECREF(obj);
         Py_XDECREF(write_id);
-        PyObject *p = PyTuple_GET_ITEM(framed, 0), *obj_key = PyTuple_GET_ITEM(framed, 1);
-        int in_seen = PySet_Contains(seen, obj_key);
-        if (in_seen < 0) goto fail;
-        if (in_seen) {  /* a key repeated in the piece: its own DEL before its HSET */
+        PyObject *obj_key = fr.obj_key, *p = NULL;
+        /* one set operation: the set grows unless the key is already in this piece */
+        Py_ssize_t known = PySet_GET_SIZE(seen);
+        if (PySet_Add(seen, obj_key) < 0) goto fail;
+        if (PySet_GET_SIZE(seen) == known) {  /* a key repeated in the piece: its own DEL first */
             Py_ssize_t kn = PyBytes_GET_SIZE(obj_key);
             PyObject *del = PyBytes_FromStringAndSize(NULL, 14 + digits(kn) + 2 + kn + 2);
             if (!del) goto fail;
@@ -1121,36 +1403,42 @@ static PyObject *framer_run(PyObject *self_, PyObject *const *args, Py_ssize_t n
             o += put_ll(o, kn); *o++ = '\r'; *o++ = '\n';
             memcpy(o, PyBytes_AS_STRING(obj_key), (size_t)kn); o += kn;
             *o++ = '\r'; *o = '\n';
-            int rc = PyList_Append(commands, del);
+            int added = PyList_Append(commands, del);
             Py_DECREF(del);
-            if (rc < 0) goto fail;
-        } else if (PySet_Add(seen, obj_key) < 0 || PyList_Append(piece_keys, obj_key) < 0) {
+            if (added < 0) goto fail;
+        } else if (PyList_Append(piece_keys, obj_key) < 0) {
             goto fail;
         }
-        if (PyList_Append(commands, PyTuple_GET_ITEM(framed, 2)) < 0) goto fail;
+        if (PyList_Append(commands, fr.command) < 0) goto fail;
+        if (fr.sadds)  /* a model with indexes: its SADDs next, in the same MULTI */
+            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fr.sadds); j++)
+                if (PyList_Append(commands, PyTuple_GET_ITEM(fr.sadds, j)) < 0) goto fail;
+        p = PyLong_FromSsize_t(fr.p);
+        if (!p) goto fail;
         PyObject *queue = PyDict_GetItemWithError(entries, p);  /* borrowed */
         if (queue) {
             if (!PyList_CheckExact(queue)) {
                 PyErr_SetString(PyExc_TypeError, "run(): entries must map to lists");
                 goto fail;
             }
-            if (PyList_Append(queue, PyTuple_GET_ITEM(framed, 3)) < 0) goto fail;
+            if (PyList_Append(queue, fr.entry) < 0) goto fail;
         } else {
             if (PyErr_Occurred()) goto fail;
             PyObject *fresh = PyList_New(1);
             if (!fresh) goto fail;
-            PyObject *entry = PyTuple_GET_ITEM(framed, 3);
-            Py_INCREF(entry);
-            PyList_SET_ITEM(fresh, 0, entry);
-            int rc = PyDict_SetItem(entries, p, fresh);
+            Py_INCREF(fr.entry);
+            PyList_SET_ITEM(fresh, 0, fr.entry);
+            int set = PyDict_SetItem(entries, p, fresh);
             Py_DECREF(fresh);
-            if (rc < 0) goto fail;
+            if (set < 0) goto fail;
         }
-        Py_DECREF(framed);
+        Py_DECREF(p);
+        framed_release(&fr);
         count++;
         continue;
 fail:
-        Py_DECREF(framed);
+        Py_XDECREF(p);
+        framed_release(&fr);
         return NULL;
     }
     PyObject *out = Py_BuildValue("(nKO)", count, serial, rest ? rest : Py_None);

@@ -56,9 +56,7 @@ K_DATE, K_TIME, K_DECIMAL, K_UUID, K_BYTES, K_ENUM, K_PY = range(6, 13)
 
 def create_encoder(info: ModelInfo) -> Callable[[Any], Encoded]:
     """The create encoder of ``info`` in the implementation kvfast.impl chose."""
-    # A model with indexes needs its index values too (the Python encoder's fifth
-    # item, kvfast.index): the C encoder does not produce them yet.
-    if impl.speedups is not None and not info.indexes:
+    if impl.speedups is not None:
         return build_c_create_encoder(info)
     return build_create_encoder(info)
 
@@ -70,19 +68,27 @@ def build_c_create_encoder(info: ModelInfo) -> Callable[[Any], Encoded]:
     plan = tuple(field_plan(info, f) for f in info.fields)
     # the key fields in key order: one gives the value, several a tuple (a composite key)
     key_indexes = tuple(f.index for f in info.key_fields)
-    encode: Callable[[Any], Encoded] = speedups.Encoder(info.cls, plan, key_indexes, fallback)
+    # a model with indexes: the indexed fields' hash values come out as a fifth
+    # item, as from the Python encoder (kvfast.index)
+    index_fields = tuple(info.by_name[name].index for name in info.indexes)
+    encode: Callable[[Any], Encoded] = speedups.Encoder(info.cls, plan, key_indexes, fallback,
+                                                        index_fields)
     return encode
 
 
 def framer_for(encode: Callable[[Any], Encoded], info: ModelInfo, partitions: int,
                prefixes: list[bytes], head: bytes, sep: bytes, tail: bytes,
-               max_key: int, write_field: bytes) -> Callable[..., tuple[Any, ...]] | None:
+               max_key: int, write_field: bytes,
+               index_prefixes: list[list[bytes]] | None = None
+               ) -> Callable[..., tuple[Any, ...]] | None:
     """The C framing of whole records for a C encoder (None for a Python one).
 
     ``frame(obj[, write_id])`` returns (partition, object key, HSET command,
     queue entry) -- the bytes ``WriteBuilder.create_pieces`` makes in Python --
-    or ``(encoded,)`` for a record whose key the Python framing handles
-    (tuple keys; a key too long to index, whose error Python words).
+    plus, for a model with indexes (``index_prefixes``: per partition, the
+    index set prefixes), a tuple of the record's SADD commands; or
+    ``(encoded,)`` for a record whose key the Python framing handles (tuple
+    keys; a key too long to index, whose error Python words).
     """
     if type(encode).__module__ != "kvfast._speedups":  # a Python encoder: Python frames
         return None
@@ -90,7 +96,8 @@ def framer_for(encode: Callable[[Any], Encoded], info: ModelInfo, partitions: in
     # The partition of a key: crc32(table NUL key) (ModelInfo.partition_of_bytes).
     frame: Callable[..., tuple[Any, ...]] = speedups.Framer(
         encode, info.table_bytes + b"\x00", partitions, tuple(prefixes), head, sep, tail,
-        orjson.dumps, max_key, write_field)
+        orjson.dumps, max_key, write_field,
+        None if index_prefixes is None else tuple(tuple(p) for p in index_prefixes))
     return frame
 
 

@@ -250,10 +250,10 @@ class WriteBuilder:
         in_piece = 0
         index_prefixes = self.index_prefixes
         ivalues: tuple[bytes | None, ...] = ()
-        # The C encoder frames whole records too (the same bytes as below); a model
-        # with indexes is encoded and framed in Python (its index values).
-        frame = None if index_prefixes is not None else framer_for(
-            encode, self.info, partitions, prefixes, head, sep, tail, max_key, _WRITE_FIELD)
+        # The C encoder frames whole records too (the same bytes as below, the
+        # index sets' SADDs included).
+        frame = framer_for(encode, self.info, partitions, prefixes, head, sep, tail, max_key,
+                           _WRITE_FIELD, index_prefixes)
         write_id = None
 
         def frame_py(key: Any, fields: bytes, nfields: int, wire: Any,
@@ -285,6 +285,16 @@ class WriteBuilder:
                 entry = head + wire_key + sep + dumps(wire) + tail
             return p, key_b, obj_key, command, entry
 
+        def add_to_index_sets(commands: list[bytes], p: int, key_b: bytes,
+                              ivalues: tuple[bytes | None, ...]) -> None:
+            """In the same MULTI as the HSET, on the object's slot.  The sets of the
+            values an overwritten object had keep it: find drops it."""
+            assert index_prefixes is not None
+            for prefix, value in zip(index_prefixes[p], ivalues, strict=True):
+                if value is not None:
+                    commands.append(_SADD % (len(prefix) + len(value), prefix, value,
+                                             len(key_b), key_b))
+
         if frame is not None:
             # The C framer's loop frames and files whole runs of records (Framer.run
             # in kvfast/_speedups.c: the loop below, in C); a record it declines (a
@@ -299,15 +309,17 @@ class WriteBuilder:
                 in_piece += filed
                 if rest is not None:
                     _, write_id, (encoded,) = rest
-                    key, fields, nfields, wire = encoded
-                    p, _, obj_key, command, entry = frame_py(key, fields, nfields, wire,
-                                                             write_id)
+                    key, fields, nfields, wire = encoded[:4]
+                    p, key_b, obj_key, command, entry = frame_py(key, fields, nfields, wire,
+                                                                 write_id)
                     if obj_key in seen:  # as below
                         commands.append(_pack(("DEL", obj_key)))
                     else:
                         seen.add(obj_key)
                         piece_keys.append(obj_key)
                     commands.append(command)
+                    if index_prefixes is not None:
+                        add_to_index_sets(commands, p, key_b, encoded[4])
                     entries.setdefault(p, []).append(entry)
                     in_piece += 1
                 elif filed < want:
@@ -340,12 +352,7 @@ class WriteBuilder:
                 piece_keys.append(obj_key)
             commands.append(command)
             if index_prefixes is not None:
-                # In the same MULTI as the HSET, on the object's slot.  The sets
-                # of the values an overwritten object had keep it: find drops it.
-                for prefix, value in zip(index_prefixes[p], ivalues, strict=True):
-                    if value is not None:
-                        commands.append(_SADD % (len(prefix) + len(value), prefix, value,
-                                                 len(key_b), key_b))
+                add_to_index_sets(commands, p, key_b, ivalues)
             queue = entries.get(p)
             if queue is None:
                 entries[p] = [entry]

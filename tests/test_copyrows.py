@@ -113,7 +113,7 @@ def entry(info: kvfast.ModelInfo, key: Any, wire: dict[str, Any], mark: str | No
 
 def encoded(name: str, obj: Any) -> tuple[Any, dict[str, Any]] | None:
     try:
-        key, _fields, _count, wire = ENCODERS[name](obj)
+        key, _fields, _count, wire, *_index = ENCODERS[name](obj)  # indexed: 5 items
     except ValidationError:
         return None
     return key, dict(wire)

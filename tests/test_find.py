@@ -28,6 +28,7 @@ from helpers import create_tables, insert_row
 
 import kvfast
 import kvfast.aio
+import kvfast.impl
 from kvfast.deadletter import main as deadletter_main
 from kvfast.drainer import Drainer
 from kvfast.find import Overlapped, find_plan
@@ -479,3 +480,61 @@ def test_redis_away_during_find_leaves_the_postgresql_connection_idle(
                 repo.find(rider="R")
         assert repo.client.pg() is conn and not conn.closed
         assert conn.execute("SELECT id FROM f_requests").fetchall() == [(1,)]
+
+
+def _written_and_found(settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis,
+                       c: bool, objs: list[Any]) -> tuple[Any, ...]:
+    """One implementation's batch write of ``objs`` (Request and Typed objects): what
+    Redis then holds (every index set's members, every object hash) and what ``find``
+    answers from Redis and, once drained, from PostgreSQL."""
+    from kvfast.cencoders import build_c_create_encoder
+    from kvfast.encoders import build_create_encoder
+    r.flushdb()
+    pg.execute("DROP SCHEMA public CASCADE")
+    pg.execute("CREATE SCHEMA public")
+    create_tables(pg, Request, Typed)
+    found: list[Any] = []
+    with kvfast.Repository(Request, settings) as requests, \
+            kvfast.Repository(Typed, settings) as typed:
+        for repo in (requests, typed):
+            info = repo.info
+            repo.producer._encode = build_c_create_encoder(info) if c \
+                else build_create_encoder(info)
+            assert (type(repo.producer._encode).__name__ == "Encoder") is c
+            repo.create_many([o for o in objs if type(o) is info.cls])
+        sets = {k: sorted(r.smembers(k)) for k in r.keys("*:x:*")}
+        hashes = {k: r.hgetall(k) for k in r.keys("*:o:*")}
+        for drained in (False, True):
+            if drained:
+                _drain_some(settings, 1000)
+                wait_idle(r, settings)
+            found.append([requests.find(rider=rider) for rider in RIDERS])
+            found.append([requests.find(status=s) for s in STATUSES[1:]])
+            found.append([typed.find(owner=uuid.UUID(int=o)) for o in range(4)])
+            found.append([typed.find(stage=s) for s in Stage])
+    return sets, hashes, found
+
+
+def test_a_batch_the_c_encoder_wrote_is_found_exactly_like_the_python_written_one(
+    settings: kvfast.Settings, pg: psycopg.Connection[Any], r: redis.Redis
+) -> None:
+    """The C framer writes the index sets' SADDs itself: the same sets, the same
+    objects and the same answers as the Python path, over several streamed pieces,
+    keys repeated in the batch (with other values) and NULL index values."""
+    try:
+        kvfast.impl.require_speedups()  # whatever KVFAST_IMPL chose: both are compared
+    except ImportError:
+        pytest.skip("the C extension is not built")
+    rng = random.Random(5)
+    objs: list[Any] = [_random_request(rng, rng.randrange(700)) for _ in range(900)]
+    objs += [Typed(uuid.UUID(int=rng.randrange(300)), uuid.UUID(int=rng.randrange(4)),
+                   rng.choice(list(Stage))) for _ in range(400)]
+    want = _written_and_found(settings, pg, r, False, objs)
+    got = _written_and_found(settings, pg, r, True, objs)
+    assert got == want
+    truth: dict[int, Request] = {o.id: o for o in objs if type(o) is Request}
+    sets, _, found = got
+    assert found[0] == found[4] == [sorted((o for o in truth.values() if o.rider == rider),
+                                           key=lambda o: o.id) for rider in RIDERS]
+    assert sum(map(len, found[1])) < len(truth)  # some statuses were NULL: in no set
+    assert len(sets) > len(RIDERS)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import pytest
@@ -57,7 +57,58 @@ class SpPair:
     note: str | None = None
 
 
-MODELS = (*ALL_MODELS, Typed, SpPair)
+@kvfast.model(table="sp_indexed", key="id", indexes=(
+    "i", "small", "s", "vc", "ch", "u", "b", "d", "tz", "ts", "color", "shade", "status", "kind",
+    "o_i", "o_s", "o_u", "o_d", "o_tz", "o_status"))
+class SpIndexed:
+    """Every indexable field type indexed (kvfast.indexspec), NULL-able twins of some: the
+    C encoder returns their hash values and the C framer writes their SADDs."""
+
+    id: int
+    i: int
+    small: Annotated[int, kvfast.SmallInt]
+    s: str
+    vc: Annotated[str, kvfast.VarChar(4)]
+    ch: Annotated[str, kvfast.Char(3)]
+    u: uuid.UUID
+    b: bool
+    d: dt.date
+    tz: dt.datetime
+    ts: Annotated[dt.datetime, kvfast.Timestamp]
+    color: Color
+    shade: Shade
+    status: Annotated[RideStatus, kvfast.PgEnum("sp_ride_status")]
+    kind: Annotated[str, kvfast.PgEnum("sp_ride_kind", labels=("auto", "cab", ""))]
+    note: str | None = None
+    o_i: int | None = None
+    o_s: str | None = None
+    o_u: uuid.UUID | None = None
+    o_d: dt.date | None = None
+    o_tz: dt.datetime | None = None
+    o_status: Annotated[RideStatus | None, kvfast.PgEnum("sp_ride_status")] = None
+
+
+@kvfast.model(table="sp_indexed_str", key="code", ttl=1, indexes=("rider",))
+class SpIndexedStr:
+    """A str key with a TTL (write ids) and one NULL-able index."""
+
+    code: str
+    rider: str | None
+    fare: int
+
+
+@kvfast.model(table="sp_indexed_pair", key=("a", "b"), indexes=("a", "owner"))
+class SpIndexedPair:
+    """A composite key with an index on one part: the framing of each record is
+    Python's, the SADDs too."""
+
+    a: int
+    b: str
+    owner: uuid.UUID | None = None
+
+
+INDEXED = (SpIndexed, SpIndexedStr, SpIndexedPair)
+MODELS = (*ALL_MODELS, Typed, SpPair, *INDEXED)
 INFOS = [kvfast.model_info(m) for m in MODELS]
 PY = {i.name: build_create_encoder(i) for i in INFOS}
 C = {i.name: build_c_create_encoder(i) for i in INFOS}
@@ -262,11 +313,15 @@ def objects(cls: type, max_bad: int = 2) -> st.SearchStrategy[Any]:
 def outcome(encode: Callable[[Any], Any], obj: Any) -> tuple[Any, ...]:
     """What an encoder made of ``obj``, comparable across implementations."""
     try:
-        key, hash_fields, count, wire = encode(obj)
+        encoded = encode(obj)
     except Exception as exc:
         return ("raised", type(exc), str(exc))
+    key, hash_fields, count, wire = encoded[:4]
+    # a model with indexes: the indexed fields' hash values (bytes, None for NULL)
+    ivalues = encoded[4:]
     return ("encoded", type(key), key, hash_fields, count, list(wire),
-            [type(v) for v in wire.values()], orjson.dumps(wire))
+            [type(v) for v in wire.values()], orjson.dumps(wire), ivalues,
+            [type(v) for v in ivalues[0]] if ivalues else None, len(encoded))
 
 
 def assert_same(name: str, obj: Any) -> tuple[Any, ...]:
@@ -628,3 +683,95 @@ def test_pack_command_refuses_what_is_not_a_tuple() -> None:
         speedups.pack_command(print, ["GET", "x"])
     with pytest.raises(TypeError, match="pack_command"):
         speedups.pack_command(("GET",))
+
+
+# -- models with indexes: the index hash values and the SADDs in C ---------------------
+
+
+def valid_indexed(**changes: Any) -> SpIndexed:
+    values: dict[str, Any] = dict(
+        id=1, i=-2, small=3, s="ünï ✓", vc="abcd", ch="x", u=uuid.UUID(int=5), b=False,
+        d=dt.date(2024, 2, 29), tz=dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        ts=dt.datetime(2026, 1, 2), color=next(iter(Color)), shade=Shade.DARK,
+        status=next(iter(RideStatus)), kind="", o_s="", o_u=uuid.UUID(int=0))
+    values.update(changes)
+    return SpIndexed(**values)
+
+
+def test_every_indexable_type_is_encoded_in_c_with_its_index_values() -> None:
+    """A valid object of every indexable type never reaches the Python encoder, and
+    its index values are the Python encoder's (bytes; None for NULL)."""
+    info = kvfast.model_info(SpIndexed)
+    calls: list[Any] = []
+    py = PY["SpIndexed"]
+
+    def counting(obj: Any) -> Any:
+        calls.append(obj)
+        return py(obj)
+
+    from kvfast.cencoders import field_plan
+    plan = tuple(field_plan(info, f) for f in info.fields)
+    c = kvfast.impl.require_speedups().Encoder(
+        info.cls, plan, (0,), counting, tuple(info.by_name[n].index for n in info.indexes))
+    for obj in [valid_indexed(), valid_indexed(o_i=7, o_d=dt.date(1, 1, 1), o_s=None,
+                                               o_tz=dt.datetime(9999, 1, 1, tzinfo=UTC))]:
+        got = outcome(c, obj)
+        assert got == outcome(py, obj) and len(got[8][0]) == len(info.indexes)
+    assert calls == []
+    assert c(valid_indexed())[4][info.indexes.index("o_i")] is None
+    # a refused indexed value: Python words the error
+    with pytest.raises(kvfast.ValidationError, match=r"SpIndexed\.vc"):
+        c(valid_indexed(vc="abcde"))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("size", [1, 2, 251, 600])
+@hsettings(max_examples=5, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_an_indexed_batch_of_one_or_many_framed_in_c_is_the_python_batch(
+        size: int, data: st.DataObject, monkeypatch_module: Any) -> None:
+    """Batches of 1 and of several pieces, keys repeated, index values NULL or not."""
+    for model in INDEXED:
+        seeds = data.draw(st.lists(objects(model, max_bad=0), min_size=1, max_size=30))
+        rng = data.draw(st.randoms(use_true_random=False))
+        objs = [rng.choice(seeds) for _ in range(size)]
+        py, c = _builders(model)
+        want, got = _batch_outcome(py, objs), _batch_outcome(c, objs)
+        assert want[0] == "packed"
+        if model is SpIndexed:  # 14 of its indexed fields are never NULL
+            assert want[1].count(b"\r\nSADD\r\n") >= 14 * size
+        assert got == want
+
+
+def test_an_index_value_the_c_encoder_refuses_is_the_python_error_in_a_batch(
+        monkeypatch_module: Any) -> None:
+    py, c = _builders(SpIndexed)
+    objs = [valid_indexed(id=k) for k in range(300)] + [valid_indexed(id=9, o_u="not a uuid")]
+    got = _batch_outcome(c, objs)
+    assert got[0] == "raised" and got == _batch_outcome(py, objs)
+
+
+_FRAMER_ARGS = (b"t\x00", 1, (b"a",), b"", b"", b"", orjson.dumps, 10, b"w")
+
+
+@pytest.mark.parametrize(("index_prefixes", "error"), [
+    ((), TypeError), (((b"x",), (b"y",)), TypeError), (((),), TypeError),
+    ((("x",),), TypeError), ([(b"x",)], TypeError), (((b"x", b"y"),), ValueError),
+])
+def test_bad_index_prefixes_are_a_clear_framer_error(index_prefixes: Any, error: type) -> None:
+    """The C encoder of SpIndexedStr has one indexed field: one prefix per partition."""
+    with pytest.raises(error):
+        kvfast.impl.require_speedups().Framer(C["SpIndexedStr"], *_FRAMER_ARGS, index_prefixes)
+    with pytest.raises(ValueError, match="index prefixes"):  # an encoder with indexes needs them
+        kvfast.impl.require_speedups().Framer(C["SpIndexedStr"], *_FRAMER_ARGS)
+
+
+def test_a_framer_over_an_encoder_of_bad_index_values_is_a_type_error() -> None:
+    framer = kvfast.impl.require_speedups().Framer(lambda obj: obj, *_FRAMER_ARGS, ((b"x:",),))
+    for bad in [(1, b"", 0, {}), (1, b"", 0, {}, ()), (1, b"", 0, {}, ("s",)),
+                (1, b"", 0, {}, [b"v"])]:
+        with pytest.raises(TypeError):
+            framer(bad)
+    assert framer((1, b"", 0, {}, (None,)))[4] == ()
+    assert framer((1, b"", 0, {}, (b"v",)))[4] == (b"*3\r\n$4\r\nSADD\r\n$3\r\nx:v\r\n$1\r\n1\r\n",)
