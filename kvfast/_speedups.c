@@ -10,7 +10,10 @@
  * Contract (kvfast/encoders.py, Encoded): encode(obj) ->
  *   (key, HSET fields as RESP bulk strings, number of fields, {field: wire value})
  * with the non-nullable fields first in field order, then the present nullable
- * ones in field order, exactly as the generated Python template writes them.
+ * ones in field order, exactly as the generated Python template writes them;
+ * a model with indexes (Encoder's index_fields) adds a fifth item, the indexed
+ * fields' hash bytes (None for NULL), and the Framer then writes each record's
+ * SADDs to its index sets (producer.py's create_pieces).
  *
  * The C code handles only the common case of each field (an exact int in
  * range, an exact str that PostgreSQL can hold, a UTC datetime, ...).  Anything

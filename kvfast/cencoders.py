@@ -14,7 +14,11 @@ handed to the Python encoder for the whole object (``fallback``), which either
 normalizes the value the Python way or raises its ValidationError.  Types
 that have no C fast path get a small per-field Python function returning
 (hash bytes, wire value).  The key is returned from ``key_indexes``: one index
-gives the value itself, several a tuple of them in that order.
+gives the value itself, several a tuple of them in that order.  A model with
+indexes also passes ``index_fields`` (the indexed fields' indexes, in
+``info.indexes`` order): the Encoded tuple then has the Python encoder's fifth
+item, each indexed field's hash bytes or None, and the framer writes the
+records' SADDs to the index sets itself.
 """
 
 from __future__ import annotations
