@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 import kvfast
-from tests.models import Account
+from models import Account
 
 
 def _account(name: str) -> Account:
