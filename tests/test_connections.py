@@ -10,9 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 import redis
+from models import Account
 
 import kvfast
-from models import Account
 
 
 def _account(name: str) -> Account:
